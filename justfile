@@ -1,0 +1,28 @@
+# Contributor recipes; each wraps the same scripts the README uses.
+
+default:
+    @just --list
+
+# run the whole test suite (extra args go to pytest)
+test *ARGS:
+    ./scripts/test {{ARGS}}
+
+# ruff over the package, tests and scripts
+lint:
+    ./scripts/lint
+
+# mypy --strict over the package
+typecheck:
+    ./scripts/typecheck
+
+# a real call end to end on the mock carrier
+demo:
+    ./scripts/demo
+
+# run the daemon in the foreground
+serve *ARGS:
+    .venv/bin/voicecall serve {{ARGS}}
+
+# measure the budgets and rewrite docs/benchmarks.md
+bench *ARGS:
+    ./scripts/bench {{ARGS}}

@@ -1,0 +1,593 @@
+"""The call supervisor: the only place that changes live calls.
+
+Task tree (see docs/architecture.md)::
+
+    Supervisor.run                      owns the calls nursery
+    └── call task (one per live call)   owns the call's own nursery
+        ├── max-duration timer          starts when the call is answered
+        ├── initial message             for carriers that don't speak it themselves
+        └── notify hang-up              notify mode: hang up N s after the message was spoken
+
+Whatever ends a call task (the callee hanging up, ``end``, a timer, cancellation at
+shutdown, a bug), its shielded ``finally`` hangs up at the carrier if the carrier may still
+have the call, journals the terminal record and frees the concurrency slot.
+
+Carrier events arrive through ``deliver`` (the ``CallDirectory`` protocol); each is applied
+with the pure ``model.apply``; a changed record is journaled and published to subscribers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from . import model
+from .config import E164, VoiceCallConfig
+from .errors import (
+    CallNotConnected,
+    CallNotFound,
+    CarrierError,
+    ConcurrencyLimit,
+    InvalidInput,
+    TranscriptTimeout,
+    VoiceCallError,
+)
+from .events import AnyEvent, CallEvent, CallInitiated, CallSpeaking, EndReason
+from .model import CallRecord, CallState
+from .providers.base import (
+    InboundDecision,
+    InboundOutcome,
+    Provider,
+    ProviderError,
+    RemoteStatus,
+)
+from .store import Journal, ReplayResult, decode_record
+
+log = logging.getLogger("voicecall.calls")
+
+DEFAULT_GREETING = "Hello! How can I help you today?"
+CLEANUP_TIMEOUT_S = 10.0
+MAX_REMEMBERED_OFFERS = 4096
+
+
+class LiveCall:
+    """A call this daemon is running: its record and the means to wait for changes."""
+
+    def __init__(self, record: CallRecord) -> None:
+        self.record = record
+        self._changed = trio.Event()
+        self.ended = trio.Event()
+        self.task_done = trio.Event()
+        self.carrier_gone = False  # the carrier told us the call is over
+        self.continue_waiting = False
+
+    def set(self, record: CallRecord) -> None:
+        self.record = record
+        self._changed.set()
+        self._changed = trio.Event()
+        if record.terminal:
+            self.ended.set()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def wait_until(self, predicate: Callable[[CallRecord], bool]) -> CallRecord:
+        while not predicate(self.record):
+            await self.wait_changed()
+        return self.record
+
+
+Subscriber = trio.MemorySendChannel[dict[str, Any]]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: VoiceCallConfig,
+        provider: Provider,
+        journal: Journal,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.journal = journal
+        self.wall_clock = wall_clock
+        self.live: dict[str, LiveCall] = {}
+        self.session: OrderedDict[str, CallRecord] = OrderedDict()  # ended since start
+        self.previous: dict[str, bytes] = {}  # ended before start (raw journal lines)
+        self._by_provider_id: dict[str, str] = {}
+        self._offers: OrderedDict[str, InboundOutcome] = OrderedDict()
+        self._subscribers: set[Subscriber] = set()
+        self._nursery: trio.Nursery | None = None
+        self._accepting = True
+        self._pending_slots = 0
+        self.started_at = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(
+        self,
+        replayed: ReplayResult | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if replayed is not None:
+                self.previous.update(replayed.ended_lines)
+                await self._recover(list(replayed.live.values()))
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking calls, end the live ones, wait up to ``grace_s``, then cancel."""
+        self._accepting = False
+        for call in list(self.live.values()):
+            self._finish(call, "hangup-bot", by_carrier=False)
+        with trio.move_on_after(grace_s):
+            for call in list(self.live.values()):
+                await call.task_done.wait()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def live_records(self) -> list[CallRecord]:
+        return [call.record for call in self.live.values()]
+
+    # -- lookups ------------------------------------------------------------------------
+    def find(
+        self, *, call_id: str | None = None, provider_call_id: str | None = None
+    ) -> CallRecord | None:
+        if call_id:
+            call = self.live.get(call_id)
+            if call is not None:
+                return call.record
+            if call_id in self.session:
+                return self.session[call_id]
+        if provider_call_id:
+            cid = self._by_provider_id.get(provider_call_id)
+            if cid is not None:
+                return self.find(call_id=cid)
+        return None
+
+    def get_record(self, call_id: str) -> CallRecord | None:
+        """Any call this daemon knows: live, ended this run, or ended before (journal)."""
+        found = self.find(call_id=call_id)
+        if found is not None:
+            return found
+        line = self.previous.get(call_id)
+        if line is None:
+            return None
+        try:
+            return decode_record(line)
+        except Exception:
+            return None
+
+    def list_calls(self) -> list[CallRecord]:
+        """Active calls, then the calls that ended since the daemon started."""
+        active = [call.record for call in self.live.values()]
+        ended = [r for cid, r in self.session.items() if cid not in self.live]
+        return active + ended
+
+    @property
+    def active_count(self) -> int:
+        return len(self.live)
+
+    # -- subscribers --------------------------------------------------------------------
+    def subscribe(self) -> trio.MemoryReceiveChannel[dict[str, Any]]:
+        send, receive = trio.open_memory_channel[dict[str, Any]](1024)
+        self._subscribers.add(send)
+        return receive
+
+    def unsubscribe(self, receive: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+        for send in list(self._subscribers):
+            if send.statistics().open_receive_channels == 0:
+                self._subscribers.discard(send)
+        receive.close()
+
+    def _publish(self, payload: dict[str, Any]) -> None:
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(payload)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                # a subscriber that cannot keep up is dropped rather than slowing calls down
+                self._subscribers.discard(send)
+                send.close()
+
+    # -- state changes: the only writers of call records ----------------------------------
+    def _store(self, call: LiveCall, record: CallRecord, event_type: str,
+               extra: dict[str, Any] | None = None) -> None:
+        before = call.record.state
+        call.set(record)
+        self.session[record.call_id] = record
+        if record.provider_call_id:
+            self._by_provider_id[record.provider_call_id] = record.call_id
+        self.journal.append(record)
+        payload: dict[str, Any] = {"callId": record.call_id, "type": event_type,
+                                   "state": record.state.value}
+        if extra:
+            payload.update(extra)
+        if record.state is not before:
+            log.info("call %s: %s -> %s (%s)", record.call_id, before, record.state, event_type)
+        self._publish(payload)
+
+    def _apply(self, call: LiveCall, event: CallEvent) -> CallRecord:
+        record = model.apply(call.record, event, self._now_ms())
+        if record is not call.record:
+            extra = {k: v for k, v in _event_fields(event).items()
+                     if k not in ("id", "callId", "type", "timestamp")}
+            self._store(call, record, _event_type(event), extra)
+        return call.record
+
+    def _finish(self, call: LiveCall, reason: EndReason, *, by_carrier: bool) -> None:
+        if call.record.terminal:
+            return
+        call.carrier_gone = call.carrier_gone or by_carrier
+        record = model.end_record(call.record, reason, self._now_ms())
+        self._store(call, record, "call.ended", {"reason": reason})
+
+    def _now_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
+
+    # -- CallDirectory ------------------------------------------------------------------
+    async def deliver(self, event: AnyEvent) -> CallRecord | None:
+        call = self._live_for(event)
+        if call is None:
+            return self.find(call_id=event.call_id, provider_call_id=event.provider_call_id)
+        if event.provider_call_id and event.provider_call_id not in self._by_provider_id:
+            self._by_provider_id[event.provider_call_id] = call.record.call_id
+        if isinstance(event, model.CallEnded | model.CallError):
+            call.carrier_gone = True
+        return self._apply(call, event)
+
+    def _live_for(self, event: CallEvent) -> LiveCall | None:
+        if event.call_id and event.call_id in self.live:
+            return self.live[event.call_id]
+        if event.provider_call_id:
+            cid = self._by_provider_id.get(event.provider_call_id)
+            if cid is not None:
+                return self.live.get(cid)
+        return None
+
+    async def offer_inbound(self, event: CallInitiated) -> InboundOutcome:
+        key = event.provider_call_id or event.id
+        seen = self._offers.get(key)
+        if seen is not None:
+            return InboundOutcome(seen.decision, seen.record, duplicate=True)
+        reason = self._inbound_refusal(event.from_)
+        if reason is not None:
+            log.info("inbound call from %s refused: %s", _mask(event.from_), reason)
+            outcome = InboundOutcome(InboundDecision.REJECT, None)
+            self._remember_offer(key, outcome)
+            self._publish({"callId": None, "type": "call.rejected", "from": event.from_,
+                           "reason": reason})
+            return outcome
+        greeting = self.config.inbound_greeting or DEFAULT_GREETING
+        record = model.new_record(
+            provider=self.provider.name,
+            direction="inbound",
+            from_=event.from_,
+            to=event.to or (self.config.from_number or ""),
+            provider_call_id=event.provider_call_id,
+            metadata={"mode": "conversation", "initialMessage": greeting},
+        )
+        record = model.apply(record, event, self._now_ms())
+        outcome = InboundOutcome(InboundDecision.ACCEPT, record)
+        self._remember_offer(key, outcome)
+        await self.journal.append_durable(record)
+        await self._start_call(record, dial=False)
+        return outcome
+
+    def _remember_offer(self, key: str, outcome: InboundOutcome) -> None:
+        self._offers[key] = outcome
+        while len(self._offers) > MAX_REMEMBERED_OFFERS:
+            self._offers.popitem(last=False)
+
+    def _inbound_refusal(self, caller: str) -> str | None:
+        policy = self.config.inbound_policy
+        if not self._accepting:
+            return "the daemon is shutting down"
+        if policy == "disabled":
+            return "inboundPolicy is disabled"
+        if policy in ("allowlist", "pairing") and (
+            not E164.match(caller or "") or caller not in self.config.allow_from
+        ):
+            return "caller is not in allowFrom"
+        if self.active_count + self._pending_slots >= self.config.max_concurrent_calls:
+            return f"Maximum concurrent calls ({self.config.max_concurrent_calls}) reached"
+        return None
+
+    # -- commands -------------------------------------------------------------------------
+    async def initiate(self, to: str | None, message: str, mode: str | None) -> CallRecord:
+        target = to or self.config.to_number
+        if not target:
+            raise InvalidInput("No destination: pass `to` or set toNumber in the config")
+        if not E164.match(target):
+            raise InvalidInput(f"Invalid phone number {target!r}: must be E.164, like +15550001234")
+        chosen = mode or self.config.outbound.default_mode
+        if chosen not in ("notify", "conversation"):
+            raise InvalidInput(f"Invalid mode {chosen!r}: must be notify or conversation")
+        if not message.strip():
+            raise InvalidInput("message must not be empty")
+        if not self._accepting:
+            raise VoiceCallError("The daemon is shutting down")
+        limit = self.config.max_concurrent_calls
+        if self.active_count + self._pending_slots >= limit:
+            raise ConcurrencyLimit(f"Maximum concurrent calls ({limit}) reached")
+        self._pending_slots += 1
+        try:
+            record = model.new_record(
+                provider=self.provider.name,
+                direction="outbound",
+                from_=self.config.from_number or "+15550000000",
+                to=target,
+                metadata={"mode": chosen, "initialMessage": message},
+            )
+            # the record is on disk before the carrier is asked to dial
+            await self.journal.append_durable(record)
+            return await self._start_call(record, dial=True)
+        finally:
+            self._pending_slots -= 1
+
+    async def _start_call(self, record: CallRecord, *, dial: bool) -> CallRecord:
+        assert self._nursery is not None, "supervisor is not running"
+        call = LiveCall(record)
+        self.live[record.call_id] = call
+        self.session[record.call_id] = record
+        if record.provider_call_id:
+            self._by_provider_id[record.provider_call_id] = record.call_id
+        error: ProviderError | None = await self._nursery.start(self._call_task, call, dial)
+        if error is not None:
+            raise CarrierError(str(error))
+        return call.record
+
+    def _live(self, call_id: str) -> LiveCall:
+        call = self.live.get(call_id)
+        if call is None:
+            if self.get_record(call_id) is not None:
+                raise CallNotConnected("Call has ended")
+            raise CallNotFound()
+        return call
+
+    async def speak(self, call_id: str, message: str, *, listen: bool | None = None) -> None:
+        call = self._live(call_id)
+        if listen is None:
+            listen = call.record.metadata.get("mode") == "conversation"
+        await self._speak(call, message, listen=listen)
+
+    async def _speak(self, call: LiveCall, text: str, *, listen: bool) -> None:
+        if not text.strip():
+            raise InvalidInput("message must not be empty")
+        if not call.record.state.connected:
+            raise CallNotConnected(
+                f"Call is not connected (state {call.record.state.value})"
+            )
+        self._apply(call, CallSpeaking(id=f"bot:{uuid.uuid4().hex}", text=text))
+        try:
+            await self.provider.speak(call.record, text, listen=listen)
+        except ProviderError as exc:
+            log.warning("call %s: speak failed: %s", call.record.call_id, exc)
+            raise CarrierError(str(exc)) from None
+
+    async def continue_call(self, call_id: str, message: str) -> str:
+        call = self._live(call_id)
+        if call.continue_waiting:
+            raise CallNotConnected("Another continue is already waiting on this call")
+        call.continue_waiting = True
+        try:
+            start = len(call.record.transcript)
+            await self._speak(call, message, listen=True)
+            timeout_s = self.config.transcript_timeout_ms / 1000
+            with trio.move_on_after(timeout_s):
+                while True:
+                    text = model.last_user_text_after(call.record, start)
+                    if text is not None:
+                        return text
+                    if call.record.terminal:
+                        raise CallNotConnected(
+                            f"Call ended ({call.record.end_reason}) before the callee answered"
+                        )
+                    await call.wait_changed()
+            raise TranscriptTimeout(
+                f"No reply from the callee within {self.config.transcript_timeout_ms} ms"
+            )
+        finally:
+            call.continue_waiting = False
+
+    async def end(self, call_id: str) -> None:
+        """Hang up a call; ending a call that has already ended is a success."""
+        call = self.live.get(call_id)
+        if call is None:
+            if self.get_record(call_id) is None:
+                raise CallNotFound()
+            return
+        self._finish(call, "hangup-bot", by_carrier=False)
+        with trio.move_on_after(CLEANUP_TIMEOUT_S):
+            await call.task_done.wait()
+
+    # -- the call task ----------------------------------------------------------------------
+    async def _call_task(
+        self,
+        call: LiveCall,
+        dial: bool,
+        *,
+        task_status: trio.TaskStatus[ProviderError | None],
+    ) -> None:
+        reported = False
+        try:
+            async with trio.open_nursery() as nursery:
+                if dial:
+                    try:
+                        provider_call_id = await self.provider.dial(call.record)
+                    except ProviderError as exc:
+                        log.warning("call %s: dial failed: %s", call.record.call_id, exc)
+                        record = model.with_metadata(call.record, lastError=str(exc))
+                        call.set(record)
+                        self._finish(call, "failed", by_carrier=True)
+                        task_status.started(exc)
+                        reported = True
+                        return
+                    self._store(
+                        call,
+                        _with_provider_id(call.record, provider_call_id),
+                        "call.dialled",
+                        {"providerCallId": provider_call_id},
+                    )
+                task_status.started(None)
+                reported = True
+                nursery.start_soon(self._max_duration_timer, call)
+                if not self.provider.speaks_initial_message:
+                    nursery.start_soon(self._initial_message, call)
+                if call.record.metadata.get("mode") == "notify":
+                    nursery.start_soon(self._notify_hangup, call)
+                await call.ended.wait()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("call %s: task failed", call.record.call_id)
+            self._finish(call, "error", by_carrier=False)
+            if not reported:
+                task_status.started(ProviderError("internal error while starting the call"))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup(call)
+
+    async def _cleanup(self, call: LiveCall) -> None:
+        try:
+            if not call.record.terminal:
+                self._finish(call, "hangup-bot", by_carrier=False)
+            if not call.carrier_gone and call.record.provider_call_id:
+                with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
+                    try:
+                        await self.provider.hangup(call.record)
+                    except ProviderError as exc:
+                        log.warning("call %s: hangup failed: %s", call.record.call_id, exc)
+                if scope.cancelled_caught:
+                    log.warning("call %s: hangup timed out", call.record.call_id)
+        except Exception:
+            log.exception("call %s: cleanup failed", call.record.call_id)
+        finally:
+            self.live.pop(call.record.call_id, None)
+            call.task_done.set()
+
+    async def _max_duration_timer(self, call: LiveCall) -> None:
+        record = await call.wait_until(lambda r: r.answered_at is not None or r.terminal)
+        if record.terminal or record.answered_at is None:
+            return
+        elapsed = max(0.0, self.wall_clock() - record.answered_at / 1000)
+        remaining = max(0.0, self.config.max_duration_seconds - elapsed)
+        await trio.sleep(remaining)
+        log.info("call %s: maxDurationSeconds (%ss) reached", record.call_id,
+                 self.config.max_duration_seconds)
+        self._finish(call, "timeout", by_carrier=False)
+
+    async def _initial_message(self, call: LiveCall) -> None:
+        record = await call.wait_until(lambda r: r.state.connected or r.terminal)
+        message = record.metadata.get("initialMessage")
+        if record.terminal or not message or record.metadata.get("initialSpoken"):
+            return
+        call.set(model.with_metadata(call.record, initialSpoken=True))
+        listen = record.metadata.get("mode") == "conversation"
+        try:
+            await self._speak(call, str(message), listen=listen)
+        except VoiceCallError as exc:
+            log.warning("call %s: initial message not spoken: %s", record.call_id, exc)
+
+    async def _notify_hangup(self, call: LiveCall) -> None:
+        """Hang up ``notifyHangupDelaySec`` after the initial message was spoken."""
+
+        def spoken(r: CallRecord) -> bool:
+            return r.terminal or (
+                r.state is CallState.LISTENING and any(e.speaker == "bot" for e in r.transcript)
+            )
+
+        record = await call.wait_until(spoken)
+        if record.terminal:
+            return
+        await trio.sleep(self.config.outbound.notify_hangup_delay_sec)
+        self._finish(call, "hangup-bot", by_carrier=False)
+
+    # -- restart reconciliation -------------------------------------------------------------
+    async def _recover(self, records: list[CallRecord]) -> None:
+        for record in records:
+            await self._recover_one(record)
+
+    async def _recover_one(self, record: CallRecord) -> None:
+        call = LiveCall(record)
+        if record.provider_call_id:
+            self._by_provider_id[record.provider_call_id] = record.call_id
+        if not record.provider_call_id:
+            log.warning("call %s: never reached the carrier before a restart; ended as error",
+                        record.call_id)
+            call.carrier_gone = True
+            self._finish(call, "error", by_carrier=True)
+            return
+        started = (record.answered_at or record.started_at) / 1000
+        if self.wall_clock() - started > self.config.max_duration_seconds:
+            log.info("call %s: older than maxDurationSeconds at restart; ended", record.call_id)
+            await self._hangup_quietly(record)
+            call.carrier_gone = True
+            self._finish(call, "timeout", by_carrier=True)
+            return
+        try:
+            remote = await self.provider.fetch_state(record)
+        except ProviderError as exc:
+            log.warning("call %s: carrier state unknown after restart (%s); resuming",
+                        record.call_id, exc)
+            remote = None
+        if remote is not None and remote.status is RemoteStatus.ENDED:
+            call.carrier_gone = True
+            self._finish(call, remote.end_reason or "completed", by_carrier=True)
+            return
+        if remote is not None and remote.status is RemoteStatus.UNKNOWN:
+            log.warning("call %s: the carrier no longer knows this call; ended as error",
+                        record.call_id)
+            call.carrier_gone = True
+            self._finish(call, "error", by_carrier=True)
+            return
+        log.info("call %s: resumed after restart (state %s)", record.call_id, record.state)
+        assert self._nursery is not None
+        self.live[record.call_id] = call
+        self.session[record.call_id] = record
+        await self._nursery.start(self._call_task, call, False)
+
+    async def _hangup_quietly(self, record: CallRecord) -> None:
+        with trio.move_on_after(CLEANUP_TIMEOUT_S):
+            try:
+                await self.provider.hangup(record)
+            except ProviderError as exc:
+                log.warning("call %s: hangup failed: %s", record.call_id, exc)
+
+
+def _with_provider_id(record: CallRecord, provider_call_id: str) -> CallRecord:
+    import msgspec
+
+    return msgspec.structs.replace(record, provider_call_id=provider_call_id)
+
+
+def _event_type(event: CallEvent) -> str:
+    tag = type(event).__struct_config__.tag
+    return str(tag)
+
+
+def _event_fields(event: CallEvent) -> dict[str, Any]:
+    import msgspec
+
+    out = msgspec.to_builtins(event)
+    assert isinstance(out, dict)
+    return out
+
+
+def _mask(number: str) -> str:
+    """Log phone numbers without their middle digits."""
+    if len(number) <= 6:
+        return number or "anonymous"
+    return number[:3] + "*" * (len(number) - 6) + number[-3:]
+
+
+__all__ = ["LiveCall", "Supervisor", "math"]

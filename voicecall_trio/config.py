@@ -1,0 +1,365 @@
+"""The whole configuration, as msgspec Structs, and the only code that reads config files or env.
+
+Keys and defaults are the seed's (``plugins.entries.voice-call.config``); keys of our own are
+marked below and documented in ``docs/configuration.md``. Validation is strict: an unknown key,
+a malformed phone number or a missing credential is a ``ConfigError`` that names the key path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+DEFAULT_STORE = "~/clawd/voice-calls"
+CONFIG_SEARCH = ("config.toml", "config.json", "config.json5")
+
+ProviderName = Literal["mock", "twilio", "telnyx"]
+Mode = Literal["notify", "conversation"]
+InboundPolicy = Literal["disabled", "allowlist", "pairing", "open"]
+
+
+class _Section(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class TwilioConfig(_Section):
+    account_sid: str | None = None
+    auth_token: str | None = None
+    api_base_url: str = "https://api.twilio.com"  # ours
+
+
+class TelnyxConfig(_Section):
+    api_key: str | None = None
+    connection_id: str | None = None
+    public_key: str | None = None
+    api_base_url: str = "https://api.telnyx.com/v2"  # ours
+
+
+class ServeConfig(_Section):
+    port: int = 3334
+    bind: str = "127.0.0.1"
+    path: str = "/voice/webhook"
+
+
+class OutboundConfig(_Section):
+    default_mode: Mode = "notify"
+    notify_hangup_delay_sec: float = 3
+
+
+class TailscaleConfig(_Section):
+    mode: Literal["off", "serve", "funnel"] = "off"
+    path: str = "/voice/webhook"
+
+
+class TunnelConfig(_Section):
+    provider: Literal["none", "ngrok", "tailscale-serve", "tailscale-funnel"] = "none"
+    ngrok_auth_token: str | None = None
+    ngrok_domain: str | None = None
+    allow_ngrok_free_tier: bool = True
+
+
+class StreamingConfig(_Section):
+    enabled: bool = False
+    stt_provider: Literal["openai-realtime"] = "openai-realtime"
+    openai_api_key: str | None = None
+    stt_model: str = "gpt-4o-transcribe"
+    silence_duration_ms: int = 800
+    vad_threshold: float = 0.5
+    stream_path: str = "/voice/stream"
+    realtime_url: str = "wss://api.openai.com/v1/realtime"  # ours
+
+
+class SttConfig(_Section):
+    provider: Literal["openai"] = "openai"
+    model: str = "whisper-1"
+
+
+class TtsConfig(_Section):
+    provider: str = "openai"
+    model: str = "gpt-4o-mini-tts"
+    voice: str = "coral"
+    instructions: str | None = None
+
+
+class WebhookSecurityConfig(_Section):
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    trust_forwarding_headers: bool = False
+    trusted_proxy_i_ps: list[str] = msgspec.field(default_factory=list, name="trustedProxyIPs")
+    max_body_bytes: int = 1_048_576  # ours
+    max_in_flight_per_ip: int = 64  # ours
+
+
+class MockConfig(_Section):
+    answer_delay_ms: int = 300
+    reply_delay_ms: int = 400
+    speak_ms_per_char: int = 10
+    caller_script: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "Hi, this is the mock callee. I can hear you fine.",
+            "Sounds good, thank you.",
+            "Goodbye!",
+        ]
+    )
+    outcome: Literal["answered", "busy", "no-answer", "failed"] = "answered"
+
+
+class ControlConfig(_Section):  # ours
+    socket_path: str | None = None
+
+
+class JournalConfig(_Section):  # ours
+    max_bytes: int = 64 * 1024 * 1024
+    keep_files: int = 3
+
+
+class VoiceCallConfig(_Section):
+    enabled: bool = True
+    provider: ProviderName = "mock"
+    from_number: str | None = None
+    to_number: str | None = None
+    twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
+    telnyx: TelnyxConfig = msgspec.field(default_factory=TelnyxConfig)
+    serve: ServeConfig = msgspec.field(default_factory=ServeConfig)
+    public_url: str | None = None
+    tailscale: TailscaleConfig = msgspec.field(default_factory=TailscaleConfig)
+    tunnel: TunnelConfig = msgspec.field(default_factory=TunnelConfig)
+    outbound: OutboundConfig = msgspec.field(default_factory=OutboundConfig)
+    inbound_policy: InboundPolicy = "disabled"
+    allow_from: list[str] = msgspec.field(default_factory=list)
+    inbound_greeting: str | None = None
+    max_duration_seconds: int = 300
+    silence_timeout_ms: int = 800
+    transcript_timeout_ms: int = 180_000
+    ring_timeout_ms: int = 30_000
+    max_concurrent_calls: int = 1
+    streaming: StreamingConfig = msgspec.field(default_factory=StreamingConfig)
+    stt: SttConfig = msgspec.field(default_factory=SttConfig)
+    tts: TtsConfig = msgspec.field(default_factory=TtsConfig)
+    webhook_security: WebhookSecurityConfig = msgspec.field(default_factory=WebhookSecurityConfig)
+    skip_signature_verification: bool = False
+    store: str | None = None
+    response_model: str = "openai/gpt-4o-mini"
+    response_system_prompt: str | None = None
+    response_timeout_ms: int = 30_000
+    response_base_url: str = "https://api.openai.com/v1"  # ours
+    mock: MockConfig = msgspec.field(default_factory=MockConfig)  # issue: mock carrier
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)  # ours
+    journal: JournalConfig = msgspec.field(default_factory=JournalConfig)  # ours
+    shutdown_grace_seconds: float = 5.0  # ours
+
+    # -- derived paths -------------------------------------------------------------------
+    @property
+    def store_dir(self) -> Path:
+        return Path(os.path.expanduser(self.store or DEFAULT_STORE))
+
+    @property
+    def journal_path(self) -> Path:
+        return self.store_dir / "calls.jsonl"
+
+    def socket_path(self, environ: Mapping[str, str] | None = None) -> Path:
+        env = os.environ if environ is None else environ
+        if env.get("VOICECALL_SOCKET"):
+            return Path(os.path.expanduser(env["VOICECALL_SOCKET"]))
+        if self.control.socket_path:
+            return Path(os.path.expanduser(self.control.socket_path))
+        return self.store_dir / "voicecall.sock"
+
+    @property
+    def webhook_url(self) -> str | None:
+        return self.public_url
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path | None:
+    """``VOICECALL_CONFIG``, else the first of ``~/.config/voicecall/config.{toml,json,json5}``."""
+    if environ.get("VOICECALL_CONFIG"):
+        return Path(os.path.expanduser(environ["VOICECALL_CONFIG"]))
+    base = Path(os.path.expanduser(environ.get("XDG_CONFIG_HOME") or "~/.config")) / "voicecall"
+    for name in CONFIG_SEARCH:
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+def parse_document(text: str, suffix: str) -> Any:
+    """JSON, JSON5 or TOML by suffix; an unknown suffix tries JSON, then JSON5, then TOML."""
+    suffix = suffix.lower()
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".json5":
+            import json5
+
+            return json5.loads(text)
+    except Exception as exc:
+        raise ConfigError(f"cannot parse config ({suffix[1:]}): {exc}") from None
+    for loader in (json.loads, _json5_loads, tomllib.loads):
+        try:
+            return loader(text)
+        except Exception:
+            continue
+    raise ConfigError("cannot parse config: not JSON, JSON5 or TOML")
+
+
+def _json5_loads(text: str) -> Any:
+    import json5
+
+    return json5.loads(text)
+
+
+def extract_section(doc: Any) -> tuple[dict[str, Any], str]:
+    """Accept the bare plugin config or a whole assistant config; return (section, key prefix)."""
+    if not isinstance(doc, dict):
+        raise ConfigError("config must be an object at the top level")
+    entry = doc.get("plugins", {})
+    if isinstance(entry, dict) and "entries" in entry:
+        prefix = "plugins.entries.voice-call"
+        plugin = entry.get("entries", {}).get("voice-call")
+        if plugin is None:
+            raise ConfigError(f"{prefix}: missing (the file has no voice-call plugin entry)")
+        if not isinstance(plugin, dict):
+            raise ConfigError(f"{prefix}: must be an object")
+        section = plugin.get("config", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{prefix}.config: must be an object")
+        section = dict(section)
+        if "enabled" in plugin and "enabled" not in section:
+            section["enabled"] = plugin["enabled"]
+        return section, prefix + ".config"
+    return doc, ""
+
+
+_ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("twilio", "accountSid"), "TWILIO_ACCOUNT_SID"),
+    (("twilio", "authToken"), "TWILIO_AUTH_TOKEN"),
+    (("telnyx", "apiKey"), "TELNYX_API_KEY"),
+    (("telnyx", "connectionId"), "TELNYX_CONNECTION_ID"),
+    (("telnyx", "publicKey"), "TELNYX_PUBLIC_KEY"),
+    (("streaming", "openaiApiKey"), "OPENAI_API_KEY"),
+    (("tunnel", "ngrokAuthToken"), "NGROK_AUTHTOKEN"),
+    (("tunnel", "ngrokDomain"), "NGROK_DOMAIN"),
+)
+
+
+def _apply_env(section: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    out = dict(section)
+    for (group, key), var in _ENV_FALLBACKS:
+        value = environ.get(var)
+        if not value:
+            continue
+        sub = out.get(group, {})
+        if not isinstance(sub, dict):
+            continue  # leave the type error to validation
+        if sub.get(key) in (None, ""):
+            out[group] = {**sub, key: value}
+    return out
+
+
+def _path_of(message: str, prefix: str) -> str:
+    """Turn msgspec's ``... - at `$.twilio.accountSid``` into ``twilio.accountSid: ...``."""
+    match = re.search(r"(?: - at `\$(?P<path>[^`]*)`)$", message)
+    path = ""
+    if match:
+        message = message[: match.start()]
+        path = match.group("path").lstrip(".")
+        path = re.sub(r"\[(\d+)\]", r".\1", path)
+    unknown = re.match(r"Object contains unknown field `(?P<key>[^`]+)`", message)
+    if unknown:
+        path = f"{path}.{unknown.group('key')}" if path else unknown.group("key")
+        message = "unknown key"
+    full = ".".join(p for p in (prefix, path) if p) or "(top level)"
+    return f"{full}: {message}"
+
+
+def validate(config: VoiceCallConfig, prefix: str = "") -> None:
+    """Checks msgspec cannot express: E.164 numbers and per-provider credentials."""
+
+    def key(name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    def e164(name: str, value: str | None) -> None:
+        if value is not None and not E164.match(value):
+            raise ConfigError(
+                f"{key(name)}: {value!r} is not an E.164 phone number (like +15550001234)"
+            )
+
+    e164("fromNumber", config.from_number)
+    e164("toNumber", config.to_number)
+    for i, number in enumerate(config.allow_from):
+        e164(f"allowFrom.{i}", number)
+    if config.provider == "twilio":
+        for name, value in (
+            ("twilio.accountSid", config.twilio.account_sid),
+            ("twilio.authToken", config.twilio.auth_token),
+            ("fromNumber", config.from_number),
+        ):
+            if not value:
+                raise ConfigError(f"{key(name)}: required for provider twilio")
+    elif config.provider == "telnyx":
+        for name, value in (
+            ("telnyx.apiKey", config.telnyx.api_key),
+            ("telnyx.connectionId", config.telnyx.connection_id),
+            ("fromNumber", config.from_number),
+        ):
+            if not value:
+                raise ConfigError(f"{key(name)}: required for provider telnyx")
+        if not config.telnyx.public_key and not config.skip_signature_verification:
+            raise ConfigError(
+                f"{key('telnyx.publicKey')}: required to verify Telnyx webhooks "
+                "(or set skipSignatureVerification for local testing only)"
+            )
+    if config.max_concurrent_calls < 1:
+        raise ConfigError(f"{key('maxConcurrentCalls')}: must be at least 1")
+    if config.max_duration_seconds < 1:
+        raise ConfigError(f"{key('maxDurationSeconds')}: must be at least 1")
+    for name, path in (("serve.path", config.serve.path), ("streaming.streamPath",
+                       config.streaming.stream_path)):
+        if not path.startswith("/"):
+            raise ConfigError(f"{key(name)}: must start with '/'")
+    if not 0 <= config.serve.port <= 65535:
+        raise ConfigError(f"{key('serve.port')}: must be a TCP port (0-65535)")
+
+
+def build_config(
+    doc: Any, environ: Mapping[str, str] | None = None
+) -> VoiceCallConfig:
+    section, prefix = extract_section(doc if doc is not None else {})
+    section = _apply_env(section, os.environ if environ is None else environ)
+    try:
+        config = msgspec.convert(section, VoiceCallConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_path_of(str(exc), prefix)) from None
+    validate(config, prefix)
+    return config
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> VoiceCallConfig:
+    """Read the config from ``path``, ``VOICECALL_CONFIG`` or the default location.
+
+    No file at all is a valid config: the mock carrier, everything local.
+    """
+    env = os.environ if environ is None else environ
+    file = Path(path) if path is not None else default_config_path(env)
+    if file is None:
+        return build_config({}, env)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
+    return build_config(parse_document(text, file.suffix), env)

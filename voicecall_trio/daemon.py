@@ -1,0 +1,310 @@
+"""The root nursery: the only module that knows the whole task tree.
+
+Start order (each child reports ready through ``task_status.started()``)::
+
+    root
+    ├── journal writer            after replaying calls.jsonl
+    └── calls scope
+        ├── provider.run          (the mock's simulated callees)
+        ├── supervisor.run        reconciles replayed calls, then owns one task per call
+        └── front
+            ├── JSON-RPC server   on the Unix socket bound first, as the single-instance lock
+            ├── Hypercorn         webhook route and /healthz
+            ├── signal watcher    SIGTERM / SIGINT -> graceful stop
+            └── systemd watchdog  when WATCHDOG_USEC is set
+
+Stopping runs the other way: calls are ended (up to ``shutdownGraceSeconds``), then the HTTP
+server drains and the socket is unlinked, then the journal writer flushes and exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import trio
+
+from . import __version__, systemd
+from .calls import Supervisor
+from .config import VoiceCallConfig
+from .errors import VoiceCallError
+from .providers.base import Provider
+from .rpc.methods import build_methods
+from .rpc.server import RpcServer
+from .rpc.unix import SocketInUse, open_unix_listener
+from .store import Journal, replay_file
+
+log = logging.getLogger("voicecall.daemon")
+
+
+class DaemonStartError(VoiceCallError):
+    """The daemon cannot start (config, lock, port); the message says why."""
+
+
+@dataclass
+class DaemonHandle:
+    """What a test or the CLI can see of a running daemon."""
+
+    config: VoiceCallConfig
+    socket_path: Path
+    supervisor: Supervisor
+    provider: Provider
+    journal: Journal
+    http_binds: list[str] = field(default_factory=list)
+    stop_event: trio.Event = field(default_factory=trio.Event)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def make_provider(config: VoiceCallConfig, http: httpx.AsyncClient) -> Provider:
+    if config.provider == "twilio":
+        from .providers.twilio import TwilioProvider
+
+        return TwilioProvider(config, http)
+    if config.provider == "telnyx":
+        from .providers.telnyx import TelnyxProvider
+
+        return TelnyxProvider(config, http)
+    from .providers.mock import MockProvider
+
+    return MockProvider(config)
+
+
+def lock_store(store: Path) -> IO[bytes]:
+    """An exclusive flock on ``<store>/.lock``: one daemon per store, whatever the socket."""
+    store.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = open(store / ".lock", "a+b")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DaemonStartError(
+            f"another voicecall daemon is already using the store {store}"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n".encode())
+    handle.flush()
+    return handle
+
+
+async def run_daemon(
+    config: VoiceCallConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[DaemonHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    env = dict(os.environ if environ is None else environ)
+    socket_path = config.socket_path(env)
+    if config.skip_signature_verification:
+        log.warning("skipSignatureVerification is on: webhooks are NOT verified "
+                    "(local testing only; never expose this daemon)")
+    store_lock = lock_store(config.store_dir)
+    try:
+        try:
+            listener = open_unix_listener(socket_path)
+        except SocketInUse as exc:
+            raise DaemonStartError(f"{exc}; stop it first (voicecall status shows it)") from None
+        except OSError as exc:
+            raise DaemonStartError(
+                f"cannot open the control socket {socket_path}: {exc.strerror or exc}"
+            ) from None
+        try:
+            await _run_bound(config, env, socket_path, listener, http_client, handle_signals,
+                             task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+                try:
+                    socket_path.unlink()
+                except FileNotFoundError:
+                    pass
+    finally:
+        store_lock.close()
+
+
+async def _run_bound(
+    config: VoiceCallConfig,
+    env: dict[str, str],
+    socket_path: Path,
+    listener: trio.SocketListener,
+    http_client: httpx.AsyncClient | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[DaemonHandle],
+) -> None:
+    replayed = await trio.to_thread.run_sync(replay_file, config.journal_path)
+    if replayed.bad_lines:
+        log.warning("journal %s: %s", config.journal_path, replayed.describe_bad())
+    if replayed.lines:
+        log.info("journal replayed: %d lines, %d live call(s), %d ended",
+                 replayed.lines, len(replayed.live), len(replayed.ended_lines))
+    own_client = http_client is None
+    http = http_client or httpx.AsyncClient(timeout=10.0)
+    provider = make_provider(config, http)
+    journal = Journal(config.journal_path, max_bytes=config.journal.max_bytes,
+                      keep_files=config.journal.keep_files)
+    supervisor = Supervisor(config, provider, journal)
+    journal.live_records = supervisor.live_records
+    handle = DaemonHandle(config, socket_path, supervisor, provider, journal)
+    try:
+        async with trio.open_nursery() as root:
+            await root.start(journal.run)
+            try:
+                await _run_calls(config, env, handle, listener, handle_signals, replayed,
+                                 task_status)
+            finally:
+                await journal.close()
+    finally:
+        if own_client:
+            with trio.CancelScope(shield=True):
+                await http.aclose()
+
+
+async def _run_calls(
+    config: VoiceCallConfig,
+    env: dict[str, str],
+    handle: DaemonHandle,
+    listener: trio.SocketListener,
+    handle_signals: bool,
+    replayed: Any,
+    task_status: trio.TaskStatus[DaemonHandle],
+) -> None:
+    supervisor = handle.supervisor
+    provider = handle.provider
+    started = time.monotonic()
+    async with trio.open_nursery() as calls_scope:
+        await calls_scope.start(provider.run, supervisor)
+        await calls_scope.start(supervisor.run, replayed)
+        simulate = getattr(provider, "simulate_inbound", None)
+
+        def health() -> dict[str, Any]:
+            return {
+                "ok": True,
+                "version": __version__,
+                "uptimeS": round(time.monotonic() - started, 3),
+                "activeCalls": supervisor.active_count,
+                "provider": provider.name,
+                "publicUrl": config.public_url,
+                "listen": handle.http_binds,
+            }
+
+        methods = build_methods(supervisor, public_url=lambda: config.public_url,
+                                simulate_inbound=simulate)
+        base_health = methods["daemon.health"]
+
+        async def health_method(params: dict[str, Any], conn: Any) -> Any:
+            result = await base_health(params, conn)
+            result["listen"] = handle.http_binds
+            return result
+
+        methods["daemon.health"] = health_method
+        rpc = RpcServer(methods)
+        http_stop = trio.Event()
+        http_done = trio.Event()
+        async with trio.open_nursery() as front:
+            await front.start(rpc.serve, handle.socket_path, listener)
+            handle.http_binds = await front.start(
+                _serve_http, config, provider, supervisor, health, http_stop, http_done
+            )
+            if handle_signals:
+                front.start_soon(_watch_signals, handle.stop_event)
+            interval = systemd.watchdog_interval_s(env)
+            if interval:
+                front.start_soon(_watchdog, interval, env)
+            log.info("voicecall %s ready: provider %s, socket %s, http %s", __version__,
+                     provider.name, handle.socket_path, ", ".join(handle.http_binds))
+            systemd.notify("READY=1", env)
+            task_status.started(handle)
+            await handle.stop_event.wait()
+            log.info("stopping: ending %d live call(s)", supervisor.active_count)
+            systemd.notify("STOPPING=1", env)
+            await supervisor.shutdown(config.shutdown_grace_seconds)
+            http_stop.set()
+            with trio.move_on_after(3):
+                await http_done.wait()  # Hypercorn drains on its trigger
+            front.cancel_scope.cancel()
+        calls_scope.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _serve_http(
+    config: VoiceCallConfig,
+    provider: Provider,
+    supervisor: Supervisor,
+    health: Callable[[], dict[str, Any]],
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
+    from .web import create_app
+
+    app = create_app(config, provider, supervisor, health=health)
+    hc = HypercornConfig()
+    host = config.serve.bind
+    hc.bind = [f"[{host}]:{config.serve.port}" if ":" in host else f"{host}:{config.serve.port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("voicecall.http")
+    hc.backlog = 1024
+    hc.graceful_timeout = 2.0
+    hc.keep_alive_timeout = 30.0
+    try:
+        await serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise DaemonStartError(
+            f"cannot listen on {host}:{config.serve.port} (serve.bind/serve.port): "
+            f"{exc.strerror or exc}"
+        ) from None
+    finally:
+        done.set()
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+async def _watchdog(interval: float, env: Mapping[str, str]) -> None:
+    while True:
+        systemd.notify("WATCHDOG=1", env)
+        await trio.sleep(interval)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "hypercorn.error", "quart.app"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def serve_forever(config: VoiceCallConfig, on_ready: Callable[[DaemonHandle], None] | None = None
+                  ) -> None:
+    """The blocking entry point of ``voicecall serve``."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            handle: DaemonHandle = await nursery.start(run_daemon, config)
+            if on_ready is not None:
+                on_ready(handle)
+
+    trio.run(main)

@@ -1,0 +1,153 @@
+"""The daemon's JSON-RPC methods, bound to the call supervisor.
+
+Params are checked with msgspec Structs (camelCase, as in the seed); a missing or mistyped
+param is -32602 naming the field. Results have the seed's shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import trio
+
+from .. import __version__
+from ..calls import Supervisor
+from ..errors import InvalidInput
+from ..model import record_to_builtins
+from ..providers.base import InboundDecision
+from .protocol import INVALID_PARAMS, RpcError
+from .server import Connection, Handler
+
+log = logging.getLogger("voicecall.rpc")
+
+P = TypeVar("P")
+
+
+class InitiateParams(msgspec.Struct, rename="camel"):
+    message: str
+    to: str | None = None
+    mode: Literal["notify", "conversation"] | None = None
+
+
+class CallMessageParams(msgspec.Struct, rename="camel"):
+    call_id: str
+    message: str
+
+
+class CallIdParams(msgspec.Struct, rename="camel"):
+    call_id: str
+
+
+class StatusParams(msgspec.Struct, rename="camel"):
+    call_id: str | None = None
+
+
+class InboundParams(msgspec.Struct, rename="camel"):
+    from_: str = msgspec.field(name="from")
+    to: str | None = None
+
+
+class NoParams(msgspec.Struct):
+    pass
+
+
+def _params(params: dict[str, Any], kind: type[P]) -> P:
+    try:
+        return msgspec.convert(params, kind)
+    except msgspec.ValidationError as exc:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: {exc}") from None
+
+
+def build_methods(
+    supervisor: Supervisor,
+    *,
+    public_url: Callable[[], str | None] = lambda: None,
+    simulate_inbound: Callable[[str, str | None], Awaitable[Any]] | None = None,
+) -> dict[str, Handler]:
+    started = time.monotonic()
+
+    async def initiate(params: dict[str, Any], conn: Connection) -> Any:
+        p = _params(params, InitiateParams)
+        record = await supervisor.initiate(p.to, p.message, p.mode)
+        return {"callId": record.call_id, "initiated": True}
+
+    async def continue_(params: dict[str, Any], conn: Connection) -> Any:
+        p = _params(params, CallMessageParams)
+        text = await supervisor.continue_call(p.call_id, p.message)
+        return {"success": True, "transcript": text}
+
+    async def speak(params: dict[str, Any], conn: Connection) -> Any:
+        p = _params(params, CallMessageParams)
+        await supervisor.speak(p.call_id, p.message)
+        return {"success": True}
+
+    async def end(params: dict[str, Any], conn: Connection) -> Any:
+        p = _params(params, CallIdParams)
+        await supervisor.end(p.call_id)
+        return {"success": True}
+
+    async def status(params: dict[str, Any], conn: Connection) -> Any:
+        p = _params(params, StatusParams)
+        if p.call_id is None:
+            return {"calls": [record_to_builtins(r) for r in supervisor.list_calls()]}
+        record = supervisor.get_record(p.call_id)
+        if record is None:
+            return {"found": False}
+        return {"found": True, "call": record_to_builtins(record)}
+
+    async def subscribe(params: dict[str, Any], conn: Connection) -> Any:
+        _params(params, NoParams)
+        receive = supervisor.subscribe()
+        conn.nursery.start_soon(_forward_events, supervisor, receive, conn)
+        return {"subscribed": True}
+
+    async def health(params: dict[str, Any], conn: Connection) -> Any:
+        return {
+            "ok": True,
+            "version": __version__,
+            "uptimeS": round(time.monotonic() - started, 3),
+            "activeCalls": supervisor.active_count,
+            "provider": supervisor.provider.name,
+            "publicUrl": public_url(),
+        }
+
+    async def inbound(params: dict[str, Any], conn: Connection) -> Any:
+        p = _params(params, InboundParams)
+        if simulate_inbound is None:
+            raise InvalidInput("simulateInbound works only with the mock provider")
+        outcome = await simulate_inbound(p.from_, p.to)
+        accepted = outcome.decision is InboundDecision.ACCEPT
+        result: dict[str, Any] = {"accepted": accepted}
+        if accepted and outcome.record is not None:
+            result["callId"] = outcome.record.call_id
+        return result
+
+    return {
+        "voicecall.initiate": initiate,
+        "voicecall.continue": continue_,
+        "voicecall.speak": speak,
+        "voicecall.end": end,
+        "voicecall.status": status,
+        "voicecall.subscribe": subscribe,
+        "voicecall.simulateInbound": inbound,
+        "daemon.health": health,
+    }
+
+
+async def _forward_events(
+    supervisor: Supervisor,
+    receive: trio.MemoryReceiveChannel[dict[str, Any]],
+    conn: Connection,
+) -> None:
+    try:
+        async with receive:
+            async for payload in receive:
+                await conn.notify("voicecall.event", payload)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        supervisor.unsubscribe(receive)

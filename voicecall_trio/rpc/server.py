@@ -1,0 +1,166 @@
+"""The JSON-RPC server: one task per connection, one task per request in flight.
+
+Requests on one connection run concurrently (a ``continue`` waiting for the callee must not
+block a ``status`` behind it), and every reply or notification goes out through one send lock
+so lines never interleave. A line that cannot be parsed is answered with an error and the
+connection keeps working. Handlers raise ``RpcError`` or ``VoiceCallError``; anything else is
+logged once and answered with -32603, and the daemon keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..errors import VoiceCallError
+from .protocol import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    LineSplitter,
+    LineTooLong,
+    Notification,
+    ProtocolError,
+    Request,
+    Response,
+    RpcError,
+    encode_error,
+    encode_notification,
+    encode_result,
+    parse_line,
+)
+from .unix import open_unix_listener
+
+log = logging.getLogger("voicecall.rpc")
+
+
+class Connection:
+    """What a method handler may do with the connection it was called on."""
+
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+        self.stream = stream
+        self.nursery = nursery
+        self._send_lock = trio.Lock()
+        self.closed = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        await self.send(encode_notification(method, params))
+
+
+Handler = Callable[[dict[str, Any], Connection], Awaitable[Any]]
+
+
+class RpcServer:
+    def __init__(self, methods: dict[str, Handler]) -> None:
+        self.methods = methods
+        self.connections = 0
+
+    async def serve(
+        self,
+        path: Path,
+        listener: trio.SocketListener | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on ``listener`` (bound to ``path``; bound here if None); unlink on exit."""
+        if listener is None:
+            listener = open_unix_listener(path)
+        try:
+            async with listener:
+                await trio.serve_listeners(self.handle_stream, [listener],
+                                           task_status=_Ready(task_status))
+        finally:
+            _unlink_quietly(path)
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                conn = Connection(stream, nursery)
+                try:
+                    await self._read_loop(conn)
+                finally:
+                    conn.closed.set()
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.connections -= 1
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _read_loop(self, conn: Connection) -> None:
+        splitter = LineSplitter()
+        while True:
+            try:
+                data = await conn.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            for item in splitter.feed(data):
+                if isinstance(item, LineTooLong):
+                    log.info("rpc: dropped a line over the 1 MiB limit")
+                    await conn.send(encode_error(None, INVALID_REQUEST,
+                                                 "Invalid Request: line exceeds 1 MiB"))
+                    continue
+                message = parse_line(item)
+                if isinstance(message, ProtocolError):
+                    log.info("rpc: %s", message.message)
+                    await conn.send(message.reply())
+                elif isinstance(message, Request | Notification):
+                    conn.nursery.start_soon(self._dispatch, conn, message)
+                elif isinstance(message, Response):
+                    await self.on_response(conn, message)
+
+    async def on_response(self, conn: Connection, message: Response) -> None:
+        """Replies to requests the daemon sent (none yet); ignored."""
+
+    async def _dispatch(self, conn: Connection, message: Request | Notification) -> None:
+        msg_id = message.id if isinstance(message, Request) else None
+        handler = self.methods.get(message.method)
+        try:
+            if handler is None:
+                raise RpcError(METHOD_NOT_FOUND, f"Method not found: {message.method}")
+            result = await handler(message.params, conn)
+        except RpcError as exc:
+            reply = encode_error(msg_id, exc.code, exc.message, exc.data)
+        except VoiceCallError as exc:
+            reply = encode_error(msg_id, exc.rpc_code, exc.message)
+        except Exception:
+            log.exception("rpc: %s failed", message.method)
+            reply = encode_error(msg_id, INTERNAL_ERROR, "Internal error")
+        else:
+            reply = encode_result(msg_id, result)
+        if isinstance(message, Request):
+            try:
+                await conn.send(reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+class _Ready:
+    """Adapts serve_listeners' started([listeners]) to a plain started()."""
+
+    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+        self.inner = inner
+
+    def started(self, value: object = None) -> None:
+        self.inner.started()
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove the socket file (a cheap metadata operation, fine on the event loop)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
