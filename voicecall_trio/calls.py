@@ -19,7 +19,6 @@ with the pure ``model.apply``; a changed record is journaled and published to su
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections import OrderedDict
@@ -39,7 +38,15 @@ from .errors import (
     TranscriptTimeout,
     VoiceCallError,
 )
-from .events import AnyEvent, CallEvent, CallInitiated, CallSpeaking, EndReason
+from .events import (
+    AnyEvent,
+    CallEnded,
+    CallError,
+    CallEvent,
+    CallInitiated,
+    CallSpeaking,
+    EndReason,
+)
 from .model import CallRecord, CallState
 from .providers.base import (
     InboundDecision,
@@ -242,7 +249,7 @@ class Supervisor:
             return self.find(call_id=event.call_id, provider_call_id=event.provider_call_id)
         if event.provider_call_id and event.provider_call_id not in self._by_provider_id:
             self._by_provider_id[event.provider_call_id] = call.record.call_id
-        if isinstance(event, model.CallEnded | model.CallError):
+        if isinstance(event, CallEnded | CallError):
             call.carrier_gone = True
         return self._apply(call, event)
 
@@ -590,4 +597,4 @@ def _mask(number: str) -> str:
     return number[:3] + "*" * (len(number) - 6) + number[-3:]
 
 
-__all__ = ["LiveCall", "Supervisor", "math"]
+__all__ = ["LiveCall", "Supervisor"]

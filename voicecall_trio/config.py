@@ -322,6 +322,13 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
                 f"{key('telnyx.publicKey')}: required to verify Telnyx webhooks "
                 "(or set skipSignatureVerification for local testing only)"
             )
+        if config.telnyx.public_key:
+            from .providers.telnyx_signature import load_public_key
+
+            try:
+                load_public_key(config.telnyx.public_key)
+            except ValueError as exc:
+                raise ConfigError(f"{prefix + '.' if prefix else ''}{exc}") from None
     if config.max_concurrent_calls < 1:
         raise ConfigError(f"{key('maxConcurrentCalls')}: must be at least 1")
     if config.max_duration_seconds < 1:

@@ -263,7 +263,7 @@ async def _serve_http(
     hc.graceful_timeout = 2.0
     hc.keep_alive_timeout = 30.0
     try:
-        await serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
+        await serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
     except OSError as exc:
         raise DaemonStartError(
             f"cannot listen on {host}:{config.serve.port} (serve.bind/serve.port): "

@@ -39,7 +39,7 @@ class CallEvent(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, ren
     timestamp: int = 0  # ms since the epoch; 0 means "when applied"
 
 
-class CallInitiated(CallEvent, tag="call.initiated"):
+class CallInitiated(CallEvent, tag="call.initiated", frozen=True):
     """The carrier has the call. For ``direction="inbound"`` this is an offer the policy decides."""
 
     direction: Direction = "outbound"
@@ -47,29 +47,29 @@ class CallInitiated(CallEvent, tag="call.initiated"):
     to: str = ""
 
 
-class CallRinging(CallEvent, tag="call.ringing"):
+class CallRinging(CallEvent, tag="call.ringing", frozen=True):
     pass
 
 
-class CallAnswered(CallEvent, tag="call.answered"):
+class CallAnswered(CallEvent, tag="call.answered", frozen=True):
     pass
 
 
-class CallActive(CallEvent, tag="call.active"):
+class CallActive(CallEvent, tag="call.active", frozen=True):
     """Media is flowing (bridged, stream connected)."""
 
 
-class CallSpeaking(CallEvent, tag="call.speaking"):
+class CallSpeaking(CallEvent, tag="call.speaking", frozen=True):
     """The bot started saying ``text``."""
 
     text: str = ""
 
 
-class CallSpoken(CallEvent, tag="call.spoken"):
+class CallSpoken(CallEvent, tag="call.spoken", frozen=True):
     """The bot finished saying what it last started (Telnyx ``call.speak.ended``, mock)."""
 
 
-class CallSpeech(CallEvent, tag="call.speech"):
+class CallSpeech(CallEvent, tag="call.speech", frozen=True):
     """The callee said something (a transcript)."""
 
     text: str
@@ -77,21 +77,21 @@ class CallSpeech(CallEvent, tag="call.speech"):
     confidence: float | None = None
 
 
-class CallDtmf(CallEvent, tag="call.dtmf"):
+class CallDtmf(CallEvent, tag="call.dtmf", frozen=True):
     digits: str
 
 
-class CallMachineDetection(CallEvent, tag="call.machine"):
+class CallMachineDetection(CallEvent, tag="call.machine", frozen=True):
     """Answering-machine detection result: ``human``, ``machine`` or ``unknown``."""
 
     result: str
 
 
-class CallEnded(CallEvent, tag="call.ended"):
+class CallEnded(CallEvent, tag="call.ended", frozen=True):
     reason: EndReason
 
 
-class CallError(CallEvent, tag="call.error"):
+class CallError(CallEvent, tag="call.error", frozen=True):
     error: str
     retryable: bool = False
 
@@ -119,7 +119,8 @@ def encode_event(event: CallEvent) -> bytes:
 
 
 def decode_event(data: bytes | str) -> AnyEvent:
-    return _decoder.decode(data)
+    event: AnyEvent = _decoder.decode(data)
+    return event
 
 
 def event_to_builtins(event: CallEvent) -> dict[str, object]:

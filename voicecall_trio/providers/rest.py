@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -19,40 +18,13 @@ import msgspec
 import trio
 
 from .base import ProviderError
+from .rest_spec import RestRequest, RestResponse
+
+__all__ = ["RETRY_STATUSES", "RestClient", "RestRequest", "RestResponse"]
 
 log = logging.getLogger("voicecall.rest")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True, slots=True)
-class RestRequest:
-    method: str
-    path: str  # joined to the client's base URL
-    form: Mapping[str, str | list[str]] | None = None
-    json: Any = None
-    params: Mapping[str, str] | None = None
-    idempotent: bool = False
-    ok_statuses: frozenset[int] = frozenset()  # e.g. {404} for a hangup
-
-
-@dataclass(frozen=True, slots=True)
-class RestResponse:
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    def json(self) -> Any:
-        if not self.body:
-            return None
-        try:
-            return msgspec.json.decode(self.body)
-        except msgspec.DecodeError:
-            return None
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
 
 ErrorFormatter = Callable[[RestResponse], str]

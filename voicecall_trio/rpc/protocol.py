@@ -67,7 +67,7 @@ class LineSplitter:
         self._buffer = bytearray()
         self._discarding = False
 
-    def feed(self, data: bytes) -> list[bytes | LineTooLong]:
+    def feed(self, data: bytes | bytearray) -> list[bytes | LineTooLong]:
         out: list[bytes | LineTooLong] = []
         self._buffer += data
         while True:
