@@ -112,7 +112,7 @@ class TranscriptEntry(msgspec.Struct, rename="camel", frozen=True):
     is_final: bool = True
 
 
-class CallRecord(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True):
+class CallRecord(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True, kw_only=True):
     """One line of ``calls.jsonl``: a full snapshot of a call."""
 
     call_id: str
@@ -127,7 +127,7 @@ class CallRecord(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True
     answered_at: int | None = None
     ended_at: int | None = None
     end_reason: EndReason | None = None
-    transcript: tuple[TranscriptEntry, ...] = ()
+    transcript: tuple[TranscriptEntry, ...]  # always written, even when empty
     processed_event_ids: tuple[str, ...] = ()
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -164,6 +164,7 @@ def new_record(
         to=to,
         started_at=at if at is not None else now_ms(),
         provider_call_id=provider_call_id,
+        transcript=(),
         metadata=dict(metadata or {}),
     )
 

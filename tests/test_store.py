@@ -1,0 +1,102 @@
+"""Journal: group-commit writer, replay that survives torn and garbage lines, rotation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from voicecall_trio.events import CallAnswered, CallEnded
+from voicecall_trio.model import CallRecord, apply, new_record
+from voicecall_trio.store import Journal, encode_record, replay_bytes, replay_file, tail_lines
+
+
+def rec(n: int = 0) -> CallRecord:
+    return new_record(provider="mock", direction="outbound", from_="+15550001111",
+                      to="+15550002222", call_id=f"call-{n}", provider_call_id=f"p{n}", at=1000)
+
+
+def test_replay_takes_the_last_line_per_call_and_splits_live_from_ended() -> None:
+    a, b = rec(1), rec(2)
+    a2 = apply(a, CallAnswered(id="x"))
+    b2 = apply(b, CallEnded(id="y", reason="busy"))
+    data = b"".join(encode_record(r) for r in (a, b, a2, b2))
+    result = replay_bytes(data)
+    assert result.live == {"call-1": a2}
+    assert set(result.ended_lines) == {"call-2"}
+    assert result.bad_lines == [] and not result.torn_tail and result.lines == 4
+
+
+def test_replay_skips_garbage_and_a_torn_tail_and_reports_them() -> None:
+    good = encode_record(rec(1))
+    torn = encode_record(apply(rec(1), CallAnswered(id="x")))[:40]
+    data = good + b"not json at all\n" + b'{"callId": 3}\n' + torn
+    result = replay_bytes(data)
+    assert result.live == {"call-1": rec(1)}  # the torn update is not applied
+    assert result.bad_lines == [2, 3, 4] and result.torn_tail
+    assert "torn" in result.describe_bad()
+
+
+def test_replay_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert replay_file(tmp_path / "none.jsonl").lines == 0
+
+
+async def test_writer_appends_durably_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    journal = Journal(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for i in range(50):
+            journal.append(rec(i))
+        await journal.append_durable(rec(99))
+        assert path.read_bytes().count(b"\n") == 51
+        await journal.close()
+    assert journal.batches < 51  # appends were batched into fewer writes
+    assert [r.call_id for r in replay_file(path).live.values()][-1] == "call-99"
+
+
+async def test_appends_after_the_writer_stopped_are_still_written(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    journal = Journal(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        nursery.cancel_scope.cancel()
+    journal.append(rec(7))
+    assert "call-7" in replay_file(path).live
+
+
+async def test_a_torn_tail_does_not_swallow_the_next_record(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    path.write_bytes(encode_record(rec(1)) + b'{"callId":"call-1","sta')
+    journal = Journal(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        await journal.append_durable(rec(2))
+        await journal.close()
+    result = replay_file(path)
+    assert set(result.live) == {"call-1", "call-2"} and result.bad_lines == [2]
+
+
+async def test_rotation_bounds_the_file_and_carries_live_calls(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    live = apply(rec(0), CallAnswered(id="a"))
+    journal = Journal(path, max_bytes=4000, keep_files=2, live_records=lambda: [live])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for i in range(1, 60):
+            await journal.append_durable(apply(rec(i), CallEnded(id="e", reason="completed")))
+        await journal.close()
+    assert path.stat().st_size < 4000 + 1000
+    assert (tmp_path / "calls.jsonl.1").exists() and (tmp_path / "calls.jsonl.2").exists()
+    assert not (tmp_path / "calls.jsonl.3").exists()
+    assert replay_file(path).live["call-0"] == live  # the live call survived rotation
+
+
+def test_tail_lines_reads_from_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    path.write_bytes(b"".join(encode_record(rec(i)) for i in range(100)))
+    lines = tail_lines(path, 3)
+    assert len(lines) == 3 and b"call-99" in lines[-1]
+    assert tail_lines(tmp_path / "nope", 5) == []
+    assert os.path.getsize(path) > 0
