@@ -14,8 +14,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 STAMP="$VENV/.installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2 || true
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT[dev]" >&2
+  echo "installing voicecall-trio and its dev tools into $VENV ..." >&2
+  # compat mode: a plain path entry, no import hook, so `voicecall` starts faster
+  if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      --config-settings editable_mode=compat -e "$ROOT[dev]" >"$VENV/install.log" 2>&1; then
+    cat "$VENV/install.log" >&2
+    echo "install failed (log above, also in $VENV/install.log)" >&2
+    exit 1
+  fi
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

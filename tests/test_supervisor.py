@@ -31,9 +31,11 @@ class Rig:
     def __init__(self, sup: Supervisor, mock: MockProvider, path: Path) -> None:
         self.sup, self.mock, self.path = sup, mock, path
 
-    def journal_states(self, call_id: str) -> list[str]:
+    async def journal_states(self, call_id: str) -> list[str]:
         import json
 
+        if not self.sup.journal._closed:
+            await self.sup.journal.flush()
         return [json.loads(line)["state"] for line in self.path.read_text().splitlines()
                 if json.loads(line)["callId"] == call_id]
 
@@ -72,7 +74,7 @@ async def test_notify_call_hangs_up_after_the_delay(tmp_path: Path, autojump_clo
         elapsed = trio.current_time() - t0
         speak = len("Your table is ready") * 0.010
         assert elapsed == pytest.approx(0.3 + speak + 3, abs=0.05)
-        states = r.journal_states(record.call_id)
+        states = await r.journal_states(record.call_id)
         assert states[0] == "initiated" and states[-1] == "hangup-bot"
         final = r.sup.get_record(record.call_id)
         assert final is not None and final.transcript[0].text == "Your table is ready"
@@ -135,7 +137,7 @@ async def test_concurrency_limit_and_slot_release(tmp_path: Path, autojump_clock
 
 async def test_bad_input_is_rejected_before_dialling(tmp_path: Path, autojump_clock: Any) -> None:
     async with rig(tmp_path) as r:
-        with pytest.raises(InvalidInput, match="E.164"):
+        with pytest.raises(InvalidInput, match=r"E\.164"):
             await r.sup.initiate("12345", "x", None)
         with pytest.raises(CallNotFound):
             await r.sup.continue_call("nope", "x")
@@ -162,7 +164,7 @@ async def test_cancellation_still_hangs_up_and_journals(tmp_path: Path,
         assert r.sup._nursery is not None
         r.sup._nursery.cancel_scope.cancel()  # a crash-like stop of the whole supervisor
         await trio.testing.wait_all_tasks_blocked()
-    assert r.journal_states(record.call_id)[-1] == "hangup-bot"
+    assert (await r.journal_states(record.call_id))[-1] == "hangup-bot"
     assert len(r.mock.hangups) == 1
 
 

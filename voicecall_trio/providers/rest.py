@@ -34,6 +34,10 @@ def _default_error(response: RestResponse) -> str:
     return f"HTTP {response.status}"
 
 
+def _no_code(response: RestResponse) -> str | None:
+    return None
+
+
 class RestClient:
     def __init__(
         self,
@@ -43,6 +47,7 @@ class RestClient:
         headers: Mapping[str, str] | None = None,
         auth: httpx.Auth | tuple[str, str] | None = None,
         describe_error: ErrorFormatter = _default_error,
+        error_code: Callable[[RestResponse], str | None] = _no_code,
         carrier: str = "carrier",
         attempts: int = 4,
         backoff_s: float = 0.25,
@@ -53,6 +58,7 @@ class RestClient:
         self._headers = dict(headers or {})
         self._auth = auth
         self._describe = describe_error
+        self._code = error_code
         self._carrier = carrier
         self._attempts = max(1, attempts)
         self._backoff = backoff_s
@@ -75,9 +81,11 @@ class RestClient:
             else:
                 if response.ok or response.status in request.ok_statuses:
                     return response
-                last = f"{self._carrier} error: {self._describe(response)}"
+                # the carrier's formatter names the carrier: "Twilio 21211: Invalid 'To'"
+                last = self._describe(response)
                 if response.status not in RETRY_STATUSES:
-                    raise ProviderError(last, status=response.status)
+                    raise ProviderError(last, status=response.status,
+                                        code=self._code(response))
             if attempt < attempts:
                 log.info(
                     "%s %s failed (%s); retry %d/%d",

@@ -1,0 +1,230 @@
+"""Twilio voice webhooks -> our events. Pure: the body and query in, a ``TwilioWebhook`` out.
+
+Our own query parameters say what a request is for, because we wrote them into the URLs
+we gave Twilio: ``callId`` (our call), ``type`` (``status`` | ``gather`` | ``hold``; absent
+for the TwiML fetch) and ``turn`` (the Gather's turn token). Requests to the bare webhook
+URL (the number's Voice URL in the console) are inbound offers, or status callbacks when
+Twilio marks them ``CallbackSource=call-progress-events``.
+
+Event ids are built from the webhook content only, so a redelivered webhook yields the
+same ids and the call model ignores it (``twilio:<CallSid>:<CallStatus>[:<SequenceNumber>]``
+for status callbacks, ``twilio:<CallSid>:gather:<turn>:speech`` for a Gather result).
+
+Status mapping (``STATUS_END_REASONS``): ``completed`` is "completed" whoever hung up
+(Twilio does not say; a hangup we asked for is recorded by the supervisor before the
+callback arrives), ``canceled`` is "no-answer": the call ended before anyone answered it.
+Unknown parameters are ignored, since Twilio adds new ones without notice.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qs, parse_qsl
+
+import msgspec
+
+from ..events import (
+    AnyEvent,
+    CallAnswered,
+    CallDtmf,
+    CallEnded,
+    CallInitiated,
+    CallMachineDetection,
+    CallRinging,
+    CallSpeech,
+    EndReason,
+)
+
+STATUS_END_REASONS: dict[str, EndReason] = {
+    "completed": "completed",
+    "busy": "busy",
+    "no-answer": "no-answer",
+    "failed": "failed",
+    "canceled": "no-answer",
+}
+LIVE_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress"})
+
+
+class RequestKind(enum.StrEnum):
+    FETCH = "twiml-fetch"  # Twilio wants the call's TwiML (answer of an outbound, inbound offer)
+    STATUS = "status"  # status callback or async AMD result: answer an empty Response
+    GATHER = "gather"  # result of our <Gather>
+    HOLD = "hold"  # our own <Redirect> loop while the bot thinks
+
+
+class WebhookParseError(ValueError):
+    """The request is not a Twilio voice webhook we can read (answered with 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioWebhook:
+    kind: RequestKind
+    call_sid: str
+    call_id: str | None = None  # ours, from the query
+    status: str | None = None  # CallStatus
+    direction: str | None = None
+    from_: str = ""
+    to: str = ""
+    turn: str | None = None  # Gather turn token
+    said: str | None = None  # hold redirect after a <Say>: which one finished
+    answered_by: str | None = None
+    error: str | None = None  # "ErrorCode: ErrorMessage" of a failed call
+    events: tuple[AnyEvent, ...] = ()
+    inbound_offer: CallInitiated | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def read_params(body: bytes, content_type: str = "") -> dict[str, str]:
+    """Form (default) or JSON object body -> flat str dict; first value of a repeated key."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookParseError("body is not UTF-8") from None
+    if "json" in content_type.lower():
+        try:
+            doc = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise WebhookParseError("body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise WebhookParseError("JSON body is not an object")
+        return {
+            str(k): ("true" if v is True else "false" if v is False else str(v))
+            for k, v in doc.items()
+            if isinstance(v, str | int | float | bool)
+        }
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+    except ValueError:
+        raise WebhookParseError("body is not form-encoded") from None
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def read_query(query_string: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
+
+
+def machine_result(answered_by: str) -> str:
+    """Twilio's AnsweredBy -> ``human`` | ``machine`` | ``unknown``."""
+    if answered_by == "human":
+        return "human"
+    if answered_by.startswith("machine") or answered_by == "fax":
+        return "machine"
+    return "unknown"
+
+
+def _timestamp_ms(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        return int(parsedate_to_datetime(value).timestamp() * 1000)
+    except (TypeError, ValueError, IndexError):
+        return 0
+
+
+def _kind(query: Mapping[str, str], params: Mapping[str, str]) -> RequestKind:
+    kind = query.get("type", "")
+    if kind:
+        if kind == "amd":
+            return RequestKind.STATUS
+        try:
+            return RequestKind(kind)
+        except ValueError:
+            raise WebhookParseError(f"unknown request type {kind!r}") from None
+    if params.get("CallbackSource") == "call-progress-events":
+        return RequestKind.STATUS
+    if "AnsweredBy" in params and "CallStatus" not in params:
+        return RequestKind.STATUS  # async AMD callback
+    return RequestKind.FETCH
+
+
+def _status_events(
+    sid: str, call_id: str | None, params: Mapping[str, str]
+) -> list[AnyEvent]:
+    status = params.get("CallStatus", "")
+    seq = params.get("SequenceNumber", "")
+    eid = f"twilio:{sid}:{status}" + (f":{seq}" if seq else "")
+    at = _timestamp_ms(params.get("Timestamp"))
+    if status == "initiated":
+        inbound = params.get("Direction") == "inbound" and call_id is None
+        return [CallInitiated(id=eid, call_id=call_id, provider_call_id=sid, timestamp=at,
+                              direction="inbound" if inbound else "outbound",
+                              from_=params.get("From", ""), to=params.get("To", ""))]
+    if status == "ringing":
+        return [CallRinging(id=eid, call_id=call_id, provider_call_id=sid, timestamp=at)]
+    if status == "in-progress":
+        return [CallAnswered(id=eid, call_id=call_id, provider_call_id=sid, timestamp=at)]
+    if status in STATUS_END_REASONS:
+        return [CallEnded(id=eid, call_id=call_id, provider_call_id=sid, timestamp=at,
+                          reason=STATUS_END_REASONS[status])]
+    return []  # queued, or a status Twilio invents later
+
+
+def _gather_events(
+    sid: str, call_id: str | None, turn: str | None, params: Mapping[str, str], body: bytes
+) -> list[AnyEvent]:
+    key = turn or hashlib.sha256(body).hexdigest()[:16]
+    events: list[AnyEvent] = []
+    speech = params.get("SpeechResult", "").strip()
+    if speech:
+        try:
+            confidence: float | None = float(params["Confidence"])
+        except (KeyError, ValueError):
+            confidence = None
+        events.append(CallSpeech(id=f"twilio:{sid}:gather:{key}:speech", call_id=call_id,
+                                 provider_call_id=sid, text=speech, is_final=True,
+                                 confidence=confidence))
+    digits = params.get("Digits", "").strip()
+    if digits:
+        events.append(CallDtmf(id=f"twilio:{sid}:gather:{key}:dtmf", call_id=call_id,
+                               provider_call_id=sid, digits=digits))
+    return events
+
+
+def parse_webhook(
+    body: bytes, query_string: str, content_type: str = "application/x-www-form-urlencoded"
+) -> TwilioWebhook:
+    """Classify one webhook and turn it into events; raises ``WebhookParseError``."""
+    params = read_params(body, content_type)
+    query = read_query(query_string)
+    sid = params.get("CallSid", "").strip()
+    if not sid:
+        raise WebhookParseError("missing CallSid")
+    call_id = query.get("callId") or None
+    kind = _kind(query, params)
+    events: list[AnyEvent] = []
+    offer: CallInitiated | None = None
+    status = params.get("CallStatus")
+    if kind is RequestKind.STATUS:
+        events += _status_events(sid, call_id, params)
+    elif kind is RequestKind.GATHER:
+        events += _gather_events(sid, call_id, query.get("turn") or None, params, body)
+    elif kind is RequestKind.FETCH:
+        if call_id is None and params.get("Direction") == "inbound":
+            offer = CallInitiated(id=f"twilio:{sid}:inbound", provider_call_id=sid,
+                                  direction="inbound", from_=params.get("From", ""),
+                                  to=params.get("To", ""))
+        elif status == "in-progress":
+            events.append(CallAnswered(id=f"twilio:{sid}:answered", call_id=call_id,
+                                       provider_call_id=sid))
+    answered_by = params.get("AnsweredBy") or None
+    if answered_by and kind is not RequestKind.GATHER and kind is not RequestKind.HOLD:
+        events.append(CallMachineDetection(id=f"twilio:{sid}:amd", call_id=call_id,
+                                           provider_call_id=sid,
+                                           result=machine_result(answered_by)))
+    error = None
+    if params.get("ErrorCode"):
+        error = f"{params['ErrorCode']}: {params.get('ErrorMessage', '')}".rstrip(": ")
+    return TwilioWebhook(
+        kind=kind, call_sid=sid, call_id=call_id, status=status,
+        direction=params.get("Direction"), from_=params.get("From", ""),
+        to=params.get("To", ""), turn=query.get("turn") or None,
+        said=query.get("said") or None, answered_by=answered_by, error=error,
+        events=tuple(events), inbound_offer=offer, params=params,
+    )
