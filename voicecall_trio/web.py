@@ -34,9 +34,7 @@ def create_app(
     security = config.webhook_security
     app.config["MAX_CONTENT_LENGTH"] = security.max_body_bytes
     webhook_path = config.serve.path
-    required = () if config.skip_signature_verification else tuple(
-        getattr(provider, "signature_headers", ())
-    )
+    required = () if config.skip_signature_verification else provider.signature_headers
     in_flight: Counter[str] = Counter()
     limit = security.max_in_flight_per_ip
 

@@ -102,6 +102,8 @@ class ProviderError(Exception):
 class Provider(Protocol):
     name: str
     speaks_initial_message: bool
+    # headers a webhook must carry; without one the web layer answers 401 before the body
+    signature_headers: tuple[str, ...]
 
     async def run(self, directory: CallDirectory, *, task_status: trio.TaskStatus[None]) -> None:
         """Background work owned by the daemon (the mock's simulated callees); report ready."""

@@ -62,6 +62,7 @@ class _Callee:
 class MockProvider:
     name = "mock"
     speaks_initial_message = False
+    signature_headers: tuple[str, ...] = ()
 
     def __init__(self, config: VoiceCallConfig) -> None:
         self.config = config.mock
