@@ -8,8 +8,9 @@ from pathlib import Path
 import trio
 
 from voicecall_trio.events import CallAnswered, CallEnded
+from voicecall_trio.journal_tail import tail_lines
 from voicecall_trio.model import CallRecord, apply, new_record
-from voicecall_trio.store import Journal, encode_record, replay_bytes, replay_file, tail_lines
+from voicecall_trio.store import Journal, encode_record, replay_bytes, replay_file
 
 
 def rec(n: int = 0) -> CallRecord:

@@ -38,18 +38,12 @@ class Failed(Exception):
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _load(config: str | None) -> Any:
-    from .config import load_config
-
-    return load_config(config)
-
-
 def _socket_path(socket: str | None, config: str | None) -> str:
     if socket:
         return os.path.expanduser(socket)
-    if os.environ.get("VOICECALL_SOCKET"):
-        return os.path.expanduser(os.environ["VOICECALL_SOCKET"])
-    return str(_load(config).socket_path())
+    from .configfile import locate
+
+    return locate(config, os.environ)[0]
 
 
 def _rpc(socket: str | None, config: str | None, method: str,
@@ -271,9 +265,12 @@ def tail(*, lines: int = 20, follow: bool = False, json: bool = False,
     config
         Config file, used to find the store.
     """
-    from .store import tail_lines
+    from pathlib import Path
 
-    path = _load(config).journal_path
+    from .configfile import locate
+    from .journal_tail import tail_lines
+
+    path = Path(locate(config, os.environ)[1])
     for line in tail_lines(path, lines):
         _print_journal_line(line, json)
     if not follow:

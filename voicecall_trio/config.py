@@ -7,21 +7,19 @@ a malformed phone number or a missing credential is a ``ConfigError`` that names
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+from . import configfile
+from .configfile import default_config_path, extract_section, parse_document, read_document
 from .errors import ConfigError
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-DEFAULT_STORE = "~/clawd/voice-calls"
-CONFIG_SEARCH = ("config.toml", "config.json", "config.json5")
 
 ProviderName = Literal["mock", "twilio", "telnyx"]
 Mode = Literal["notify", "conversation"]
@@ -160,7 +158,7 @@ class VoiceCallConfig(_Section):
     # -- derived paths -------------------------------------------------------------------
     @property
     def store_dir(self) -> Path:
-        return Path(os.path.expanduser(self.store or DEFAULT_STORE))
+        return Path(configfile.store_dir(self.store))
 
     @property
     def journal_path(self) -> Path:
@@ -168,11 +166,7 @@ class VoiceCallConfig(_Section):
 
     def socket_path(self, environ: Mapping[str, str] | None = None) -> Path:
         env = os.environ if environ is None else environ
-        if env.get("VOICECALL_SOCKET"):
-            return Path(os.path.expanduser(env["VOICECALL_SOCKET"]))
-        if self.control.socket_path:
-            return Path(os.path.expanduser(self.control.socket_path))
-        return self.store_dir / "voicecall.sock"
+        return Path(configfile.socket_path(self.store, self.control.socket_path, env))
 
     @property
     def webhook_url(self) -> str | None:
@@ -180,67 +174,6 @@ class VoiceCallConfig(_Section):
 
 
 # -- loading -----------------------------------------------------------------------------
-
-
-def default_config_path(environ: Mapping[str, str]) -> Path | None:
-    """``VOICECALL_CONFIG``, else the first of ``~/.config/voicecall/config.{toml,json,json5}``."""
-    if environ.get("VOICECALL_CONFIG"):
-        return Path(os.path.expanduser(environ["VOICECALL_CONFIG"]))
-    base = Path(os.path.expanduser(environ.get("XDG_CONFIG_HOME") or "~/.config")) / "voicecall"
-    for name in CONFIG_SEARCH:
-        if (base / name).is_file():
-            return base / name
-    return None
-
-
-def parse_document(text: str, suffix: str) -> Any:
-    """JSON, JSON5 or TOML by suffix; an unknown suffix tries JSON, then JSON5, then TOML."""
-    suffix = suffix.lower()
-    try:
-        if suffix == ".toml":
-            return tomllib.loads(text)
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix == ".json5":
-            import json5
-
-            return json5.loads(text)
-    except Exception as exc:
-        raise ConfigError(f"cannot parse config ({suffix[1:]}): {exc}") from None
-    for loader in (json.loads, _json5_loads, tomllib.loads):
-        try:
-            return loader(text)
-        except Exception:
-            continue
-    raise ConfigError("cannot parse config: not JSON, JSON5 or TOML")
-
-
-def _json5_loads(text: str) -> Any:
-    import json5
-
-    return json5.loads(text)
-
-
-def extract_section(doc: Any) -> tuple[dict[str, Any], str]:
-    """Accept the bare plugin config or a whole assistant config; return (section, key prefix)."""
-    if not isinstance(doc, dict):
-        raise ConfigError("config must be an object at the top level")
-    entry = doc.get("plugins", {})
-    if isinstance(entry, dict) and "entries" in entry:
-        prefix = "plugins.entries.voice-call"
-        plugin = entry.get("entries", {}).get("voice-call")
-        if plugin is None:
-            raise ConfigError(f"{prefix}: missing (the file has no voice-call plugin entry)")
-        if not isinstance(plugin, dict):
-            raise ConfigError(f"{prefix}: must be an object")
-        section = plugin.get("config", {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"{prefix}.config: must be an object")
-        section = dict(section)
-        if "enabled" in plugin and "enabled" not in section:
-            section["enabled"] = plugin["enabled"]
-        return section, prefix + ".config"
-    return doc, ""
 
 
 _ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -362,11 +295,19 @@ def load_config(
     No file at all is a valid config: the mock carrier, everything local.
     """
     env = os.environ if environ is None else environ
-    file = Path(path) if path is not None else default_config_path(env)
+    file = path if path is not None else default_config_path(env)
     if file is None:
         return build_config({}, env)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
-    return build_config(parse_document(text, file.suffix), env)
+    return build_config(read_document(file), env)
+
+
+__all__ = [
+    "E164",
+    "ConfigError",
+    "VoiceCallConfig",
+    "build_config",
+    "default_config_path",
+    "extract_section",
+    "load_config",
+    "parse_document",
+]

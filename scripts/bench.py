@@ -1,0 +1,478 @@
+"""Measure the budgets and record them in docs/benchmarks.md.
+
+    ./scripts/bench                  # everything, 3 runs each, median reported
+    ./scripts/bench --only rpc,cli   # a subset: rpc, cli, journal, replay, webhooks
+    ./scripts/bench --quick          # fewer iterations (smoke run)
+
+Prints a JSON document and a table, and rewrites docs/benchmarks.md (unless --no-write).
+Figures are medians of several runs: these 2-core machines are noisy. The daemon runs as a
+real `voicecall serve` process; load generators run in their own process, pinned to the other
+core with taskset when available. Server CPU time per request comes from /proc/PID/stat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VOICECALL = [sys.executable, "-m", "voicecall_trio.cli"]
+TASKSET = shutil.which("taskset")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pinned(cmd: list[str], core: int) -> list[str]:
+    if TASKSET and (os.cpu_count() or 1) > 1:
+        return [TASKSET, "-c", str(core), *cmd]
+    return cmd
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Daemon:
+    """A real `voicecall serve` process on a throwaway store."""
+
+    def __init__(self, config: dict[str, Any], core: int = 0) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="vcb"))
+        config = {"store": str(self.dir), "serve": {"port": 0}, **config}
+        self.config_path = self.dir / "config.json"
+        self.config_path.write_text(json.dumps(config))
+        self.socket = self.dir / "voicecall.sock"
+        self.env = {**os.environ, "VOICECALL_CONFIG": str(self.config_path)}
+        self.env.pop("VOICECALL_SOCKET", None)
+        self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(pinned([*VOICECALL, "serve"], core), env=self.env,
+                                     stdout=self.log, stderr=self.log)
+        self.health = self._wait_ready()
+
+    def _wait_ready(self) -> dict[str, Any]:
+        from voicecall_trio.rpc.client import DaemonUnreachable, SyncClient
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.dir / "daemon.log").read_text())
+            try:
+                with SyncClient(self.socket) as client:
+                    return dict(client.call("daemon.health"))
+            except DaemonUnreachable:
+                time.sleep(0.05)
+        raise RuntimeError("daemon did not start")
+
+    @property
+    def http_base(self) -> str:
+        return str(self.health["listen"][0])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- benchmarks ----------------------------------------------------------------------------
+
+
+def bench_rpc(runs: int, n: int) -> dict[str, Any]:
+    from voicecall_trio.rpc.client import SyncClient
+
+    daemon = Daemon({}, core=0)
+    try:
+        results = []
+        for _ in range(runs):
+            samples = []
+            with SyncClient(daemon.socket) as client:
+                for _ in range(50):
+                    client.call("daemon.health")
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    client.call("voicecall.status", {"callId": "nope"})
+                    samples.append((time.perf_counter() - t0) * 1000)
+            results.append({"p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99)})
+        return {
+            "requests_per_run": n,
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results),
+        }
+    finally:
+        daemon.stop()
+
+
+def bench_cli(runs: int) -> dict[str, Any]:
+    daemon = Daemon({}, core=0)
+    try:
+        medians = []
+        for _ in range(runs):
+            samples = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                done = subprocess.run(pinned([str(ROOT / ".venv/bin/voicecall"), "status"], 1),
+                                      env=daemon.env, capture_output=True)
+                samples.append((time.perf_counter() - t0) * 1000)
+                if done.returncode != 0:
+                    raise RuntimeError(done.stderr.decode())
+            medians.append(statistics.median(samples))
+        probe = subprocess.run(
+            [sys.executable, "-c", "import sys; from voicecall_trio import cli; "
+             "cli.main(['status', '--socket', '/nonexistent']); "
+             "print(sorted(m for m in ('trio','quart','quart_trio','httpx','hypercorn',"
+             "'cyclopts') if m in sys.modules))"],
+            capture_output=True, text=True, env=daemon.env)
+        return {"status_cold_start_median_ms": statistics.median(medians),
+                "runs_of_10": [round(m, 1) for m in medians],
+                "heavy_modules_imported": json.loads(probe.stdout.strip().replace("'", '"'))}
+    finally:
+        daemon.stop()
+
+
+def bench_journal(runs: int, n: int) -> dict[str, Any]:
+    import trio
+
+    from voicecall_trio.model import new_record
+    from voicecall_trio.store import Journal
+
+    async def burst(path: Path) -> tuple[float, float]:
+        journal = Journal(path)
+        records = [new_record(provider="mock", direction="outbound", from_="+15550001111",
+                              to="+15550002222") for _ in range(n)]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            t0 = time.perf_counter()
+            for record in records:
+                journal.append(record)
+            await journal.flush()
+            burst_rate = n / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            durable = 200
+            for record in records[:durable]:
+                await journal.append_durable(record)
+            durable_rate = durable / (time.perf_counter() - t0)
+            await journal.close()
+        return burst_rate, durable_rate
+
+    bursts, durables = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            b, d = trio.run(burst, Path(tmp) / "calls.jsonl")
+            bursts.append(b)
+            durables.append(d)
+    return {"appends_per_s_batched": round(statistics.median(bursts)),
+            "appends_per_s_each_fsynced": round(statistics.median(durables)),
+            "records": n}
+
+
+def make_journal(path: Path, lines: int) -> None:
+    from voicecall_trio.events import CallAnswered, CallEnded, CallSpeaking, CallSpeech
+    from voicecall_trio.model import apply, new_record
+    from voicecall_trio.store import encode_record
+
+    out = []
+    calls = lines // 5
+    for i in range(calls):
+        r = new_record(provider="mock", direction="outbound", from_="+15550001111",
+                       to="+15550002222", provider_call_id=f"p{i}")
+        out.append(encode_record(r))
+        r = apply(r, CallAnswered(id="a"))
+        out.append(encode_record(r))
+        r = apply(r, CallSpeaking(id="b", text="Hello, this is your assistant calling."))
+        out.append(encode_record(r))
+        r = apply(r, CallSpeech(id="c", text="Hi! Sounds good, thank you."))
+        out.append(encode_record(r))
+        if i % 100:
+            r = apply(r, CallEnded(id="d", reason="completed"))
+        out.append(encode_record(r))
+    path.write_bytes(b"".join(out))
+
+
+def bench_replay(runs: int, lines: int) -> dict[str, Any]:
+    from voicecall_trio.store import replay_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "calls.jsonl"
+        make_journal(path, lines)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            result = replay_file(path)
+            times.append(time.perf_counter() - t0)
+        return {"lines": result.lines, "bytes": path.stat().st_size,
+                "live_calls": len(result.live), "replay_s_median": statistics.median(times)}
+
+
+# -- webhook load ----------------------------------------------------------------------------
+
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "bench-token-0123456789abcdef"
+
+
+def build_signed_requests(url: str, count: int, host: str) -> list[bytes]:
+    """Distinct, correctly signed Twilio status callbacks (so no replay-cache shortcut)."""
+    from urllib.parse import urlencode, urlsplit
+
+    from voicecall_trio.providers.twilio_signature import compute_signature
+
+    path = urlsplit(url).path + "?type=status"
+    out = []
+    for i in range(count):
+        params = {"AccountSid": TWILIO_SID, "CallSid": f"CA{i:032d}", "CallStatus": "ringing",
+                  "From": "+15550001111", "To": "+15550002222", "Direction": "outbound-api",
+                  "SequenceNumber": str(i)}
+        body = urlencode(params).encode()
+        signature = compute_signature(TWILIO_TOKEN, url + "?type=status", params)
+        out.append(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n"
+            f"X-Twilio-Signature: {signature}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+    return out
+
+
+def loadgen_main(args: argparse.Namespace) -> None:
+    """Runs in its own process: fire pre-signed requests over keep-alive connections."""
+    import trio
+
+    host, port = args.target.split(":")
+    requests = build_signed_requests(args.url, args.requests, f"{host}:{port}")
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def worker(queue: list[bytes]) -> None:
+        stream = await trio.open_tcp_stream(host, int(port))
+        buffer = b""
+        async with stream:
+            for request in queue:
+                t0 = time.perf_counter()
+                await stream.send_all(request)
+                while True:
+                    head_end = buffer.find(b"\r\n\r\n")
+                    if head_end >= 0:
+                        head = buffer[:head_end].decode("latin-1")
+                        length = 0
+                        for line in head.split("\r\n")[1:]:
+                            name, _, value = line.partition(":")
+                            if name.lower() == "content-length":
+                                length = int(value)
+                        total = head_end + 4 + length
+                        if len(buffer) >= total:
+                            status = int(head.split(" ", 2)[1])
+                            statuses[status] = statuses.get(status, 0) + 1
+                            buffer = buffer[total:]
+                            break
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        raise RuntimeError("server closed the connection")
+                    buffer += data
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+    async def main() -> float:
+        queues: list[list[bytes]] = [requests[i::args.connections]
+                                     for i in range(args.connections)]
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for queue in queues:
+                nursery.start_soon(worker, queue)
+        return time.perf_counter() - t0
+
+    elapsed = trio.run(main)
+    print(json.dumps({"elapsed_s": elapsed, "rps": len(latencies) / elapsed,
+                      "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
+                      "statuses": statuses}))
+
+
+def run_loadgen(daemon: Daemon, connections: int, requests: int) -> dict[str, Any]:
+    base = daemon.http_base.removeprefix("http://")
+    url = f"http://{base}/voice/webhook"
+    cmd = pinned([sys.executable, __file__, "--loadgen", "--target", base, "--url", url,
+                  "--connections", str(connections), "--requests", str(requests)], 1)
+    cpu0 = cpu_seconds(daemon.proc.pid)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    result = dict(json.loads(done.stdout))
+    result["server_cpu_us_per_request"] = (cpu_seconds(daemon.proc.pid) - cpu0) / requests * 1e6
+    return result
+
+
+def bench_webhooks(runs: int, requests: int, rss_requests: int) -> dict[str, Any]:
+    config = {"provider": "twilio", "fromNumber": "+15550001234",
+              "twilio": {"accountSid": TWILIO_SID, "authToken": TWILIO_TOKEN,
+                         "apiBaseUrl": "http://127.0.0.1:9"},
+              "webhookSecurity": {"maxInFlightPerIp": 1000}}
+    out: dict[str, Any] = {}
+    daemon = Daemon(config, core=0)
+    try:
+        run_loadgen(daemon, 10, 500)  # warm-up
+        for connections in (1, 50):
+            samples = [run_loadgen(daemon, connections, requests) for _ in range(runs)]
+            bad = {k: v for s in samples for k, v in s["statuses"].items() if k != "200"}
+            out[f"c{connections}"] = {
+                "rps": round(statistics.median(s["rps"] for s in samples)),
+                "p50_ms": round(statistics.median(s["p50_ms"] for s in samples), 2),
+                "p99_ms": round(statistics.median(s["p99_ms"] for s in samples), 2),
+                "server_cpu_us_per_request": round(
+                    statistics.median(s["server_cpu_us_per_request"] for s in samples)),
+                "non_200": bad,
+            }
+        before = rss_mb(daemon.proc.pid)
+        sent = 0
+        while sent < rss_requests:
+            chunk = min(25_000, rss_requests - sent)
+            run_loadgen(daemon, 50, chunk)
+            sent += chunk
+        after = rss_mb(daemon.proc.pid)
+        out["rss"] = {"requests": sent, "before_mb": round(before, 1),
+                      "after_mb": round(after, 1), "growth_mb": round(after - before, 1)}
+    finally:
+        daemon.stop()
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [("figure", "value", "budget")]
+    if "rpc" in results:
+        r = results["rpc"]
+        rows += [("RPC round trip p50", f"{r['p50_ms']:.3f} ms", ""),
+                 ("RPC round trip p99", f"{r['p99_ms']:.3f} ms", "<= 1 ms")]
+    if "cli" in results:
+        r = results["cli"]
+        rows += [("`voicecall status` cold start (median of 10)",
+                  f"{r['status_cold_start_median_ms']:.1f} ms", "<= 100 ms")]
+    if "journal" in results:
+        r = results["journal"]
+        rows += [("journal appends/s (batched, group fsync)", f"{r['appends_per_s_batched']:,}",
+                  ""),
+                 ("journal appends/s (each awaited to fsync)",
+                  f"{r['appends_per_s_each_fsynced']:,}", "")]
+    if "replay" in results:
+        r = results["replay"]
+        rows += [(f"replay of {r['lines']:,} lines ({r['bytes'] / 1e6:.1f} MB)",
+                  f"{r['replay_s_median']:.3f} s", "<= 1 s")]
+    if "webhooks" in results:
+        r = results["webhooks"]
+        for c in ("c1", "c50"):
+            if c in r:
+                n = c[1:]
+                rows += [(f"signed webhooks/s, {n} connection(s)", f"{r[c]['rps']:,}", ""),
+                         (f"signed webhook p50 / p99, {n} connection(s)",
+                          f"{r[c]['p50_ms']} / {r[c]['p99_ms']} ms",
+                          "p99 <= 20 ms" if n == "50" else ""),
+                         (f"server CPU per webhook, {n} connection(s)",
+                          f"{r[c]['server_cpu_us_per_request']} us", "")]
+        if "rss" in r:
+            rows += [(f"RSS growth over {r['rss']['requests']:,} webhooks",
+                      f"{r['rss']['growth_mb']} MB ({r['rss']['before_mb']} -> "
+                      f"{r['rss']['after_mb']} MB)", "<= 10 MB")]
+    width = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["| " + " | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) + " |"
+             for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in width) + "|")
+    return "\n".join(lines)
+
+
+def pin_self(core: int) -> None:
+    """Keep the measuring process off the daemon's core (the daemon is pinned to core 0)."""
+    if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {core})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=1000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loadgen:
+        loadgen_main(args)
+        return 0
+    only = set(args.only.split(","))
+    quick = args.quick
+    pin_self(1)
+    runs = 1 if quick else args.runs
+    results: dict[str, Any] = {}
+    if "rpc" in only:
+        results["rpc"] = bench_rpc(runs, 500 if quick else 5000)
+    if "cli" in only:
+        results["cli"] = bench_cli(runs)
+    if "journal" in only:
+        results["journal"] = bench_journal(runs, 5000 if quick else 50_000)
+    if "replay" in only:
+        results["replay"] = bench_replay(runs, 10_000 if quick else 100_000)
+    if "webhooks" in only:
+        results["webhooks"] = bench_webhooks(runs, 1000 if quick else 5000,
+                                             5000 if quick else 100_000)
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "taskset": bool(TASKSET), "runs": runs}
+    print(json.dumps(results, indent=2))
+    print()
+    print(table(results))
+    if not args.no_write and not quick:
+        write_doc(results)
+    return 0
+
+
+def write_doc(results: dict[str, Any]) -> None:
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text() if doc.exists() else ""
+    marker = "<!-- bench:results -->"
+    block = (f"{marker}\nMeasured {time.strftime('%Y-%m-%d')} with `./scripts/bench` "
+             f"({results['machine']['cpus']} cores, Python {results['machine']['python']}, "
+             f"median of {results['machine']['runs']} runs):\n\n{table(results)}\n\n"
+             f"<details><summary>JSON</summary>\n\n```json\n{json.dumps(results, indent=2)}\n"
+             f"```\n</details>\n{marker}")
+    if marker in text:
+        head, _, rest = text.partition(marker)
+        _, _, tail = rest.partition(marker)
+        text = head + block + tail
+    else:
+        text = text + "\n" + block + "\n"
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
