@@ -434,6 +434,151 @@ def simulate_inbound(*, from_: str, to: str | None = None, json: bool = False,
     return EXIT_OK if result.get("accepted") else EXIT_FAILED
 
 
+def expose(*, mode: Literal["funnel", "serve", "off"] = "funnel", config: str | None = None
+           ) -> int:
+    """Expose the webhook with Tailscale (funnel: public; serve: tailnet only; off: stop).
+
+    Parameters
+    ----------
+    mode
+        funnel makes serve.path reachable from the internet (what Twilio/Telnyx need);
+        serve only within your tailnet; off removes it.
+    config
+        Config file (serve.port, serve.path).
+    """
+    import shutil
+    import subprocess
+
+    from .config import load_config
+
+    cfg = load_config(config)
+    tailscale = shutil.which("tailscale")
+    if tailscale is None:
+        raise Failed("tailscale is not installed (https://tailscale.com/download); "
+                     "or set publicUrl / tunnel.provider instead")
+    path = cfg.serve.path
+    target = f"http://127.0.0.1:{cfg.serve.port}{path}"
+    if mode == "off":
+        commands = [[tailscale, kind, "--set-path", path, "off"] for kind in ("funnel", "serve")]
+    else:
+        commands = [[tailscale, mode, "--bg", "--yes", "--set-path", path, target]]
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0 and mode != "off":
+            raise Failed(f"{' '.join(command[1:])} failed: {done.stderr.strip()}")
+    if mode == "serve":
+        print("note: Tailscale Serve is private to your tailnet; Twilio/Telnyx cannot reach it. "
+              "Use --mode funnel for carrier webhooks.", file=sys.stderr)
+    status = subprocess.run([tailscale, "funnel" if mode != "serve" else "serve", "status"],
+                            capture_output=True, text=True)
+    print(status.stdout.strip() or f"{mode}: done")
+    return EXIT_OK
+
+
+def doctor(*, json: bool = False, socket: str | None = None, config: str | None = None) -> int:
+    """Check the config, the socket, the public URL and webhook signature setup.
+
+    Parameters
+    ----------
+    json
+        Print the checks as JSON.
+    socket
+        Control socket path.
+    config
+        Config file.
+    """
+    from .config import load_config
+    from .errors import ConfigError
+    from .rpc.client import DaemonUnreachable, SyncClient
+
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append({"check": name, "ok": ok, "detail": detail})
+
+    cfg = None
+    try:
+        cfg = load_config(config)
+        check("config", True, f"provider {cfg.provider}, store {cfg.store_dir}")
+    except ConfigError as exc:
+        check("config", False, exc.message)
+    sock = _socket_path(socket, config) if cfg is None or socket else (
+        os.path.expanduser(socket) if socket else str(cfg.socket_path()))
+    try:
+        with SyncClient(sock) as client:
+            health = client.call("daemon.health")
+        check("daemon", True, f"running {health.get('version')} on {sock}, "
+              f"{health.get('activeCalls')} active call(s), http {health.get('listen')}")
+        mode = os.stat(sock).st_mode & 0o777
+        check("socket permissions", mode == 0o600, f"{sock} is {mode:o} (want 600)")
+    except DaemonUnreachable as exc:
+        check("daemon", False, str(exc))
+    if cfg is not None and cfg.provider != "mock":
+        public = cfg.public_url
+        tunnel = cfg.tunnel.provider != "none" or cfg.tailscale.mode != "off"
+        check("public URL", bool(public) or tunnel,
+              public or ("via tunnel " + cfg.tunnel.provider if tunnel else
+                         "no publicUrl and no tunnel: carriers cannot reach the webhook"))
+        if public:
+            check("public URL scheme", public.startswith("https://"),
+                  "carriers need https" if not public.startswith("https://") else "https")
+        check("signature verification", not cfg.skip_signature_verification,
+              "ON" if not cfg.skip_signature_verification
+              else "skipSignatureVerification is set: anyone can forge webhooks")
+    ok = all(c["ok"] for c in checks)
+    if json:
+        print(_json.dumps({"ok": ok, "checks": checks}))
+    else:
+        for c in checks:
+            print(f"[{'ok' if c['ok'] else '!!'}] {c['check']}: {c['detail']}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def latency(*, json: bool = False, config: str | None = None) -> int:
+    """Turn latency percentiles from the journal: callee's last words -> bot's next words.
+
+    Parameters
+    ----------
+    json
+        Print the figures as JSON.
+    config
+        Config file, used to find the store.
+    """
+    import itertools
+
+    from .configfile import locate
+
+    path = locate(config, os.environ)[1]
+    latest: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as file:
+            for line in file:
+                try:
+                    record = _json.loads(line)
+                    latest[record["callId"]] = record
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        pass
+    gaps: list[float] = []
+    for record in latest.values():
+        transcript = record.get("transcript") or []
+        for before, after in itertools.pairwise(transcript):
+            if before.get("speaker") == "user" and after.get("speaker") == "bot":
+                gaps.append(float(after["timestamp"]) - float(before["timestamp"]))
+    gaps.sort()
+
+    def pick(q: float) -> float | None:
+        return gaps[min(len(gaps) - 1, int(q * len(gaps)))] if gaps else None
+
+    result = {"turns": len(gaps), "calls": len(latest), "p50Ms": pick(0.5), "p90Ms": pick(0.9),
+              "p99Ms": pick(0.99), "maxMs": gaps[-1] if gaps else None}
+    _emit(result, json, lambda r: (
+        f"{r['turns']} turns in {r['calls']} calls: p50 {r['p50Ms']} ms, p90 {r['p90Ms']} ms, "
+        f"p99 {r['p99Ms']} ms, max {r['maxMs']} ms" if r["turns"] else "no turns recorded yet"))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[..., int]] = {
     "serve": serve,
     "call": call,
@@ -445,6 +590,9 @@ COMMANDS: dict[str, Callable[..., int]] = {
     "watch": watch,
     "tool": tool,
     "simulate-inbound": simulate_inbound,
+    "expose": expose,
+    "doctor": doctor,
+    "latency": latency,
 }
 
 
