@@ -6,7 +6,9 @@ Task tree (see docs/architecture.md)::
     └── call task (one per live call)   owns the call's own nursery
         ├── max-duration timer          starts when the call is answered
         ├── initial message             for carriers that don't speak it themselves
-        └── notify hang-up              notify mode: hang up N s after the message was spoken
+        ├── notify hang-up              notify mode: hang up N s after the message was spoken
+        └── agent reply                 conversation mode with a registered agent: answer each
+                                        final transcript (a newer one cancels an older reply)
 
 Whatever ends a call task (the callee hanging up, ``end``, a timer, cancellation at
 shutdown, a bug), its shielded ``finally`` hangs up at the carrier if the carrier may still
@@ -22,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -45,6 +47,7 @@ from .events import (
     CallEvent,
     CallInitiated,
     CallSpeaking,
+    CallSpeech,
     EndReason,
 )
 from .model import CallRecord, CallState
@@ -60,6 +63,9 @@ from .store import Journal, ReplayResult, decode_record
 log = logging.getLogger("voicecall.calls")
 
 DEFAULT_GREETING = "Hello! How can I help you today?"
+FALLBACK_REPLY = "Sorry, I'm having trouble answering right now. Could you say that again?"
+
+Responder = Callable[[dict[str, Any]], Awaitable[str | None]]
 CLEANUP_TIMEOUT_S = 10.0
 MAX_REMEMBERED_OFFERS = 4096
 
@@ -74,6 +80,8 @@ class LiveCall:
         self.task_done = trio.Event()
         self.carrier_gone = False  # the carrier told us the call is over
         self.continue_waiting = False
+        self.nursery: trio.Nursery | None = None  # the call's own nursery, while it runs
+        self.reply_scope: trio.CancelScope | None = None
 
     def set(self, record: CallRecord) -> None:
         self.record = record
@@ -116,6 +124,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._accepting = True
         self._pending_slots = 0
+        self.responder: Responder | None = None  # a registered agent (agent.register)
         self.started_at = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -230,7 +239,53 @@ class Supervisor:
             extra = {k: v for k, v in _event_fields(event).items()
                      if k not in ("id", "callId", "type", "timestamp")}
             self._store(call, record, _event_type(event), extra)
+            if isinstance(event, CallSpeech) and event.is_final and event.text:
+                self._maybe_reply(call)
         return call.record
+
+    # -- agent replies ------------------------------------------------------------------------
+    def set_responder(self, responder: Responder | None) -> None:
+        self.responder = responder
+
+    def _maybe_reply(self, call: LiveCall) -> None:
+        """Answer the callee through the registered agent, unless a ``continue`` is waiting."""
+        if (self.responder is None or call.continue_waiting or call.nursery is None
+                or call.record.terminal
+                or call.record.metadata.get("mode") != "conversation"):
+            return
+        if call.reply_scope is not None:
+            call.reply_scope.cancel()  # the callee said more: answer everything at once
+        call.reply_scope = trio.CancelScope()
+        call.nursery.start_soon(self._reply, call, call.reply_scope, self.responder)
+
+    async def _reply(self, call: LiveCall, scope: trio.CancelScope, responder: Responder
+                     ) -> None:
+        with scope:
+            record = call.record
+            remote = record.to if record.direction == "outbound" else record.from_
+            history = [{"speaker": e.speaker, "text": e.text, "timestamp": e.timestamp}
+                       for e in record.transcript]
+            params = {"callId": record.call_id, "from": remote,
+                      "transcript": history[-1]["text"] if history else "",
+                      "history": history}
+            started = trio.current_time()
+            text: str | None = None
+            with trio.move_on_after(self.config.response_timeout_ms / 1000) as timer:
+                try:
+                    text = await responder(params)
+                except Exception as exc:  # the agent's failure must not end the call
+                    log.warning("call %s: agent reply failed: %s", record.call_id, exc)
+            if timer.cancelled_caught:
+                log.warning("call %s: agent reply timed out after %d ms", record.call_id,
+                            self.config.response_timeout_ms)
+            latency_ms = round((trio.current_time() - started) * 1000)
+            turns = [*list(call.record.metadata.get("turnLatencyMs", []))[-49:], latency_ms]
+            call.set(model.with_metadata(call.record, turnLatencyMs=turns))
+            try:
+                await self._speak(call, text.strip() if text and text.strip() else FALLBACK_REPLY,
+                                  listen=True)
+            except VoiceCallError as exc:
+                log.warning("call %s: reply not spoken: %s", record.call_id, exc)
 
     def _finish(self, call: LiveCall, reason: EndReason, *, by_carrier: bool) -> None:
         if call.record.terminal:
@@ -429,6 +484,7 @@ class Supervisor:
         reported = False
         try:
             async with trio.open_nursery() as nursery:
+                call.nursery = nursery
                 if dial:
                     try:
                         provider_call_id = await self.provider.dial(call.record)
@@ -454,6 +510,7 @@ class Supervisor:
                 if call.record.metadata.get("mode") == "notify":
                     nursery.start_soon(self._notify_hangup, call)
                 await call.ended.wait()
+                call.nursery = None
                 nursery.cancel_scope.cancel()
         except Exception:
             log.exception("call %s: task failed", call.record.call_id)

@@ -126,6 +126,31 @@ def build_methods(
             result["callId"] = outcome.record.call_id
         return result
 
+    async def register(params: dict[str, Any], conn: Connection) -> Any:
+        """This connection answers callers from now on (agent.respond requests)."""
+        _params(params, NoParams)
+
+        async def respond(request: dict[str, Any]) -> str | None:
+            result = await conn.request("agent.respond", request)
+            if isinstance(result, dict):
+                text = result.get("text")
+                return text if isinstance(text, str) else None
+            return result if isinstance(result, str) else None
+
+        supervisor.set_responder(respond)
+        log.info("agent registered: replies now come from the gateway")
+
+        async def watch() -> None:
+            try:
+                await conn.closed.wait()
+            finally:
+                if supervisor.responder is respond:
+                    supervisor.set_responder(None)
+                    log.info("agent connection closed: no agent registered")
+
+        conn.nursery.start_soon(watch)
+        return {"registered": True}
+
     return {
         "voicecall.initiate": initiate,
         "voicecall.continue": continue_,
@@ -135,6 +160,7 @@ def build_methods(
         "voicecall.subscribe": subscribe,
         "voicecall.simulateInbound": inbound,
         "daemon.health": health,
+        "agent.register": register,
     }
 
 

@@ -9,6 +9,7 @@ logged once and answered with -32603, and the daemon keeps running.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from .protocol import (
     RpcError,
     encode_error,
     encode_notification,
+    encode_request,
     encode_result,
     parse_line,
 )
@@ -47,6 +49,8 @@ class Connection:
         self.nursery = nursery
         self._send_lock = trio.Lock()
         self.closed = trio.Event()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int | str, trio.MemorySendChannel[Response]] = {}
 
     async def send(self, data: bytes) -> None:
         async with self._send_lock:
@@ -54,6 +58,33 @@ class Connection:
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         await self.send(encode_notification(method, params))
+
+    async def request(self, method: str, params: dict[str, Any]) -> Any:
+        """Ask the peer (e.g. a registered agent) and wait for its reply."""
+        msg_id = f"daemon-{next(self._ids)}"
+        send, receive = trio.open_memory_channel[Response](1)
+        self._waiting[msg_id] = send
+        try:
+            await self.send(encode_request(msg_id, method, params))
+            try:
+                reply = await receive.receive()
+            except trio.EndOfChannel:
+                raise RpcError(INTERNAL_ERROR, "the connection closed before replying") from None
+        finally:
+            self._waiting.pop(msg_id, None)
+        if reply.error is not None:
+            raise RpcError.from_reply(reply.error)
+        return reply.result
+
+    def route_response(self, message: Response) -> None:
+        waiter = self._waiting.pop(message.id, None) if message.id is not None else None
+        if waiter is not None:
+            waiter.send_nowait(message)
+
+    def close_requests(self) -> None:
+        for waiter in self._waiting.values():
+            waiter.close()
+        self._waiting.clear()
 
 
 Handler = Callable[[dict[str, Any], Connection], Awaitable[Any]]
@@ -90,6 +121,7 @@ class RpcServer:
                     await self._read_loop(conn)
                 finally:
                     conn.closed.set()
+                    conn.close_requests()
                     nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -123,7 +155,8 @@ class RpcServer:
                     await self.on_response(conn, message)
 
     async def on_response(self, conn: Connection, message: Response) -> None:
-        """Replies to requests the daemon sent (none yet); ignored."""
+        """A reply to a request the daemon sent on this connection (``agent.respond``)."""
+        conn.route_response(message)
 
     async def _dispatch(self, conn: Connection, message: Request | Notification) -> None:
         msg_id = message.id if isinstance(message, Request) else None
