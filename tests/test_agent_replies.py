@@ -31,7 +31,7 @@ async def test_a_registered_responder_answers_each_final_transcript(
             "Hello", "What time is it?", "You said: What time is it?", "Thanks!"]
         assert asked[0]["callId"] == record.call_id and asked[0]["from"] == "+15555550123"
         assert [h["speaker"] for h in asked[0]["history"]] == ["bot", "user"]
-        assert final.metadata["turnLatencyMs"] == [0]
+        assert final.metadata["turnLatencyMs"][0] == 0
 
 
 async def test_a_slow_or_failing_agent_gets_a_spoken_fallback(

@@ -101,3 +101,14 @@ def test_tail_lines_reads_from_the_end(tmp_path: Path) -> None:
     assert len(lines) == 3 and b"call-99" in lines[-1]
     assert tail_lines(tmp_path / "nope", 5) == []
     assert os.path.getsize(path) > 0
+
+
+async def test_close_while_a_batch_is_being_drained_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    journal = Journal(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for i in range(10):
+            journal.append(rec(i))
+        await journal.close()  # the writer drains the batch, then meets the closed channel
+    assert len(replay_file(path).live) == 10

@@ -185,8 +185,8 @@ class Journal:
                 while True:
                     try:
                         batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break  # nothing more queued, or close(): the loop ends after this batch
                 await self._write_items(batch)
         finally:
             self._closed = True
