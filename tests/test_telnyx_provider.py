@@ -429,6 +429,8 @@ async def test_failed_answer_still_200_and_ends_the_call(
     (record,) = directory.records.values()
     assert record.state is CallState.ERROR
     assert "Telnyx 90018" in record.metadata["lastError"]
+    # the parked call is hung up here: the supervisor sends no hangup after a carrier error
+    assert [r.url.path.rsplit("/", 1)[-1] for r in api.requests] == ["answer", "hangup"]
 
 
 async def test_failed_reject_is_logged_and_200(

@@ -111,6 +111,17 @@ def test_console_status_callback_recognised_without_type() -> None:
     assert isinstance(init.events[0], CallInitiated) and init.events[0].direction == "inbound"
 
 
+@pytest.mark.parametrize("status", ["completed", "busy", "no-answer", "failed", "canceled"])
+def test_final_status_without_callback_source_is_a_status_callback(status: str) -> None:
+    """A final CallStatus at the bare URL is never a TwiML fetch (or a second inbound offer)."""
+    params = {k: v for k, v in STATUS_CASES[status].items() if k != "CallbackSource"}
+    params["Direction"] = "inbound"
+    hook = parse_webhook(_body(params), "")
+    assert hook.kind is RequestKind.STATUS and hook.inbound_offer is None
+    (event,) = hook.events
+    assert isinstance(event, CallEnded)
+
+
 def test_inbound_first_request_is_an_offer() -> None:
     params = HOOKS["inbound_call_initial"]["params"]
     hook = parse_webhook(_body(params), "")

@@ -195,11 +195,11 @@ async def _run_calls(
                 "uptimeS": round(time.monotonic() - started, 3),
                 "activeCalls": supervisor.active_count,
                 "provider": provider.name,
-                "publicUrl": config.public_url,
+                "publicUrl": provider.public_url,
                 "listen": handle.http_binds,
             }
 
-        methods = build_methods(supervisor, public_url=lambda: config.public_url,
+        methods = build_methods(supervisor, public_url=lambda: provider.public_url,
                                 simulate_inbound=simulate)
         base_health = methods["daemon.health"]
 

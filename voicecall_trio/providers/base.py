@@ -105,6 +105,15 @@ class Provider(Protocol):
     # headers a webhook must carry; without one the web layer answers 401 before the body
     signature_headers: tuple[str, ...]
 
+    def set_public_url(self, url: str | None) -> None:
+        """The public URL changed (a tunnel reported it); carriers build callback URLs on it."""
+        ...
+
+    @property
+    def public_url(self) -> str | None:
+        """The public URL in force: ``publicUrl``, or what a tunnel reported."""
+        ...
+
     async def run(self, directory: CallDirectory, *, task_status: trio.TaskStatus[None]) -> None:
         """Background work owned by the daemon (the mock's simulated callees); report ready."""
         ...

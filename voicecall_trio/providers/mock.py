@@ -67,12 +67,20 @@ class MockProvider:
     def __init__(self, config: VoiceCallConfig) -> None:
         self.config = config.mock
         self.from_number = config.from_number or "+15550000000"
+        self._public_url = config.public_url
         self._callees: dict[str, _Callee] = {}
         self._nursery: trio.Nursery | None = None
         self._directory: CallDirectory | None = None
         self._counter = itertools.count(1)
         self.dialled: list[str] = []  # call ids the mock was asked to dial (tests, demo)
         self.hangups: list[str] = []
+
+    def set_public_url(self, url: str | None) -> None:
+        self._public_url = url
+
+    @property
+    def public_url(self) -> str | None:
+        return self._public_url
 
     async def run(
         self, directory: CallDirectory, *, task_status: trio.TaskStatus[None]

@@ -8,8 +8,9 @@ Webhook answers: 401 for a missing/bad signature, 400 for a body that is not a T
 envelope, and 200 for everything else. A ``ProviderError`` while acting on a verified
 webhook (answer, reject) is logged and still answered 200: Telnyx would retry the same
 event, but the retry is a duplicate the directory already applied, so it could not act again
-anyway. A failed answer instead ends the call as ``error`` (the supervisor then hangs up,
-which frees the parked call at Telnyx).
+anyway. A failed answer instead ends the call as ``error`` and hangs it up here, which frees
+the parked call at Telnyx (the supervisor treats a carrier error as the carrier's end of the
+call and sends no hangup of its own).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import trio
 
 from ..config import VoiceCallConfig
 from ..errors import ConfigError
-from ..events import CallError, CallInitiated
-from ..model import CallRecord
+from ..events import CallError, CallInitiated, CallSpeaking
+from ..model import CallRecord, CallState
 from . import telnyx_rest as api
 from .base import (
     CallDirectory,
@@ -68,6 +69,8 @@ class TelnyxProvider:
 
     name = "telnyx"
     speaks_initial_message = False
+    # the web layer answers 401 before reading a body that lacks one of these
+    signature_headers: tuple[str, ...] = (SIGNATURE_HEADER, TIMESTAMP_HEADER)
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class TelnyxProvider:
                 "Accept": "application/json",
             },
             describe_error=api.format_error,
+            error_code=api.error_code,
             carrier=_CARRIER,
         )
         self._replays = ReplayCache()
@@ -102,6 +106,10 @@ class TelnyxProvider:
     def set_public_url(self, url: str | None) -> None:
         """The tunnel found our public URL (or lost it)."""
         self._public_url = url
+
+    @property
+    def public_url(self) -> str | None:
+        return self._public_url
 
     @property
     def webhook_url(self) -> str | None:
@@ -172,11 +180,9 @@ class TelnyxProvider:
     async def fetch_state(self, record: CallRecord) -> RemoteCallState:
         if not record.provider_call_id:
             return RemoteCallState(RemoteStatus.UNKNOWN)
-        try:
-            response = await self._send(api.get_call(record.provider_call_id))
-        except ProviderError as exc:
-            log.warning("telnyx: cannot fetch state of call %s: %s", record.call_id, exc)
-            return RemoteCallState(RemoteStatus.UNKNOWN)
+        # A failure (5xx after retries, timeout) raises: the supervisor then resumes the call
+        # rather than abandoning one that may still be live at Telnyx.
+        response = await self._send(api.get_call(record.provider_call_id))
         return api.parse_call_state(response)
 
     # -- Provider: webhooks ----------------------------------------------------------------
@@ -240,7 +246,14 @@ class TelnyxProvider:
         answered = record.answered_at is not None or record.state.connected
         for event in bind_events(hook, call_id=record.call_id, direction=record.direction,
                                  answered=answered):
-            await directory.deliver(event)
+            if isinstance(event, CallSpeaking) and record.state is not CallState.SPEAKING:
+                # The supervisor marks the call speaking before it asks Telnyx to speak, so
+                # call.speak.started only confirms; arriving after call.speak.ended (out of
+                # order) it would wrongly turn a listening call back to speaking.
+                log.debug("telnyx: late %s for call %s ignored", hook.event_type,
+                          record.call_id)
+                continue
+            record = await directory.deliver(event) or record
         if hook.event_type == "call.hangup":
             self._transcribing.discard(record.call_id)
 
@@ -269,17 +282,27 @@ class TelnyxProvider:
                 CallError(id=f"{hook.event_id}:answer", call_id=call_id, provider_call_id=ccid,
                           error=f"answer failed: {exc}")
             )
+            try:
+                response = await self._send(api.hangup(ccid, call_id=call_id))
+            except ProviderError as hangup_exc:
+                log.warning("telnyx: hanging up unanswered call %s failed: %s", call_id,
+                            hangup_exc)
+                return
+            if not api.hangup_succeeded(response):
+                log.warning("telnyx: hanging up unanswered call %s failed: %s", call_id,
+                            api.format_error(response))
 
     # -- REST --------------------------------------------------------------------------------
 
     async def _send(self, request: RestRequest) -> RestResponse:
-        """Send; errors read ``Telnyx <code>: <title>`` and carry the code."""
+        """Send; errors read ``Telnyx <code>: <title>`` and carry the code (also the last
+        error after retries ran out, whose message ``RestClient`` keeps)."""
         try:
             return await self._rest.send(request)
         except ProviderError as exc:
-            message = str(exc).removeprefix(f"{_CARRIER} error: ")
-            raise ProviderError(message, status=exc.status,
-                                code=api.error_code_of(message)) from None
+            if exc.code is None:
+                exc.code = api.error_code_of(str(exc))
+            raise
 
 
 def _ccid(record: CallRecord) -> str:

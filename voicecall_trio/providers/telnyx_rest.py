@@ -177,6 +177,12 @@ def format_error(response: RestResponse) -> str:
     return f"Telnyx {code}: {title}" if title else f"Telnyx {code}"
 
 
+def error_code(response: RestResponse) -> str | None:
+    """The code of the first error in a Telnyx error body."""
+    error = first_error(response)
+    return error[0] if error is not None else None
+
+
 def error_code_of(message: str) -> str | None:
     """The code ``format_error`` put into a ``ProviderError`` message."""
     match = _CODE_IN_MESSAGE.search(message)

@@ -143,6 +143,10 @@ class TwilioProvider:
         self._public_url = url
 
     @property
+    def public_url(self) -> str | None:
+        return self._public_url
+
+    @property
     def webhook_url(self) -> str | None:
         """The public webhook URL: ``publicUrl`` (plus ``serve.path`` if it has no path)."""
         if self._public_url:
@@ -227,12 +231,23 @@ class TwilioProvider:
         else:
             hold = with_query(base, callId=record.call_id, type="hold", said=token)
             document = twiml.say_then_hold(text, hold, voice=self._voice)
-        await self._rest.send(update_twiml(self._account, sid, document))
-        live = self._live(record.call_id)  # no checkpoint since the update: no result yet
+        # The token is current *before* the update goes out: Twilio may post the new Gather's
+        # result (or the said-redirect) before the REST response reaches us.
+        live = self._live(record.call_id)
+        old_turn, old_said = live.turn, live.said
         if listen:
             live.turn = token
         else:
             live.said = token
+        try:
+            await self._rest.send(update_twiml(self._account, sid, document))
+        except BaseException:
+            # the old document is still playing (unless another speak replaced it meanwhile)
+            if live.turn == token:
+                live.turn = old_turn
+            if live.said == token:
+                live.said = old_said
+            raise
 
     async def fetch_state(self, record: CallRecord) -> RemoteCallState:
         if not record.provider_call_id:

@@ -139,6 +139,10 @@ def _kind(query: Mapping[str, str], params: Mapping[str, str]) -> RequestKind:
             raise WebhookParseError(f"unknown request type {kind!r}") from None
     if params.get("CallbackSource") == "call-progress-events":
         return RequestKind.STATUS
+    if params.get("CallStatus") in STATUS_END_REASONS:
+        # Twilio never asks for TwiML of an ended call: this is a status callback whatever
+        # its other parameters say (a number's "call status changes" URL set to the webhook)
+        return RequestKind.STATUS
     if "AnsweredBy" in params and "CallStatus" not in params:
         return RequestKind.STATUS  # async AMD callback
     return RequestKind.FETCH
