@@ -92,8 +92,11 @@ class TrioClient:
                 reply = encode_result(request.id, await handler(request.params))
             except Exception as exc:
                 reply = encode_error(request.id, INTERNAL_ERROR, str(exc))
-        async with self._send_lock:
-            await self._stream.send_all(reply)
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(reply)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # we (or the daemon) closed the connection meanwhile: nobody to answer
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         msg_id = next(self._ids)
