@@ -112,3 +112,10 @@ async def test_close_while_a_batch_is_being_drained_loses_nothing(tmp_path: Path
             journal.append(rec(i))
         await journal.close()  # the writer drains the batch, then meets the closed channel
     assert len(replay_file(path).live) == 10
+
+
+def test_a_line_without_a_transcript_still_replays() -> None:
+    line = (b'{"callId":"old","provider":"twilio","direction":"outbound","state":"answered",'
+            b'"from":"+15550001111","to":"+15550002222","startedAt":1,"providerCallId":"CA1"}\n')
+    result = replay_bytes(line)
+    assert result.live["old"].transcript == () and result.bad_lines == []

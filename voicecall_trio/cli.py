@@ -389,21 +389,23 @@ def tool(input: str | None = None, *, schema: bool = False, socket: str | None =
     if schema:
         print(_json.dumps(TOOL_SCHEMA, indent=2))
         return EXIT_OK
+    # The tool's contract is JSON on stdout, errors included: agents read nothing else.
     if input is None:
-        raise UsageError("tool needs the action as JSON (or --schema)")
+        print(_json.dumps({"error": "tool needs the action as JSON (or --schema)"}))
+        return EXIT_USAGE
     text = sys.stdin.read() if input == "-" else input
     try:
         args = _json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"tool input is not valid JSON: {exc}") from None
+        print(_json.dumps({"error": f"tool input is not valid JSON: {exc}"}))
+        return EXIT_USAGE
     if isinstance(args, dict) and isinstance(args.get("to"), str):
-        _check_e164(args["to"], "to")
-    from .rpc.client import DaemonUnreachable
-
-    try:
-        result = run_tool(args, lambda method, params: _rpc(socket, config, method, params))
-    except DaemonUnreachable:
-        raise
+        try:
+            _check_e164(args["to"], "to")
+        except Failed as exc:
+            print(_json.dumps({"error": str(exc)}))
+            return EXIT_FAILED
+    result = run_tool(args, lambda method, params: _rpc(socket, config, method, params))
     print(_json.dumps(result, ensure_ascii=False))
     return EXIT_FAILED if "error" in result else EXIT_OK
 
@@ -710,6 +712,11 @@ def _guard(run: Callable[[], int]) -> int:
 
     try:
         return run()
+    except BrokenPipeError:
+        # `voicecall ... | head`: the reader left; exit quietly like other Unix tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except DaemonUnreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

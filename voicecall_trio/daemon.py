@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 import trio
@@ -262,15 +262,48 @@ async def _serve_http(
     hc.backlog = 1024
     hc.graceful_timeout = 2.0
     hc.keep_alive_timeout = 30.0
+    started = _Started(task_status)
     try:
-        await serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
-    except OSError as exc:
+        await serve(app, hc, shutdown_trigger=stop.wait,
+                    task_status=started)  # type: ignore[arg-type]
+    except BaseException as exc:
+        # Hypercorn raises bind errors wrapped in its own exception groups
+        bind_error = None if started.done else find_leaf(exc, OSError)
+        if bind_error is None:
+            raise
         raise DaemonStartError(
             f"cannot listen on {host}:{config.serve.port} (serve.bind/serve.port): "
-            f"{exc.strerror or exc}"
+            f"{bind_error.strerror or bind_error}"
         ) from None
     finally:
         done.set()
+
+
+class _Started:
+    """Remembers whether Hypercorn reported ready (errors after that are not start-up errors)."""
+
+    def __init__(self, inner: trio.TaskStatus[list[str]]) -> None:
+        self.inner = inner
+        self.done = False
+
+    def started(self, binds: list[str]) -> None:
+        self.done = True
+        self.inner.started(binds)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_leaf(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` inside (possibly nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_leaf(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 async def _watch_signals(stop: trio.Event) -> None:
@@ -307,4 +340,11 @@ def serve_forever(config: VoiceCallConfig, on_ready: Callable[[DaemonHandle], No
             if on_ready is not None:
                 on_ready(handle)
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseException as exc:
+        # nursery.start wraps start-up refusals in exception groups: surface the one message
+        refusal = find_leaf(exc, DaemonStartError)
+        if refusal is not None:
+            raise refusal from None
+        raise

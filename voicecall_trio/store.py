@@ -54,7 +54,15 @@ def encode_record(record: CallRecord) -> bytes:
 
 
 def decode_record(line: bytes) -> CallRecord:
-    return _record_decoder.decode(line)
+    """Decode one journal line; lines written without a transcript (older writers) get []."""
+    try:
+        return _record_decoder.decode(line)
+    except msgspec.ValidationError:
+        obj = msgspec.json.decode(line)
+        if not isinstance(obj, dict) or "transcript" in obj:
+            raise
+        obj["transcript"] = []
+        return msgspec.convert(obj, CallRecord)
 
 
 @dataclass
@@ -98,7 +106,7 @@ def replay_bytes(data: bytes) -> ReplayResult:
             result.ended_lines[call_id] = line
             continue
         try:
-            result.live[call_id] = _record_decoder.decode(line)
+            result.live[call_id] = decode_record(line)
         except (msgspec.DecodeError, msgspec.ValidationError):
             result.bad_lines.append(number)
     result.bad_lines.sort()

@@ -1,0 +1,44 @@
+"""CLI behaviour that needs no daemon: argument binding, the tool's JSON contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from voicecall_trio import cli
+
+
+def test_fast_binding_matches_the_command_signatures() -> None:
+    bound = cli._fast_bind(["continue", "--call-id", "abc", "--message", "hi", "--json"])
+    assert bound == (cli.continue_, {"call_id": "abc", "message": "hi", "json": True})
+    assert cli._fast_bind(["status", "--call-id=x"]) == (cli.status, {"call_id": "x"})
+    # anything unusual goes to cyclopts, which explains it
+    for argv in (["call", "--message"], ["status", "--bogus"], ["--help"], ["call", "--to", "+1"],
+                 ["tool", "{}"], ["call", "--message", "x", "--mode", "notify"]):
+        assert cli._fast_bind(argv) is None, argv
+
+
+def test_tool_errors_are_json_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tool", "not json", "--socket", "/nonexistent.sock"]) == cli.EXIT_USAGE
+    assert "error" in json.loads(capsys.readouterr().out)
+    action = '{"action": "initiate_call", "message": "hi", "to": "12345"}'
+    assert cli.main(["tool", action, "--socket", "/nonexistent.sock"]) == cli.EXIT_FAILED
+    assert "E.164" in json.loads(capsys.readouterr().out)["error"]
+    assert cli.main(["tool", '{"action": "fly"}', "--socket", "/x.sock"]) == cli.EXIT_FAILED
+    assert "unknown action" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_tool_schema_lists_every_action(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["tool", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["name"] == "voice_call"
+    assert set(schema["parameters"]["properties"]["action"]["enum"]) == {
+        "initiate_call", "continue_call", "speak_to_user", "end_call", "get_status"}
+
+
+def test_unreachable_daemon_is_exit_3_naming_the_socket(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["status", "--socket", "/tmp/definitely-not-here.sock"]) == 3
+    assert "/tmp/definitely-not-here.sock" in capsys.readouterr().err
