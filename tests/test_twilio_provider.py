@@ -418,6 +418,45 @@ async def test_gather_after_speak_uses_new_token_only(
     assert [e.text for e in directory.delivered if isinstance(e, CallSpeech)] == ["fresh"]
 
 
+async def test_gather_result_racing_the_update_response_is_delivered() -> None:
+    """Twilio may post the new Gather's result before our REST update has its answer."""
+    directory = FakeDirectory()
+    record = directory.add(outbound())
+    answers: list[WebhookResponse] = []
+    provider: TwilioProvider | None = None
+
+    async def twilio(request: httpx.Request) -> httpx.Response:
+        twiml = parse_qs(request.content.decode())["Twiml"][0]
+        action = ET.fromstring(twiml)[1].get("action") or ""
+        assert provider is not None
+        answers.append(await provider.handle_webhook(
+            webhook(answer_params(SpeechResult="quick"), urlsplit(action).query), directory))
+        return httpx.Response(200, json={"sid": CALL_SID, "status": "in-progress"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(twilio)) as client:
+        provider = TwilioProvider(make_config(), client)
+        await provider.speak(record, "Quick question?", listen=True)
+    assert tags(answers[0]) == ["Pause", "Redirect"]
+    assert [e.text for e in directory.delivered if isinstance(e, CallSpeech)] == ["quick"]
+
+
+async def test_failed_update_keeps_the_playing_documents_turn(
+    provider: TwilioProvider, carrier: Carrier
+) -> None:
+    directory = FakeDirectory()
+    record = directory.add(outbound())
+    first = root(await provider.handle_webhook(
+        webhook(answer_params(), f"callId={record.call_id}"), directory))
+    old_query = urlsplit(first[1].get("action") or "").query
+    carrier.queue("POST", f"/Calls/{CALL_SID}.json",
+                  httpx.Response(400, json={"code": 21220, "message": "Call is not in-progress"}))
+    with pytest.raises(ProviderError):
+        await provider.speak(record, "Next?", listen=True)
+    await provider.handle_webhook(webhook(answer_params(SpeechResult="still"), old_query),
+                                  directory)
+    assert [e.text for e in directory.delivered if isinstance(e, CallSpeech)] == ["still"]
+
+
 async def test_streaming_conversation_connects_the_stream(http: httpx.AsyncClient) -> None:
     provider = TwilioProvider(make_config(streaming={"enabled": True}), http)
     directory = FakeDirectory()

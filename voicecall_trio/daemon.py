@@ -231,7 +231,7 @@ async def _run_calls(
             systemd.notify("STOPPING=1", env)
             await supervisor.shutdown(config.shutdown_grace_seconds)
             http_stop.set()
-            with trio.move_on_after(3):
+            with trio.move_on_after(1.5):
                 await http_done.wait()  # Hypercorn drains on its trigger
             front.cancel_scope.cancel()
         calls_scope.cancel_scope.cancel()
@@ -260,7 +260,8 @@ async def _serve_http(
     hc.accesslog = None
     hc.errorlog = logging.getLogger("voicecall.http")
     hc.backlog = 1024
-    hc.graceful_timeout = 2.0
+    # Hypercorn waits this long for idle keep-alive connections (carriers keep them) at stop
+    hc.graceful_timeout = 1.0
     hc.keep_alive_timeout = 30.0
     started = _Started(task_status)
     try:

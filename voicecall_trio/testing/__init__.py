@@ -7,6 +7,7 @@ simulators; ``running_daemon`` starts a whole daemon inside the caller's trio ru
 
 from .daemon import RunningDaemon, running_daemon
 from .fake_telnyx import FakeTelnyx
+from .fake_twilio import FakeTwilio
 from .server import serve_asgi
 
-__all__ = ["FakeTelnyx", "RunningDaemon", "running_daemon", "serve_asgi"]
+__all__ = ["FakeTelnyx", "FakeTwilio", "RunningDaemon", "running_daemon", "serve_asgi"]
