@@ -85,9 +85,12 @@ class Daemon:
                 raise RuntimeError((self.dir / "daemon.log").read_text())
             try:
                 with SyncClient(self.socket) as client:
-                    return dict(client.call("daemon.health"))
+                    health = dict(client.call("daemon.health"))
+                if health.get("ready"):
+                    return health
             except DaemonUnreachable:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError("daemon did not start")
 
     @property
@@ -247,9 +250,11 @@ def build_signed_requests(url: str, count: int, host: str) -> list[bytes]:
     from voicecall_trio.providers.twilio_signature import compute_signature
 
     path = urlsplit(url).path + "?type=status"
+    run = os.urandom(6).hex()  # distinct per run, so no request hits the replay cache
     out = []
     for i in range(count):
-        params = {"AccountSid": TWILIO_SID, "CallSid": f"CA{i:032d}", "CallStatus": "ringing",
+        params = {"AccountSid": TWILIO_SID, "CallSid": f"CA{run}{i:020d}",
+                  "CallStatus": "ringing",
                   "From": "+15550001111", "To": "+15550002222", "Direction": "outbound-api",
                   "SequenceNumber": str(i)}
         body = urlencode(params).encode()
@@ -263,6 +268,35 @@ def build_signed_requests(url: str, count: int, host: str) -> list[bytes]:
     return out
 
 
+class ConnectionClosed(Exception):
+    pass
+
+
+async def read_response(stream: Any, buffer: bytes) -> tuple[int, bytes]:
+    """Read one HTTP/1.1 response with a Content-Length; returns (status, leftover bytes)."""
+    while True:
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buffer[:head_end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            total = head_end + 4 + length
+            if len(buffer) >= total:
+                return int(head.split(" ", 2)[1]), buffer[total:]
+        try:
+            data = await stream.receive_some(65536)
+        except Exception as exc:  # reset by the server
+            raise ConnectionClosed() from exc
+        if not data:
+            if buffer:
+                raise RuntimeError(f"server closed mid-response: {buffer[:200]!r}")
+            raise ConnectionClosed()
+        buffer += data
+
+
 def loadgen_main(args: argparse.Namespace) -> None:
     """Runs in its own process: fire pre-signed requests over keep-alive connections."""
     import trio
@@ -273,32 +307,27 @@ def loadgen_main(args: argparse.Namespace) -> None:
     statuses: dict[int, int] = {}
 
     async def worker(queue: list[bytes]) -> None:
+        # Hypercorn closes a keep-alive connection after keep_alive_max_requests; like any
+        # client, reconnect when the server closed between two requests.
         stream = await trio.open_tcp_stream(host, int(port))
         buffer = b""
-        async with stream:
+        try:
             for request in queue:
                 t0 = time.perf_counter()
-                await stream.send_all(request)
-                while True:
-                    head_end = buffer.find(b"\r\n\r\n")
-                    if head_end >= 0:
-                        head = buffer[:head_end].decode("latin-1")
-                        length = 0
-                        for line in head.split("\r\n")[1:]:
-                            name, _, value = line.partition(":")
-                            if name.lower() == "content-length":
-                                length = int(value)
-                        total = head_end + 4 + length
-                        if len(buffer) >= total:
-                            status = int(head.split(" ", 2)[1])
-                            statuses[status] = statuses.get(status, 0) + 1
-                            buffer = buffer[total:]
-                            break
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise RuntimeError("server closed the connection")
-                    buffer += data
+                try:
+                    await stream.send_all(request)
+                    status, buffer = await read_response(stream, buffer)
+                except ConnectionClosed:
+                    await stream.aclose()
+                    stream = await trio.open_tcp_stream(host, int(port))
+                    buffer = b""
+                    t0 = time.perf_counter()
+                    await stream.send_all(request)
+                    status, buffer = await read_response(stream, buffer)
+                statuses[status] = statuses.get(status, 0) + 1
                 latencies.append((time.perf_counter() - t0) * 1000)
+        finally:
+            await stream.aclose()
 
     async def main() -> float:
         queues: list[list[bytes]] = [requests[i::args.connections]

@@ -60,6 +60,7 @@ class DaemonHandle:
     journal: Journal
     http_binds: list[str] = field(default_factory=list)
     stop_event: trio.Event = field(default_factory=trio.Event)
+    ready: bool = False  # every part started (what READY=1 tells systemd)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -206,6 +207,7 @@ async def _run_calls(
         async def health_method(params: dict[str, Any], conn: Any) -> Any:
             result = await base_health(params, conn)
             result["listen"] = handle.http_binds
+            result["ready"] = handle.ready
             return result
 
         methods["daemon.health"] = health_method
@@ -224,6 +226,7 @@ async def _run_calls(
                 front.start_soon(_watchdog, interval, env)
             log.info("voicecall %s ready: provider %s, socket %s, http %s", __version__,
                      provider.name, handle.socket_path, ", ".join(handle.http_binds))
+            handle.ready = True
             systemd.notify("READY=1", env)
             task_status.started(handle)
             await handle.stop_event.wait()
@@ -253,7 +256,7 @@ async def _serve_http(
 
     from .web import create_app
 
-    app = create_app(config, provider, supervisor, health=health)
+    app: Any = create_app(config, provider, supervisor, health=health)  # ASGI, as Hypercorn wants
     hc = HypercornConfig()
     host = config.serve.bind
     hc.bind = [f"[{host}]:{config.serve.port}" if ":" in host else f"{host}:{config.serve.port}"]
