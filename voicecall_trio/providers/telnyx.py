@@ -129,8 +129,6 @@ class TelnyxProvider:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Nothing runs in the background for Telnyx; webhooks arrive via the web layer."""
-        if self._config.skip_signature_verification:
-            log.warning("telnyx: skipSignatureVerification is set; webhooks are NOT verified")
         task_status.started()
         await trio.sleep_forever()
 

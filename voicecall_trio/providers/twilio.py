@@ -190,8 +190,7 @@ class TwilioProvider:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        if self._config.skip_signature_verification:
-            log.warning("skipSignatureVerification is on: Twilio webhooks are NOT verified")
+        """Nothing runs in the background for Twilio; webhooks arrive via the web layer."""
         task_status.started()
         await trio.sleep_forever()
 

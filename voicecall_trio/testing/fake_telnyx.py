@@ -46,10 +46,8 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -57,7 +55,7 @@ import httpx
 import nacl.signing
 import trio
 
-from .server import serve_asgi
+from .server import BackgroundService
 
 __all__ = ["Callee", "Delivery", "FakeCall", "FakeTelnyx", "RecordedRequest"]
 
@@ -212,7 +210,7 @@ def _error(status: int, code: str, title: str, detail: str = "") -> tuple[int, A
     return status, {"errors": [err]}
 
 
-class FakeTelnyx:
+class FakeTelnyx(BackgroundService):
     """A Telnyx Call Control v2 simulator on loopback (see the module docstring)."""
 
     def __init__(
@@ -250,7 +248,6 @@ class FakeTelnyx:
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
         self._changed = trio.Event()
-        self._stack: AsyncExitStack | None = None
         self._fail: list[_Rule] = []
         self._duplicate: list[_Rule] = []
         self._retry: list[_Rule] = []
@@ -288,59 +285,16 @@ class FakeTelnyx:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[FakeTelnyx] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve until ``stop()``; reports the fake itself once it listens."""
-        own_http = self._http is None
+    def _new_http_client(self) -> httpx.AsyncClient:
         # No keep-alive by default: an idle connection held open to the daemon would make
         # its HTTP server wait out its graceful timeout at shutdown. Pass ``http=`` to reuse
         # connections (benchmarks).
-        http = self._http or httpx.AsyncClient(
-            timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0)
-        )
-        self._http = http
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._base_url = await nursery.start(
-                    lambda task_status: serve_asgi(self._asgi, self._stop, host=self._host,
-                                                   port=self._port, task_status=task_status)
-                )
-                task_status.started(self)
-                await self._stop.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None
-            if own_http:
-                with trio.CancelScope(shield=True):
-                    await http.aclose()
-                self._http = None
+        return httpx.AsyncClient(timeout=10.0,
+                                 limits=httpx.Limits(max_keepalive_connections=0))
 
-    def stop(self) -> None:
-        self._stop.set()
+    def _listening(self, base_url: str) -> None:
+        self._base_url = base_url
 
-    async def __aenter__(self) -> FakeTelnyx:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        try:
-            await nursery.start(self.run)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        self.stop()
-        stack, self._stack = self._stack, None
-        assert stack is not None
-        return await stack.__aexit__(exc_type, exc, tb)
 
     # -- waiting -----------------------------------------------------------------------------
 

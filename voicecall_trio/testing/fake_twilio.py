@@ -52,11 +52,10 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
@@ -65,7 +64,7 @@ import msgspec
 import trio
 
 from ..providers.twilio_signature import compute_signature, port_variants
-from .server import serve_asgi
+from .server import BackgroundService
 
 __all__ = [
     "HANGUP",
@@ -329,7 +328,7 @@ class _Failure:
     remaining: int
 
 
-class FakeTwilio:
+class FakeTwilio(BackgroundService):
     """A local Twilio. Start it with ``async with FakeTwilio(...) as fake`` (or
     ``fake = await nursery.start(FakeTwilio(...).run)``), point ``twilio.apiBaseUrl`` at
     ``fake.url``."""
@@ -378,34 +377,15 @@ class FakeTwilio:
         self._nursery: trio.Nursery | None = None
         self._http: httpx.AsyncClient | None = http  # webhooks go out through this client
         self._host, self._port = host, port
-        self._stack: AsyncExitStack | None = None
         self._idempotency = itertools.count(1)
 
     # -- running ----------------------------------------------------------------------------
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[FakeTwilio] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve until ``stop()``; reports the fake itself once it listens (``fake.url``)."""
-        own_http = self._http is None
-        http = self._http or httpx.AsyncClient(timeout=self.webhook_timeout_s)
-        self._http = http
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self.url = await nursery.start(
-                    lambda task_status: serve_asgi(self._asgi, self._stop, host=self._host,
-                                                   port=self._port, task_status=task_status)
-                )
-                task_status.started(self)
-                await self._stop.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None
-            if own_http:
-                with trio.CancelScope(shield=True):
-                    await http.aclose()
-                self._http = None
+    def _new_http_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.webhook_timeout_s)
+
+    def _listening(self, base_url: str) -> None:
+        self.url = base_url
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[FakeTwilio]:
@@ -413,30 +393,6 @@ class FakeTwilio:
         async with self:
             yield self
 
-    async def __aenter__(self) -> FakeTwilio:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        try:
-            await nursery.start(self.run)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        self.stop()
-        stack, self._stack = self._stack, None
-        assert stack is not None
-        return await stack.__aexit__(exc_type, exc, tb)
-
-    def stop(self) -> None:
-        self._stop.set()
 
     # -- configuration ----------------------------------------------------------------------
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Self
 
+import httpx
 import trio
 
 
@@ -31,3 +34,76 @@ async def serve_asgi(
             task_status.started(binds[0])
 
     await serve(app, config, shutdown_trigger=stop.wait, task_status=_Ready())  # type: ignore[arg-type]
+
+
+class BackgroundService:
+    """A carrier simulator's life: serve ``self._asgi`` on loopback until ``stop()``.
+
+    ``async with service:`` (or ``await nursery.start(service.run)``) runs it in a nursery of
+    its own, so tests and benchmarks hold it like any resource. Subclasses set ``_asgi``,
+    ``_host``, ``_port``, ``_stop`` and ``_http`` (an injected client, or None), and say how to
+    make their own client and what to record once listening.
+    """
+
+    _asgi: Any
+    _host: str
+    _port: int
+    _stop: trio.Event
+    _http: httpx.AsyncClient | None
+    _nursery: trio.Nursery | None
+    _stack: AsyncExitStack | None = None
+
+    def _new_http_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=10.0)
+
+    def _listening(self, base_url: str) -> None:
+        """Called with ``http://127.0.0.1:PORT`` once the server accepts connections."""
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Serve until ``stop()``; reports the service itself once it listens."""
+        own_http = self._http is None
+        http = self._http or self._new_http_client()
+        self._http = http
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                base_url: str = await nursery.start(
+                    lambda task_status: serve_asgi(self._asgi, self._stop, host=self._host,
+                                                   port=self._port, task_status=task_status)
+                )
+                self._listening(base_url)
+                task_status.started(self)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            if own_http:
+                with trio.CancelScope(shield=True):
+                    await http.aclose()
+                self._http = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        try:
+            await nursery.start(self.run)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.stop()
+        stack, self._stack = self._stack, None
+        assert stack is not None
+        return await stack.__aexit__(exc_type, exc, tb)
