@@ -102,7 +102,7 @@ def _valid_id(value: Any) -> bool:
 def parse_line(line: bytes) -> Message:
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return ProtocolError(None, PARSE_ERROR, "Parse error: not valid JSON")
     if not isinstance(obj, dict):
         return ProtocolError(None, INVALID_REQUEST, "Invalid Request: expected a JSON object")

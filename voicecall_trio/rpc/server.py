@@ -49,15 +49,40 @@ class Connection:
         self.nursery = nursery
         self._send_lock = trio.Lock()
         self.closed = trio.Event()
+        self.broken = False  # a send failed: the peer is gone
         self._ids = itertools.count(1)
         self._waiting: dict[int | str, trio.MemorySendChannel[Response]] = {}
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
 
-    async def send(self, data: bytes) -> None:
-        async with self._send_lock:
-            await self.stream.send_all(data)
+    async def send(self, data: bytes) -> bool:
+        """Send one line; False (never an exception) when the peer has gone away."""
+        if self.broken:
+            return False
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.broken = True
+            return False
+        return True
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
-        await self.send(encode_notification(method, params))
+        if not await self.send(encode_notification(method, params)):
+            raise trio.ClosedResourceError("the subscriber's connection is gone")
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+        self._idle = trio.Event()
+
+    def request_done(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_requests_done(self) -> None:
+        await self._idle.wait()
 
     async def request(self, method: str, params: dict[str, Any]) -> Any:
         """Ask the peer (e.g. a registered agent) and wait for its reply."""
@@ -65,7 +90,8 @@ class Connection:
         send, receive = trio.open_memory_channel[Response](1)
         self._waiting[msg_id] = send
         try:
-            await self.send(encode_request(msg_id, method, params))
+            if not await self.send(encode_request(msg_id, method, params)):
+                raise RpcError(INTERNAL_ERROR, "the connection is gone")
             try:
                 reply = await receive.receive()
             except trio.EndOfChannel:
@@ -119,18 +145,23 @@ class RpcServer:
             _unlink_quietly(path)
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """One connection; whatever happens on it, it never takes the server down."""
         self.connections += 1
         try:
             async with trio.open_nursery() as nursery:
                 conn = Connection(stream, nursery)
                 try:
                     await self._read_loop(conn)
+                    # End of input is not a hang-up: a client that half-closes after
+                    # writing (`socat`, `nc -N`) still gets the replies to what it sent.
+                    if not conn.broken:
+                        await conn.wait_requests_done()
                 finally:
                     conn.closed.set()
                     conn.close_requests()
                     nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except Exception:
+            log.exception("rpc: connection failed")
         finally:
             self.connections -= 1
             with trio.CancelScope(shield=True):
@@ -138,10 +169,11 @@ class RpcServer:
 
     async def _read_loop(self, conn: Connection) -> None:
         splitter = LineSplitter()
-        while True:
+        while not conn.broken:
             try:
                 data = await conn.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                conn.broken = True
                 return
             if not data:
                 return
@@ -156,6 +188,7 @@ class RpcServer:
                     log.info("rpc: %s", message.message)
                     await conn.send(message.reply())
                 elif isinstance(message, Request | Notification):
+                    conn.request_started()
                     if message.method in self.inline:
                         await self._dispatch(conn, message)
                     else:
@@ -168,6 +201,12 @@ class RpcServer:
         conn.route_response(message)
 
     async def _dispatch(self, conn: Connection, message: Request | Notification) -> None:
+        try:
+            await self._answer(conn, message)
+        finally:
+            conn.request_done()
+
+    async def _answer(self, conn: Connection, message: Request | Notification) -> None:
         msg_id = message.id if isinstance(message, Request) else None
         handler = self.methods.get(message.method)
         try:
@@ -184,10 +223,7 @@ class RpcServer:
         else:
             reply = encode_result(msg_id, result)
         if isinstance(message, Request):
-            try:
-                await conn.send(reply)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            await conn.send(reply)
 
 
 class _Ready:

@@ -1,0 +1,56 @@
+"""The RPC server survives whatever a client does, and answers half-closed clients."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+
+from voicecall_trio.testing import running_daemon
+
+FAST = {"mock": {"answerDelayMs": 5, "replyDelayMs": 5, "speakMsPerChar": 0}}
+
+
+def raw_exchange(path: str, payload: bytes, *, half_close: bool) -> bytes:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(path)
+    sock.sendall(payload)
+    if half_close:
+        sock.shutdown(socket.SHUT_WR)
+    else:
+        sock.close()
+        return b""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data
+
+
+async def test_clients_that_vanish_or_send_poison_do_not_crash_the_daemon() -> None:
+    async with running_daemon(FAST) as daemon:
+        path = str(daemon.handle.socket_path)
+        poison = [b"garbage\n" * 50, b"[" * 100_000 + b"\n", b"x" * (1024 * 1024 + 10) + b"\n"]
+        for payload in poison:
+            # write and vanish at once: the error reply cannot be delivered
+            await trio.to_thread.run_sync(lambda p=payload: raw_exchange(path, p,
+                                                                         half_close=False))
+        deep = await trio.to_thread.run_sync(
+            lambda: raw_exchange(path, b"[" * 100_000 + b"\n", half_close=True))
+        assert b"-32700" in deep
+        health: dict[str, Any] = await daemon.rpc("daemon.health")
+        assert health["ok"]
+
+
+async def test_a_half_closed_client_still_gets_its_call_placed_and_answered() -> None:
+    async with running_daemon(FAST) as daemon:
+        path = str(daemon.handle.socket_path)
+        request = (b'{"jsonrpc":"2.0","id":1,"method":"voicecall.initiate","params":'
+                   b'{"to":"+15555550123","message":"hi","mode":"conversation"}}\n')
+        reply = await trio.to_thread.run_sync(
+            lambda: raw_exchange(path, request, half_close=True))
+        assert b'"initiated":true' in reply
+        status = await daemon.rpc("voicecall.status")
+        assert len(status["calls"]) == 1 and status["calls"][0]["providerCallId"]
