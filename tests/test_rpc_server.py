@@ -54,3 +54,15 @@ async def test_a_half_closed_client_still_gets_its_call_placed_and_answered() ->
         assert b'"initiated":true' in reply
         status = await daemon.rpc("voicecall.status")
         assert len(status["calls"]) == 1 and status["calls"][0]["providerCallId"]
+
+
+def test_a_file_that_is_not_a_socket_is_never_deleted(tmp_path: Any) -> None:
+    import pytest
+
+    from voicecall_trio.rpc.unix import bind_unix_socket
+
+    precious = tmp_path / "calls.jsonl"
+    precious.write_text("a journal\n")
+    with pytest.raises(FileExistsError):
+        bind_unix_socket(precious)
+    assert precious.read_text() == "a journal\n"

@@ -119,3 +119,49 @@ def test_a_line_without_a_transcript_still_replays() -> None:
             b'"from":"+15550001111","to":"+15550002222","startedAt":1,"providerCallId":"CA1"}\n')
     result = replay_bytes(line)
     assert result.live["old"].transcript == () and result.bad_lines == []
+
+
+async def test_a_failing_disk_is_reported_not_fatal(tmp_path: Path) -> None:
+    import errno
+
+    from voicecall_trio.store import JournalError
+
+    path = tmp_path / "calls.jsonl"
+    journal = Journal(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        real_write = journal._write_locked
+
+        def full(payload: list[bytes]) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        journal._write_locked = full  # type: ignore[method-assign]
+        journal.append(rec(1))  # a plain append never raises
+        try:
+            await journal.append_durable(rec(2))
+        except JournalError as exc:
+            assert "No space left" in str(exc)
+        else:
+            raise AssertionError("a durable append on a full disk must fail")
+        journal._write_locked = real_write  # type: ignore[method-assign]
+        await journal.append_durable(rec(3))  # the writer is still alive
+        await journal.close()
+    assert "call-3" in replay_file(path).live
+
+
+async def test_journal_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    path.write_bytes(b"")
+    os.chmod(path, 0o644)
+    old = os.umask(0o022)
+    try:
+        journal = Journal(path, max_bytes=1, keep_files=2)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            await journal.append_durable(rec(1))
+            await journal.append_durable(rec(2))
+            await journal.close()
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "calls.jsonl.1").st_mode & 0o777 == 0o600

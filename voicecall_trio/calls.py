@@ -48,9 +48,10 @@ from .events import (
     CallInitiated,
     CallSpeaking,
     CallSpeech,
+    CallSpoken,
     EndReason,
 )
-from .model import CallRecord, CallState
+from .model import CallRecord
 from .providers.base import (
     InboundDecision,
     InboundOutcome,
@@ -58,7 +59,7 @@ from .providers.base import (
     ProviderError,
     RemoteStatus,
 )
-from .store import Journal, ReplayResult, decode_record
+from .store import Journal, JournalError, ReplayResult, decode_record
 
 log = logging.getLogger("voicecall.calls")
 
@@ -67,7 +68,10 @@ FALLBACK_REPLY = "Sorry, I'm having trouble answering right now. Could you say t
 
 Responder = Callable[[dict[str, Any]], Awaitable[str | None]]
 CLEANUP_TIMEOUT_S = 10.0
+DIAL_TIMEOUT_S = 30.0  # a dial is shielded from the caller's cancellation, up to this long
+RING_GRACE_S = 30.0  # a call unanswered ringTimeoutMs + this after it started is given up
 MAX_REMEMBERED_OFFERS = 4096
+MAX_ENDED_REMEMBERED = 1000  # ended calls kept in memory for status (oldest forgotten first)
 
 
 class LiveCall:
@@ -82,6 +86,7 @@ class LiveCall:
         self.continue_waiting = False
         self.nursery: trio.Nursery | None = None  # the call's own nursery, while it runs
         self.reply_scope: trio.CancelScope | None = None
+        self.spoken = 0  # how many utterances the carrier reported finished (CallSpoken)
 
     def set(self, record: CallRecord) -> None:
         self.record = record
@@ -123,7 +128,7 @@ class Supervisor:
         self._subscribers: set[Subscriber] = set()
         self._nursery: trio.Nursery | None = None
         self._accepting = True
-        self._pending_slots = 0
+        self._offering: dict[str, trio.Event] = {}  # inbound offers being set up
         self.responder: Responder | None = None  # a registered agent (agent.register)
         self.started_at = time.monotonic()
 
@@ -218,13 +223,14 @@ class Supervisor:
 
     # -- state changes: the only writers of call records ----------------------------------
     def _store(self, call: LiveCall, record: CallRecord, event_type: str,
-               extra: dict[str, Any] | None = None) -> None:
+               extra: dict[str, Any] | None = None, *, persist: bool = True) -> None:
         before = call.record.state
         call.set(record)
         self.session[record.call_id] = record
         if record.provider_call_id:
             self._by_provider_id[record.provider_call_id] = record.call_id
-        self.journal.append(record)
+        if persist:
+            self.journal.append(record)
         payload: dict[str, Any] = {"callId": record.call_id, "type": event_type,
                                    "state": record.state.value}
         if extra:
@@ -238,7 +244,13 @@ class Supervisor:
         if record is not call.record:
             extra = {k: v for k, v in _event_fields(event).items()
                      if k not in ("id", "callId", "type", "timestamp")}
-            self._store(call, record, _event_type(event), extra)
+            # an interim transcript changes nothing worth a journal line (streaming STT sends
+            # several a second); it is still published to subscribers
+            interim = (isinstance(event, CallSpeech) and not event.is_final
+                       and record.state is call.record.state)
+            if isinstance(event, CallSpoken):
+                call.spoken += 1
+            self._store(call, record, _event_type(event), extra, persist=not interim)
             if isinstance(event, CallSpeech) and event.is_final and event.text:
                 self._maybe_reply(call)
         return call.record
@@ -322,6 +334,10 @@ class Supervisor:
         seen = self._offers.get(key)
         if seen is not None:
             return InboundOutcome(seen.decision, seen.record, duplicate=True)
+        setting_up = self._offering.get(key)
+        if setting_up is not None:  # a duplicate delivery while the first is being set up
+            await setting_up.wait()
+            return await self.offer_inbound(event)
         reason = self._inbound_refusal(event.from_)
         if reason is not None:
             log.info("inbound call from %s refused: %s", _mask(event.from_), reason)
@@ -340,11 +356,15 @@ class Supervisor:
             metadata={"mode": "conversation", "initialMessage": greeting},
         )
         record = model.apply(record, event, self._now_ms())
-        outcome = InboundOutcome(InboundDecision.ACCEPT, record)
-        self._remember_offer(key, outcome)
-        await self.journal.append_durable(record)
-        await self._start_call(record, dial=False)
-        return outcome
+        self._offering[key] = trio.Event()
+        try:
+            call = await self._admit_durably(record)
+            started = await self._launch(call, dial=False)
+            outcome = InboundOutcome(InboundDecision.ACCEPT, started)
+            self._remember_offer(key, outcome)  # only once the call really exists
+            return outcome
+        finally:
+            self._offering.pop(key).set()
 
     def _remember_offer(self, key: str, outcome: InboundOutcome) -> None:
         self._offers[key] = outcome
@@ -361,7 +381,7 @@ class Supervisor:
             not E164.match(caller or "") or caller not in self.config.allow_from
         ):
             return "caller is not in allowFrom"
-        if self.active_count + self._pending_slots >= self.config.max_concurrent_calls:
+        if self.active_count >= self.config.max_concurrent_calls:
             return f"Maximum concurrent calls ({self.config.max_concurrent_calls}) reached"
         return None
 
@@ -380,30 +400,40 @@ class Supervisor:
         if not self._accepting:
             raise VoiceCallError("The daemon is shutting down")
         limit = self.config.max_concurrent_calls
-        if self.active_count + self._pending_slots >= limit:
+        if self.active_count >= limit:
             raise ConcurrencyLimit(f"Maximum concurrent calls ({limit}) reached")
-        self._pending_slots += 1
-        try:
-            record = model.new_record(
-                provider=self.provider.name,
-                direction="outbound",
-                from_=self.config.from_number or "+15550000000",
-                to=target,
-                metadata={"mode": chosen, "initialMessage": message},
-            )
-            # the record is on disk before the carrier is asked to dial
-            await self.journal.append_durable(record)
-            return await self._start_call(record, dial=True)
-        finally:
-            self._pending_slots -= 1
+        record = model.new_record(
+            provider=self.provider.name,
+            direction="outbound",
+            from_=self.config.from_number or "+15550000000",
+            to=target,
+            metadata={"mode": chosen, "initialMessage": message},
+        )
+        # the record is on disk before the carrier is asked to dial
+        call = await self._admit_durably(record)
+        return await self._launch(call, dial=True)
 
-    async def _start_call(self, record: CallRecord, *, dial: bool) -> CallRecord:
-        assert self._nursery is not None, "supervisor is not running"
+    async def _admit_durably(self, record: CallRecord) -> LiveCall:
+        """Count the call (slot, rotation carry-over) before anything awaits, then fsync it."""
         call = LiveCall(record)
         self.live[record.call_id] = call
         self.session[record.call_id] = record
         if record.provider_call_id:
             self._by_provider_id[record.provider_call_id] = record.call_id
+        try:
+            await self.journal.append_durable(record)
+        except BaseException as exc:
+            # never written (or unknown): the call does not exist; replay ends any stray line
+            self.live.pop(record.call_id, None)
+            self.session.pop(record.call_id, None)
+            call.task_done.set()
+            if isinstance(exc, JournalError):
+                raise VoiceCallError(f"{exc}; the call was not placed") from None
+            raise
+        return call
+
+    async def _launch(self, call: LiveCall, *, dial: bool) -> CallRecord:
+        assert self._nursery is not None, "supervisor is not running"
         error: ProviderError | None = await self._nursery.start(self._call_task, call, dial)
         if error is not None:
             raise CarrierError(str(error))
@@ -487,7 +517,7 @@ class Supervisor:
                 call.nursery = nursery
                 if dial:
                     try:
-                        provider_call_id = await self.provider.dial(call.record)
+                        provider_call_id = await self._dial(call)
                     except ProviderError as exc:
                         log.warning("call %s: dial failed: %s", call.record.call_id, exc)
                         record = model.with_metadata(call.record, lastError=str(exc))
@@ -504,6 +534,7 @@ class Supervisor:
                     )
                 task_status.started(None)
                 reported = True
+                nursery.start_soon(self._ring_timer, call)
                 nursery.start_soon(self._max_duration_timer, call)
                 if not self.provider.speaks_initial_message:
                     nursery.start_soon(self._initial_message, call)
@@ -521,10 +552,23 @@ class Supervisor:
             with trio.CancelScope(shield=True):
                 await self._cleanup(call)
 
+    async def _dial(self, call: LiveCall) -> str:
+        """Dial, shielded from the caller's cancellation: a dial cancelled half-way could
+        leave a call up at the carrier that we hold no id for, so nobody would hang it up."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(DIAL_TIMEOUT_S):
+                return await self.provider.dial(call.record)
+        raise ProviderError(f"the carrier did not answer the dial request in {DIAL_TIMEOUT_S} s")
+
     async def _cleanup(self, call: LiveCall) -> None:
+        # Each step is independent: a journal that cannot be written must not stop the
+        # hang-up, and a failed hang-up must not keep the slot.
         try:
             if not call.record.terminal:
                 self._finish(call, "hangup-bot", by_carrier=False)
+        except Exception:
+            log.exception("call %s: could not record the end", call.record.call_id)
+        try:
             if not call.carrier_gone and call.record.provider_call_id:
                 with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
                     try:
@@ -534,10 +578,40 @@ class Supervisor:
                 if scope.cancelled_caught:
                     log.warning("call %s: hangup timed out", call.record.call_id)
         except Exception:
-            log.exception("call %s: cleanup failed", call.record.call_id)
+            log.exception("call %s: hangup failed", call.record.call_id)
         finally:
             self.live.pop(call.record.call_id, None)
+            self._forget_old_calls()
             call.task_done.set()
+
+    def _forget_old_calls(self) -> None:
+        """Keep at most MAX_ENDED_REMEMBERED ended calls in memory (oldest go first)."""
+        ended = len(self.session) - len(self.live)
+        if ended <= MAX_ENDED_REMEMBERED:
+            return
+        for call_id in list(self.session):
+            if ended <= MAX_ENDED_REMEMBERED:
+                break
+            if call_id in self.live:
+                continue
+            record = self.session.pop(call_id)
+            if record.provider_call_id:
+                self._by_provider_id.pop(record.provider_call_id, None)
+            ended -= 1
+
+    async def _ring_timer(self, call: LiveCall) -> None:
+        """Give up on a call nobody answered: a lost final webhook must not hold the slot."""
+        record = call.record
+        if record.answered_at is not None or record.terminal:
+            return
+        limit = self.config.ring_timeout_ms / 1000 + RING_GRACE_S
+        elapsed = max(0.0, self.wall_clock() - record.started_at / 1000)
+        with trio.move_on_after(max(0.0, limit - elapsed)):
+            await call.wait_until(lambda r: r.answered_at is not None or r.terminal)
+            return
+        log.warning("call %s: not answered within ringTimeoutMs + %d s; giving up",
+                    record.call_id, RING_GRACE_S)
+        self._finish(call, "no-answer", by_carrier=False)
 
     async def _max_duration_timer(self, call: LiveCall) -> None:
         record = await call.wait_until(lambda r: r.answered_at is not None or r.terminal)
@@ -565,12 +639,9 @@ class Supervisor:
     async def _notify_hangup(self, call: LiveCall) -> None:
         """Hang up ``notifyHangupDelaySec`` after the initial message was spoken."""
 
-        def spoken(r: CallRecord) -> bool:
-            return r.terminal or (
-                r.state is CallState.LISTENING and any(e.speaker == "bot" for e in r.transcript)
-            )
-
-        record = await call.wait_until(spoken)
+        # the first utterance the carrier reports finished is the initial message (speech
+        # from the callee meanwhile does not count: it must not cut the message short)
+        record = await call.wait_until(lambda r: r.terminal or call.spoken >= 1)
         if record.terminal:
             return
         await trio.sleep(self.config.outbound.notify_hangup_delay_sec)

@@ -83,7 +83,12 @@ def make_provider(config: VoiceCallConfig, http: httpx.AsyncClient) -> Provider:
 def lock_store(store: Path) -> IO[bytes]:
     """An exclusive flock on ``<store>/.lock``: one daemon per store, whatever the socket."""
     store.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = open(store / ".lock", "a+b")  # noqa: SIM115 - held for the daemon's life
+    mode = store.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("store %s is accessible to other users (mode %o): it holds phone numbers "
+                    "and transcripts; chmod 700 is recommended", store, mode)
+    fd = os.open(store / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    handle = os.fdopen(fd, "r+b")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -311,11 +316,16 @@ def find_leaf(exc: BaseException, kind: type[E]) -> E | None:
 
 
 async def _watch_signals(stop: trio.Event) -> None:
+    """Keep the handlers installed for the whole stop: a second SIGTERM while calls are being
+    hung up must not kill the process with the default action (no cleanup, socket left)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
+            if stop.is_set():
+                log.warning("received %s again: already stopping (calls are being ended)",
+                            signal.Signals(signum).name)
+                continue
             log.info("received %s", signal.Signals(signum).name)
             stop.set()
-            return
 
 
 async def _watchdog(interval: float, env: Mapping[str, str]) -> None:

@@ -121,12 +121,17 @@ def replay_file(path: Path) -> ReplayResult:
     return replay_bytes(data)
 
 
+class JournalError(OSError):
+    """The journal could not be written (disk full, I/O error); the message says why."""
+
+
 class _Item:
-    __slots__ = ("data", "done")
+    __slots__ = ("data", "done", "error")
 
     def __init__(self, data: bytes, done: trio.Event | None) -> None:
         self.data = data
         self.done = done
+        self.error: OSError | None = None
 
 
 class Journal:
@@ -160,10 +165,14 @@ class Journal:
         self._enqueue(_Item(encode_record(record), None))
 
     async def append_durable(self, record: CallRecord) -> None:
-        """Queue a snapshot and wait until it is on disk (fsynced)."""
+        """Queue a snapshot and wait until it is on disk (fsynced); JournalError if it is not."""
         done = trio.Event()
-        self._enqueue(_Item(encode_record(record), done))
+        item = _Item(encode_record(record), done)
+        self._enqueue(item)
         await done.wait()
+        if item.error is not None:
+            raise JournalError(f"cannot write the journal {self.path}: "
+                               f"{item.error.strerror or item.error}")
 
     async def flush(self) -> None:
         done = trio.Event()
@@ -179,7 +188,11 @@ class Journal:
                 pass
         # the writer is gone (shutdown or cancellation): never lose a record
         if item.data:
-            self._write_batch([item.data])
+            try:
+                self._write_batch([item.data])
+            except OSError as exc:
+                item.error = exc
+                log.error("journal %s: write failed: %s", self.path, exc)
         if item.done is not None:
             item.done.set()
 
@@ -215,22 +228,36 @@ class Journal:
         self._send.close()
 
     async def _write_items(self, batch: list[_Item]) -> None:
+        # A failing disk must not end the writer (and with it the daemon): the batch is
+        # reported, durable waiters get the error, and later batches are tried again.
         payload = [item.data for item in batch if item.data]
+        error: OSError | None = None
         if payload:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._write_batch, payload)
+                try:
+                    await trio.to_thread.run_sync(self._write_batch, payload)
+                except OSError as exc:
+                    error = exc
+                    log.error("journal %s: write of %d record(s) failed: %s", self.path,
+                              len(payload), exc)
         for item in batch:
+            item.error = error
             if item.done is not None:
                 item.done.set()
-        if self._size >= self.max_bytes:
+        if error is None and self._size >= self.max_bytes:
             live = [encode_record(r) for r in self.live_records()]
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._rotate, live)
+                try:
+                    await trio.to_thread.run_sync(self._rotate, live)
+                except OSError as exc:
+                    self.max_bytes *= 2  # don't retry on every batch; appends go on
+                    log.error("journal %s: rotation failed (%s); next try at %d bytes",
+                              self.path, exc, self.max_bytes)
 
     # -- blocking helpers (worker thread) -------------------------------------------------
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        file = open(self.path, "ab")  # noqa: SIM115 - kept open by the writer
+        file = _open_private(self.path)
         self._size = file.tell()
         if self._size:
             # a torn last line must not swallow the next record
@@ -274,7 +301,7 @@ class Journal:
             first.unlink()
         os.link(path, first)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as out:
+        with _open_private(tmp, truncate=True) as out:
             out.write(b"".join(live))
             out.flush()
             os.fsync(out.fileno())
@@ -282,7 +309,7 @@ class Journal:
         _fsync_dir(path.parent)
         if self._file is not None:
             self._file.close()
-        self._file = open(path, "ab")  # noqa: SIM115
+        self._file = _open_private(path)
         self._size = self._file.tell()
         log.info("journal rotated: %s -> %s (%d live calls carried over)", path, first, len(live))
 
@@ -290,6 +317,15 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _open_private(path: Path, *, truncate: bool = False) -> BinaryIO:
+    """Open for appending (or rewriting), readable by the owner only: the journal holds phone
+    numbers and transcripts, whatever the umask or the mode of an older file."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb" if truncate else "ab")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdlib_socket
+import stat
 from pathlib import Path
 
 import trio
@@ -47,6 +48,9 @@ def bind_unix_socket(path: Path, backlog: int = 128) -> stdlib_socket.socket:
                       os.fspath(path))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            # never delete something that is not a socket (a mistyped path could be a journal)
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", os.fspath(path))
         if probe(path):
             raise SocketInUse(f"another voicecall daemon is already listening on {path}")
         path.unlink()
