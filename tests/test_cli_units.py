@@ -42,3 +42,12 @@ def test_unreachable_daemon_is_exit_3_naming_the_socket(
 ) -> None:
     assert cli.main(["status", "--socket", "/tmp/definitely-not-here.sock"]) == 3
     assert "/tmp/definitely-not-here.sock" in capsys.readouterr().err
+
+
+def test_tool_with_no_daemon_is_exit_3_and_still_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    action = '{"action": "get_status", "callId": "x"}'
+    assert cli.main(["tool", action, "--socket", "/tmp/no-daemon-here.sock"]) == 3
+    captured = capsys.readouterr()
+    assert "/tmp/no-daemon-here.sock" in json.loads(captured.out)["error"]

@@ -241,7 +241,9 @@ def status(*, call_id: str | None = None, json: bool = False, socket: str | None
     params = {"callId": call_id} if call_id else {}
     result = _rpc(socket, config, "voicecall.status", params)
     if call_id and not result.get("found"):
-        _emit(result, json, lambda r: f"call {call_id}: not found")
+        if json:
+            _emit(result, json, str)
+        print(f"error: Call not found: {call_id}", file=sys.stderr)
         return EXIT_FAILED
     if call_id:
         _emit(result, json, lambda r: _describe_call(r["call"]))
@@ -405,8 +407,23 @@ def tool(input: str | None = None, *, schema: bool = False, socket: str | None =
         except Failed as exc:
             print(_json.dumps({"error": str(exc)}))
             return EXIT_FAILED
-    result = run_tool(args, lambda method, params: _rpc(socket, config, method, params))
+    from .rpc.client import DaemonUnreachable
+
+    unreachable = False
+
+    def call_daemon(method: str, params: dict[str, Any]) -> Any:
+        nonlocal unreachable
+        try:
+            return _rpc(socket, config, method, params)
+        except DaemonUnreachable:
+            unreachable = True
+            raise
+
+    result = run_tool(args, call_daemon)
     print(_json.dumps(result, ensure_ascii=False))
+    if unreachable:
+        print(f"error: {result.get('error')}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     return EXIT_FAILED if "error" in result else EXIT_OK
 
 
@@ -431,9 +448,13 @@ def simulate_inbound(*, from_: str, to: str | None = None, json: bool = False,
     if to:
         params["to"] = to
     result = _rpc(socket, config, "voicecall.simulateInbound", params)
-    _emit(result, json, lambda r: f"accepted: {r['callId']}" if r.get("accepted")
-          else "refused by inboundPolicy")
-    return EXIT_OK if result.get("accepted") else EXIT_FAILED
+    if result.get("accepted") or json:
+        _emit(result, json, lambda r: f"accepted: {r['callId']}")
+    if not result.get("accepted"):
+        print("error: the call was refused (inboundPolicy / allowFrom / maxConcurrentCalls)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def expose(*, mode: Literal["funnel", "serve", "off"] = "funnel", config: str | None = None
@@ -457,7 +478,7 @@ def expose(*, mode: Literal["funnel", "serve", "off"] = "funnel", config: str | 
     tailscale = shutil.which("tailscale")
     if tailscale is None:
         raise Failed("tailscale is not installed (https://tailscale.com/download); "
-                     "or set publicUrl / tunnel.provider instead")
+                     "or expose the webhook another way and set publicUrl")
     path = cfg.serve.path
     target = f"http://127.0.0.1:{cfg.serve.port}{path}"
     if mode == "off":
@@ -517,10 +538,10 @@ def doctor(*, json: bool = False, socket: str | None = None, config: str | None 
         check("daemon", False, str(exc))
     if cfg is not None and cfg.provider != "mock":
         public = cfg.public_url
-        tunnel = cfg.tunnel.provider != "none" or cfg.tailscale.mode != "off"
-        check("public URL", bool(public) or tunnel,
-              public or ("via tunnel " + cfg.tunnel.provider if tunnel else
-                         "no publicUrl and no tunnel: carriers cannot reach the webhook"))
+        check("public URL", bool(public),
+              public or "no publicUrl: carriers cannot reach the webhook (tunnels are not "
+                        "started by the daemon yet: run one yourself, e.g. `voicecall expose "
+                        "--mode funnel`, and set publicUrl to its URL)")
         if public:
             check("public URL scheme", public.startswith("https://"),
                   "carriers need https" if not public.startswith("https://") else "https")
