@@ -23,6 +23,7 @@ import pytest
 from conftest import (
     CALLER_SCRIPT,
     PYTHON,
+    START_TIMEOUT_S,
     TERMINAL_STATES,
     VOICECALL,
     Daemon,
@@ -497,14 +498,12 @@ def test_watch_prints_events_and_exits_when_call_ends(daemon: Daemon) -> None:
 
     watch = daemon.popen("watch", "--call-id", call_id, "--json")
     reader = LineReader(watch.stdout)
-    # watch subscribes on start; speak until it shows that it hears this call's events
-    seen = None
-    for attempt in range(20):
-        text = f"Ping {attempt}."
-        daemon.run_json("speak", "--call-id", call_id, "--message", text, "--json")
-        seen = reader.wait_for(lambda line, text=text: text in line, timeout=1.0)
-        if seen is not None:
-            break
+    # watch announces on stderr once it is subscribed; from then on no event is missed
+    announced = LineReader(watch.stderr).wait_for(lambda line: "watching" in line,
+                                                  timeout=START_TIMEOUT_S)
+    assert announced is not None and call_id in announced
+    daemon.run_json("speak", "--call-id", call_id, "--message", "Ping.", "--json")
+    seen = reader.wait_for(lambda line: "Ping." in line, timeout=START_TIMEOUT_S)
     assert seen is not None, (reader.seen, watch.poll())
     event = json.loads(seen)
     assert event["callId"] == call_id and event["type"] == "call.speaking"

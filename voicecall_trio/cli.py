@@ -341,6 +341,8 @@ def watch(*, call_id: str | None = None, json: bool = False, socket: str | None 
             if found["call"]["state"] in _TERMINAL:
                 _emit(found["call"], json, _describe_call)
                 return EXIT_OK
+        # subscribed: from here on no event is missed (scripts can wait for this line)
+        print(f"watching {call_id or 'all calls'} (Ctrl-C stops)", file=sys.stderr, flush=True)
         try:
             for note in client.notifications():
                 event = note.params
