@@ -46,8 +46,12 @@ def main() -> int:
     try:
         step("starting the daemon (mock carrier)")
         wait_ready(env, daemon)
-        watcher = subprocess.Popen([*VOICECALL, "watch"], env=env)
-        time.sleep(0.3)  # let the watcher subscribe before the call starts (demo pacing only)
+        watcher = subprocess.Popen([*VOICECALL, "watch"], env=env, stderr=subprocess.PIPE,
+                                   text=True)
+        assert watcher.stderr is not None
+        announced = watcher.stderr.readline()  # "watching all calls": subscribed, nothing missed
+        if "watching" not in announced:
+            raise SystemExit(f"voicecall watch did not start: {announced.strip()}")
         step("placing a conversation call")
         placed = json.loads(cli(env, "call", "--to", "+15555550123", "--message",
                                 "Hello Sam, this is your assistant calling about dinner.",
