@@ -20,11 +20,16 @@ class SlowDialMock(MockProvider):
     """A carrier whose answer to the dial request takes a while."""
 
     dialling: trio.Event
+    hung_up: trio.Event
 
     async def dial(self, record: CallRecord) -> str:
         self.dialling.set()
-        await trio.sleep(5)
+        await trio.sleep(5)  # the carrier's answer is slow (virtual time)
         return await super().dial(record)
+
+    async def hangup(self, record: CallRecord) -> None:
+        await super().hangup(record)
+        self.hung_up.set()
 
 
 async def test_a_cancelled_initiate_never_leaves_a_call_up_at_the_carrier(
@@ -32,7 +37,7 @@ async def test_a_cancelled_initiate_never_leaves_a_call_up_at_the_carrier(
 ) -> None:
     async with rig(tmp_path) as r:
         slow = SlowDialMock(r.sup.config)
-        slow.dialling = trio.Event()
+        slow.dialling, slow.hung_up = trio.Event(), trio.Event()
         r.sup.provider = slow
         async with trio.open_nursery() as nursery:
             await nursery.start(slow.run, r.sup)
@@ -44,7 +49,7 @@ async def test_a_cancelled_initiate_never_leaves_a_call_up_at_the_carrier(
 
                 nursery.start_soon(client_goes_away)
                 await r.sup.initiate("+15555550123", "Hi", "conversation")
-            await trio.sleep(10)
+            await slow.hung_up.wait()
             # the dial completed (shielded), so the call we placed was also hung up
             (call_id,) = slow.dialled
             record = r.sup.get_record(call_id)
@@ -58,7 +63,7 @@ async def test_a_dialling_call_counts_once_against_the_limit(
 ) -> None:
     async with rig(tmp_path, maxConcurrentCalls=2) as r:
         slow = SlowDialMock(r.sup.config)
-        slow.dialling = trio.Event()
+        slow.dialling, slow.hung_up = trio.Event(), trio.Event()
         r.sup.provider = slow
         async with trio.open_nursery() as nursery:
             await nursery.start(slow.run, r.sup)
