@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from . import model
+from . import model, recovery
 from .config import E164, VoiceCallConfig
 from .errors import (
     CallNotConnected,
@@ -57,7 +57,7 @@ from .providers.base import (
     InboundOutcome,
     Provider,
     ProviderError,
-    RemoteStatus,
+    RemoteCallState,
 )
 from .store import Journal, JournalError, ReplayResult, decode_record
 
@@ -653,39 +653,27 @@ class Supervisor:
             await self._recover_one(record)
 
     async def _recover_one(self, record: CallRecord) -> None:
-        call = LiveCall(record)
+        """Settle or resume one call found live in the journal (policy: recovery.py)."""
         if record.provider_call_id:
             self._by_provider_id[record.provider_call_id] = record.call_id
-        if not record.provider_call_id:
-            log.warning("call %s: never reached the carrier before a restart; ended as error",
-                        record.call_id)
+        verdict = recovery.before_carrier(record, self.wall_clock(),
+                                          self.config.max_duration_seconds)
+        if verdict.action == "ask-carrier":
+            try:
+                remote: RemoteCallState | None = await self.provider.fetch_state(record)
+            except ProviderError as exc:
+                log.warning("call %s: cannot ask the carrier after restart: %s",
+                            record.call_id, exc)
+                remote = None
+            verdict = recovery.after_carrier(remote)
+        log.info("call %s: %s", record.call_id, verdict.why)
+        call = LiveCall(record)
+        if verdict.action == "end":
+            if verdict.hang_up:
+                await self._hangup_quietly(record)
             call.carrier_gone = True
-            self._finish(call, "error", by_carrier=True)
+            self._finish(call, verdict.reason or "error", by_carrier=True)
             return
-        started = (record.answered_at or record.started_at) / 1000
-        if self.wall_clock() - started > self.config.max_duration_seconds:
-            log.info("call %s: older than maxDurationSeconds at restart; ended", record.call_id)
-            await self._hangup_quietly(record)
-            call.carrier_gone = True
-            self._finish(call, "timeout", by_carrier=True)
-            return
-        try:
-            remote = await self.provider.fetch_state(record)
-        except ProviderError as exc:
-            log.warning("call %s: carrier state unknown after restart (%s); resuming",
-                        record.call_id, exc)
-            remote = None
-        if remote is not None and remote.status is RemoteStatus.ENDED:
-            call.carrier_gone = True
-            self._finish(call, remote.end_reason or "completed", by_carrier=True)
-            return
-        if remote is not None and remote.status is RemoteStatus.UNKNOWN:
-            log.warning("call %s: the carrier no longer knows this call; ended as error",
-                        record.call_id)
-            call.carrier_gone = True
-            self._finish(call, "error", by_carrier=True)
-            return
-        log.info("call %s: resumed after restart (state %s)", record.call_id, record.state)
         assert self._nursery is not None
         self.live[record.call_id] = call
         self.session[record.call_id] = record
