@@ -77,7 +77,13 @@ from .twilio_signature import (
     reconstruct_for,
     verify_request,
 )
-from .twilio_webhooks import RequestKind, TwilioWebhook, WebhookParseError, parse_webhook
+from .twilio_webhooks import (
+    RequestKind,
+    TwilioWebhook,
+    WebhookParseError,
+    parse_webhook,
+    strict_form,
+)
 
 log = logging.getLogger("voicecall.twilio")
 
@@ -129,6 +135,7 @@ class TwilioProvider:
         )
         self._voice = twiml.twilio_voice(config.tts.voice)
         self._public_url = config.public_url
+        self._policy: UrlPolicy | None = None  # rebuilt when the public URL changes
         self._last_base: str | None = None
         self._secret = secret or secrets.token_bytes(32)
         self._replay: OrderedDict[str, WebhookResponse] = OrderedDict()
@@ -261,7 +268,8 @@ class TwilioProvider:
     ) -> WebhookResponse:
         if request.method.upper() != "POST":
             return plain(405, "method not allowed")
-        check = self._check(request)
+        form = strict_form(request.body, request.headers.get("content-type", ""))
+        check = self._check(request, form)
         if not check.ok:
             log.warning("Twilio webhook refused: %s (tried %s)", check.reason,
                         ", ".join(check.tried_urls) or "no URL")
@@ -276,7 +284,7 @@ class TwilioProvider:
             return cached
         done = self._pending[key] = trio.Event()
         try:
-            response = await self._handle_verified(request, check, directory)
+            response = await self._handle_verified(request, check, directory, form)
             if response.status == 200:
                 self._replay[key] = response
                 while len(self._replay) > self._replay_size:
@@ -286,12 +294,15 @@ class TwilioProvider:
             del self._pending[key]
             done.set()
 
-    def _check(self, request: WebhookRequest) -> SignatureCheck:
-        policy = UrlPolicy.from_config(self._config, self._public_url)
+    def _check(self, request: WebhookRequest,
+               form: list[tuple[str, str]] | None) -> SignatureCheck:
+        policy = self._policy
+        if policy is None or policy.public_url != (self._public_url or self._config.public_url):
+            policy = self._policy = UrlPolicy.from_config(self._config, self._public_url)
         if self._config.skip_signature_verification:
             urls = reconstruct_for(policy, request).urls
             return SignatureCheck(True, "verification skipped", urls, urls[0] if urls else None)
-        return verify_request(self._token, policy, request)
+        return verify_request(self._token, policy, request, form=form)
 
     @staticmethod
     def _replay_key(request: WebhookRequest) -> str:
@@ -311,11 +322,12 @@ class TwilioProvider:
         return self._last_base
 
     async def _handle_verified(
-        self, request: WebhookRequest, check: SignatureCheck, directory: CallDirectory
+        self, request: WebhookRequest, check: SignatureCheck, directory: CallDirectory,
+        form: list[tuple[str, str]] | None,
     ) -> WebhookResponse:
         try:
             hook = parse_webhook(request.body, request.query_string,
-                                 request.headers.get("content-type", ""))
+                                 request.headers.get("content-type", ""), form=form)
         except WebhookParseError as exc:
             log.warning("Twilio webhook unreadable: %s", exc)
             return plain(400, f"bad request: {exc}")

@@ -23,7 +23,6 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qs, parse_qsl
 
 import msgspec
 
@@ -38,6 +37,7 @@ from ..events import (
     CallSpeech,
     EndReason,
 )
+from .forms import first_values, form_pairs
 
 STATUS_END_REASONS: dict[str, EndReason] = {
     "completed": "completed",
@@ -97,7 +97,7 @@ def read_params(body: bytes, content_type: str = "") -> dict[str, str]:
             if isinstance(v, str | int | float | bool)
         }
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text))
+        pairs = form_pairs(text, strict=True)
     except ValueError:
         raise WebhookParseError("body is not form-encoded") from None
     out: dict[str, str] = {}
@@ -107,7 +107,7 @@ def read_params(body: bytes, content_type: str = "") -> dict[str, str]:
 
 
 def read_query(query_string: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(query_string, keep_blank_values=True).items()}
+    return first_values(query_string)
 
 
 def machine_result(answered_by: str) -> str:
@@ -191,11 +191,34 @@ def _gather_events(
     return events
 
 
+def strict_form(body: bytes, content_type: str) -> list[tuple[str, str]] | None:
+    """The body's form pairs if it is a well-formed UTF-8 form, else None.
+
+    Decoded once per webhook and shared by the signature check and ``parse_webhook``: for
+    such a body the lenient and the strict decodings agree, so sharing changes no answer.
+    """
+    if "json" in content_type.lower():
+        return None
+    try:
+        return form_pairs(body.decode("utf-8"), strict=True)
+    except ValueError:  # UnicodeDecodeError is one
+        return None
+
+
 def parse_webhook(
-    body: bytes, query_string: str, content_type: str = "application/x-www-form-urlencoded"
+    body: bytes, query_string: str, content_type: str = "application/x-www-form-urlencoded",
+    *, form: list[tuple[str, str]] | None = None,
 ) -> TwilioWebhook:
-    """Classify one webhook and turn it into events; raises ``WebhookParseError``."""
-    params = read_params(body, content_type)
+    """Classify one webhook and turn it into events; raises ``WebhookParseError``.
+
+    ``form`` is ``strict_form(body, content_type)`` when the caller already has it.
+    """
+    if form is not None:
+        params: dict[str, str] = {}
+        for key, value in form:
+            params.setdefault(key, value)
+    else:
+        params = read_params(body, content_type)
     query = read_query(query_string)
     sid = params.get("CallSid", "").strip()
     if not sid:
