@@ -618,6 +618,7 @@ async def test_repeated_and_reordered_webhooks_have_no_second_effect(quirks: Qui
                     assert first.body == repeat.body
             else:
                 assert repeats == []
+        await d.handle.journal.flush()  # terminal records are group-committed
         lines = [line for line in (d.store / "calls.jsonl").read_bytes().splitlines()
                  if call_id.encode() in line]
         assert lines[-1].count(b'"speaker":"user"') == 2
