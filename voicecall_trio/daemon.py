@@ -20,6 +20,7 @@ server drains and the socket is unlinked, then the journal writer flushes and ex
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -238,6 +239,9 @@ async def _run_calls(
             log.info("voicecall %s ready: provider %s, socket %s, http %s", __version__,
                      provider.name, handle.socket_path, ", ".join(handle.http_binds))
             handle.ready = True
+            # Start-up objects (modules, config, app) live as long as the process: keep them
+            # out of the collector's full passes, which otherwise stall every request in turn.
+            gc.freeze()
             systemd.notify("READY=1", env)
             task_status.started(handle)
             await handle.stop_event.wait()
@@ -263,47 +267,30 @@ async def _serve_http(
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     from hypercorn.config import Config as HypercornConfig
-    from hypercorn.trio import serve
 
-    from .web import create_app
+    from .front import HttpFront
+    from .web import WebhookGate, create_app_for
 
-    app: Any = create_app(config, provider, supervisor, health=health)  # ASGI, as Hypercorn wants
+    gate = WebhookGate(config, provider, supervisor)
+    app = create_app_for(gate, health=health)
     hc = HypercornConfig()
-    host = config.serve.bind
-    hc.bind = [f"[{host}]:{config.serve.port}" if ":" in host else f"{host}:{config.serve.port}"]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("voicecall.http")
-    hc.backlog = 1024
-    # Hypercorn waits this long for idle keep-alive connections (carriers keep them) at stop
+    # idle keep-alive connections (carriers keep them) get this long to finish at stop
     hc.graceful_timeout = 1.0
     hc.keep_alive_timeout = 30.0
-    started = _Started(task_status)
+    host = config.serve.bind
     try:
-        await serve(app, hc, shutdown_trigger=stop.wait,
-                    task_status=started)  # type: ignore[arg-type]
-    except BaseException as exc:
-        # Hypercorn raises bind errors wrapped in its own exception groups
-        bind_error = None if started.done else find_leaf(exc, OSError)
-        if bind_error is None:
-            raise
+        listeners = await trio.open_tcp_listeners(config.serve.port, host=host, backlog=1024)
+    except OSError as exc:
         raise DaemonStartError(
             f"cannot listen on {host}:{config.serve.port} (serve.bind/serve.port): "
-            f"{bind_error.strerror or bind_error}"
+            f"{exc.strerror or exc}"
         ) from None
+    try:
+        await HttpFront(app, hc, gate).serve(listeners, stop, task_status=task_status)
     finally:
         done.set()
-
-
-class _Started:
-    """Remembers whether Hypercorn reported ready (errors after that are not start-up errors)."""
-
-    def __init__(self, inner: trio.TaskStatus[list[str]]) -> None:
-        self.inner = inner
-        self.done = False
-
-    def started(self, binds: list[str]) -> None:
-        self.done = True
-        self.inner.started(binds)
 
 
 E = TypeVar("E", bound=BaseException)

@@ -1,0 +1,130 @@
+"""A deliberately small, strict HTTP/1.1 request-head parser and response writer (sans-IO).
+
+The webhook front (``front.py``) uses it to answer the one request shape carriers send over
+and over: ``POST <exact path> HTTP/1.1`` with a ``Content-Length`` body. It recognises that
+shape and nothing more. Everything else raises ``NotSimple``: chunked bodies, ``Expect``,
+upgrades, HTTP/1.0, repeated or odd headers, percent-encoded targets, oversized heads,
+malformed bytes. The caller then hands the connection, bytes untouched, to Hypercorn, whose
+h11 parser gives those cases their full and careful treatment. So this parser never has to
+be lenient: when in doubt it declines.
+
+Bytes in, a ``RequestHead`` (or ``None``: need more bytes) out; no I/O, like h11.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+MAX_HEAD_BYTES = 16 * 1024
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# The whole head in one pass: request line (origin-form target of visible ASCII; '%' is left
+# to Hypercorn, which percent-decodes paths), then "name: value" lines whose values hold no
+# control characters but tab (so no obsolete line folding either), then the blank line.
+_HEAD = re.compile(
+    rb"(" + _TOKEN + rb") (/[!-$&-~]*) HTTP/1\.1\r\n"
+    rb"((?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*)\r\n"
+)
+_DIGITS = re.compile(r"[0-9]{1,15}")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DECLINED_HEADERS = ("transfer-encoding", "expect", "upgrade", "http2-settings")
+
+
+class NotSimple(Exception):
+    """The bytes are not in the fast path's subset; let the full HTTP server have them."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-case names, each at most once
+    content_length: int
+    close: bool  # the client asked to close after this exchange
+    size: int  # bytes of the head, blank line included
+
+
+def parse_head(data: bytes | bytearray, max_head: int = MAX_HEAD_BYTES) -> RequestHead | None:
+    """The request head at the start of ``data``, ``None`` if incomplete, or ``NotSimple``."""
+    end = data.find(b"\r\n\r\n", 0, max_head + 4)
+    if end < 0:
+        if len(data) >= max_head + 4:
+            raise NotSimple("request head too large")
+        return None
+    match = _HEAD.match(data, 0, end + 4)
+    if match is None or match.end() != end + 4:
+        raise NotSimple("not a plain HTTP/1.1 request head")
+    method, target, block = match.groups()
+    headers: dict[str, str] = {}
+    lines = block.decode("latin-1").split("\r\n")
+    lines.pop()  # the block ends with CRLF
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip(" \t")
+    if len(headers) != len(lines):
+        raise NotSimple("repeated header")
+    for declined in _DECLINED_HEADERS:
+        if declined in headers:
+            raise NotSimple(f"{declined} header")
+    length = 0
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not _DIGITS.fullmatch(declared):
+            raise NotSimple("unusual content-length")
+        length = int(declared)
+    close = False
+    if "connection" in headers:
+        tokens = {t.strip().lower() for t in headers["connection"].split(",")}
+        if "upgrade" in tokens:
+            raise NotSimple("connection upgrade")
+        close = "close" in tokens
+    path, _, query = target.decode("ascii").partition("?")
+    return RequestHead(method.decode("ascii"), path, query, headers, length, close, end + 4)
+
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+class _DateCache:
+    """The ``Date`` header value, formatted at most once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode("ascii")
+        return self._value
+
+
+http_date = _DateCache()
+
+
+def render_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                    headers: dict[str, str] | None = None, *, close: bool = False) -> bytes:
+    """One complete HTTP/1.1 response with a ``Content-Length`` body, as bytes."""
+    out = [b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\ndate: %s\r\n"
+           % (status, _REASONS.get(status, b"Unknown"), _field(content_type), len(body),
+              http_date())]
+    for name, value in (headers or {}).items():
+        out.append(b"%s: %s\r\n" % (_field(name.lower()), _field(value)))
+    if close:
+        out.append(b"connection: close\r\n")
+    out.append(b"\r\n")
+    out.append(body)
+    return b"".join(out)
+
+
+def _field(text: str) -> bytes:
+    raw = text.encode("latin-1")
+    if _BAD_VALUE.search(raw):
+        raise ValueError(f"control character in response header {text!r}")
+    return raw
