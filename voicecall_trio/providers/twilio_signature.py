@@ -20,6 +20,7 @@ was checked; the auth token never appears in it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -68,6 +69,8 @@ def _grouped(params: Params) -> dict[str, list[str]]:
 
 def _params_string(params: Params) -> str:
     """Each key (sorted) followed by each of its distinct values (sorted)."""
+    if isinstance(params, list | tuple):  # decoded form pairs: sorting the pairs is the same
+        return "".join(key + value for key, value in sorted(set(params)))
     grouped = _grouped(params)
     return "".join(key + value for key in sorted(grouped) for value in sorted(set(grouped[key])))
 
@@ -125,6 +128,12 @@ def port_variants(url: str) -> tuple[str, ...]:
 
     A URL that already has a port keeps it for the second try, as twilio-python does.
     """
+    base, mark, query = url.partition("?")  # only the origin varies; the query rides along
+    return tuple(variant + mark + query for variant in _base_variants(base))
+
+
+@functools.lru_cache(maxsize=64)
+def _base_variants(url: str) -> tuple[str, ...]:
     split = _split_netloc(url)
     if split is None:
         return (url,)
