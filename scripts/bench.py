@@ -1,7 +1,7 @@
 """Measure the budgets and record them in docs/benchmarks.md.
 
     ./scripts/bench                  # everything, 3 runs each, median reported
-    ./scripts/bench --only rpc,cli   # a subset: rpc, cli, journal, replay, webhooks
+    ./scripts/bench --only rpc,cli   # a subset: rpc, cli, journal, replay, webhooks, profile
     ./scripts/bench --quick          # fewer iterations (smoke run)
 
 Prints a JSON document and a table, and rewrites docs/benchmarks.md (unless --no-write).
@@ -64,7 +64,8 @@ def rss_mb(pid: int) -> float:
 class Daemon:
     """A real `voicecall serve` process on a throwaway store."""
 
-    def __init__(self, config: dict[str, Any], core: int = 0) -> None:
+    def __init__(self, config: dict[str, Any], core: int = 0,
+                 python_args: tuple[str, ...] = ()) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="vcb"))
         config = {"store": str(self.dir), "serve": {"port": 0}, **config}
         self.config_path = self.dir / "config.json"
@@ -73,7 +74,8 @@ class Daemon:
         self.env = {**os.environ, "VOICECALL_CONFIG": str(self.config_path)}
         self.env.pop("VOICECALL_SOCKET", None)
         self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(pinned([*VOICECALL, "serve"], core), env=self.env,
+        command = [sys.executable, *python_args, "-m", "voicecall_trio.cli", "serve"]
+        self.proc = subprocess.Popen(pinned(command, core), env=self.env,
                                      stdout=self.log, stderr=self.log)
         self.health = self._wait_ready()
 
@@ -424,6 +426,77 @@ def bench_webhooks(runs: int, requests: int, rss_requests: int) -> dict[str, Any
     return out
 
 
+# -- where a webhook's time goes ------------------------------------------------------------
+
+TWILIO_DAEMON = {"provider": "twilio", "fromNumber": "+15550001234",
+                 "twilio": {"accountSid": TWILIO_SID, "authToken": TWILIO_TOKEN,
+                            "apiBaseUrl": "http://127.0.0.1:9"},
+                 "webhookSecurity": {"maxInFlightPerIp": 1000}}
+
+IDLE = "waiting in epoll (idle, not counted)"
+# (label, test on "file:function" as pstats names it); the first that matches wins
+LAYERS: list[tuple[str, Any]] = [
+    (IDLE, lambda k: "'poll' of 'select.epoll'" in k),
+    ("kernel: socket send/recv", lambda k: "_socket.socket" in k),
+    ("HMAC / SHA (OpenSSL)", lambda k: "_hashlib" in k or "/hmac.py" in k
+     or "/hashlib.py" in k),
+    ("Twilio module: signature, parsing, handling", lambda k: "/voicecall_trio/providers/" in k),
+    ("HTTP front: socket loop, head parser, responses",
+     lambda k: "/voicecall_trio/front.py" in k or "/voicecall_trio/http1.py" in k),
+    ("webhook gate (checks, FIFO turnstile)", lambda k: "/voicecall_trio/web.py" in k),
+    ("daemon core: supervisor, events, journal", lambda k: "/voicecall_trio/" in k),
+    ("trio: scheduler, waits, locks", lambda k: "/trio/" in k),
+    ("Hypercorn / Quart / h11", lambda k: any(x in k for x in ("/hypercorn/", "/quart/",
+                                                               "/h11/", "/werkzeug/"))),
+    ("urllib (percent-decoding)", lambda k: "/urllib/" in k),
+    ("builtins (str, bytes, dict methods) called from the above", lambda k: k.startswith("~")),
+]
+
+
+def _layer_seconds(profile: Path) -> dict[str, float]:
+    import pstats
+
+    out: dict[str, float] = {}
+    for (filename, _, function), row in pstats.Stats(str(profile)).stats.items():  # type: ignore[attr-defined]
+        key = f"{filename}:{function}"
+        label = next((name for name, test in LAYERS if test(key)), "other Python and builtins")
+        out[label] = out.get(label, 0.0) + row[2]  # own time
+    return out
+
+
+def _profiled_run(requests: int) -> dict[str, float]:
+    out = Path(tempfile.mkdtemp(prefix="vcprof")) / "daemon.prof"
+    daemon = Daemon(TWILIO_DAEMON, core=0, python_args=("-m", "cProfile", "-o", str(out)))
+    try:
+        if requests:
+            run_loadgen(daemon, 50, requests)
+    finally:
+        daemon.stop()
+    try:
+        return _layer_seconds(out)
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def profile_webhooks(requests: int) -> dict[str, Any]:
+    """Own time per layer under cProfile, per webhook: a loaded run minus an idle one.
+
+    cProfile slows Python code several times over and C calls hardly at all, so the shares
+    say where the time goes, not what each layer costs without the profiler.
+    """
+    loaded = _profiled_run(requests)
+    idle = _profiled_run(0)  # start-up, imports and shutdown, to subtract
+    per_request = {k: (v - idle.get(k, 0.0)) / requests * 1e6 for k, v in loaded.items()}
+    idle_us = per_request.pop(IDLE, 0.0)
+    per_request = {k: v for k, v in per_request.items() if v > 0.5}
+    total = sum(per_request.values())
+    layers = sorted(per_request.items(), key=lambda kv: -kv[1])
+    return {"requests": requests, "connections": 50,
+            "profiled_us_per_request": round(total), "idle_us_per_request": round(idle_us),
+            "layers": [{"layer": k, "us": round(v, 1), "share": round(v / total, 3)}
+                       for k, v in layers]}
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -462,6 +535,11 @@ def table(results: dict[str, Any]) -> str:
             rows += [(f"RSS growth over {r['rss']['requests']:,} webhooks",
                       f"{r['rss']['growth_mb']} MB ({r['rss']['before_mb']} -> "
                       f"{r['rss']['after_mb']} MB)", "<= 10 MB")]
+    if "profile" in results:
+        r = results["profile"]
+        rows.append((f"profiled webhook, by layer (cProfile, {r['connections']} connections)",
+                     f"{r['profiled_us_per_request']} us under the profiler", ""))
+        rows += [(f"  {x['layer']}", f"{x['share']:.0%}", "") for x in r["layers"]]
     width = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["| " + " | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) + " |"
              for row in rows]
@@ -477,7 +555,7 @@ def pin_self(core: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks")
+    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks,profile")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
@@ -506,6 +584,8 @@ def main() -> int:
     if "webhooks" in only:
         results["webhooks"] = bench_webhooks(runs, 1000 if quick else 5000,
                                              5000 if quick else 100_000)
+    if "profile" in only:
+        results["profile"] = profile_webhooks(2000 if quick else 20_000)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "taskset": bool(TASKSET), "runs": runs}
     print(json.dumps(results, indent=2))
