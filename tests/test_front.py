@@ -11,6 +11,7 @@ import trio
 import trio.testing
 from hypercorn.config import Config as HypercornConfig
 
+from voicecall_trio import front as front_module
 from voicecall_trio.config import build_config
 from voicecall_trio.front import HttpFront
 from voicecall_trio.providers.base import WebhookRequest, WebhookResponse
@@ -33,6 +34,8 @@ class FakeProvider:
             await self.hold.wait()
         if request.body == b"boom":
             raise RuntimeError("carrier module bug")
+        if request.body == b"big":
+            return WebhookResponse(200, b"x" * 65536)
         return WebhookResponse(200, b"<Response>" + request.body + b"</Response>", "text/xml",
                                {"X-Extra": "1"})
 
@@ -192,6 +195,37 @@ async def test_an_oversized_body_is_refused_unread_and_the_connection_closed() -
         assert provider.seen == []
 
 
+async def test_an_unsigned_oversized_body_is_not_read_either() -> None:
+    provider = FakeProvider()
+    async with serving(provider) as (_, port, _):
+        client = await connect(port)
+        await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Length: 1000000000\r\n\r\n" + b"x" * 1000)
+        status, headers, _ = await client.response()
+        assert status == 401 and headers["connection"] == "close"
+        assert await client.closed()
+        assert provider.seen == []
+
+
+async def test_a_client_that_stops_reading_is_dropped(autojump_clock: Any) -> None:
+    provider = FakeProvider()
+    async with serving(provider) as (_, port, _):
+        client = await connect(port)
+        sent = 300  # 300 x 64 KiB of answers: far more than the socket buffers hold
+        await client.stream.send_all(webhook(b"big") * sent)
+        # the server blocks writing; on the mock clock this passes its send deadline at once
+        await trio.sleep(front_module.REQUEST_TIMEOUT_S + 1)
+        answered = 0
+        with trio.fail_after(WAIT_S):
+            try:
+                while True:
+                    await client.response()
+                    answered += 1
+            except (EOFError, trio.BrokenResourceError):
+                pass
+        assert 0 < answered < sent
+
+
 async def test_garbage_gets_a_4xx_and_the_server_carries_on() -> None:
     provider = FakeProvider()
     async with serving(provider) as (_, port, _):
@@ -200,6 +234,10 @@ async def test_garbage_gets_a_4xx_and_the_server_carries_on() -> None:
                                      b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
         status, _, _ = await client.response()
         assert 400 <= status < 500
+        no_host = await connect(port)  # HTTP/1.1 without Host: Hypercorn's answer, as before
+        await no_host.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nX-Sig: s\r\n"
+                                      b"Content-Length: 0\r\n\r\n")
+        assert (await no_host.response())[0] == 400
         for junk in (b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n", b"POST /voice/webhook HTTP/1.1"):
             vanishing = await connect(port)
             await vanishing.stream.send_all(junk)

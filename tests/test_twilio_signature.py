@@ -292,3 +292,25 @@ def test_reconstruction_reports_source() -> None:
     none = reconstruct_urls(UrlPolicy(), path="/x", query_string="", headers={},
                             scheme="http", host="", remote_addr="")
     assert none.error
+
+
+def test_body_hash_parameter_is_found_as_parse_qs_finds_it() -> None:
+    public = "https://voice.example.com/voice/webhook"
+    policy = UrlPolicy(public_url=public)
+    # a blank bodySHA256 is no body hash: the form parameters are what was signed
+    blank = _request(query="callId=c1&bodySHA256=", signed_url=public + "?callId=c1&bodySHA256=")
+    assert verify_request(TOKEN, policy, blank).ok
+    # a percent-encoded name is still the parameter (a JSON body covered by its hash)
+    body = b'{"CallSid": "CA1"}'
+    query = "body%53HA256=" + body_sha256(body)
+    url = f"{public}?{query}"
+    signed = WebhookRequest(
+        method="POST", path="/voice/webhook", query_string=query, body=body,
+        headers={"content-type": "application/json",
+                 "x-twilio-signature": compute_signature(TOKEN, url, {})},
+        host="voice.example.com", scheme="https")
+    assert verify_request(TOKEN, policy, signed).ok
+    tampered = WebhookRequest(
+        method="POST", path="/voice/webhook", query_string=query, body=body + b" ",
+        headers=dict(signed.headers), host="voice.example.com", scheme="https")
+    assert verify_request(TOKEN, policy, tampered).reason == "body hash mismatch"

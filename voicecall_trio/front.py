@@ -155,7 +155,11 @@ class HttpFront:
         from hypercorn.typing import ConnectionState
 
         self.handed_over += 1
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        try:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        except BaseException:
+            sock.close()
+            raise
         state = ConnectionState(self._state.copy())
         rewound: Any = _Rewound(stream, replay)  # Hypercorn types its stream as SSLStream
         try:
@@ -230,14 +234,18 @@ class _Connection:
         raise _Closed
 
     async def _send(self, data: bytes) -> None:
+        """Send it all, or ``_Closed`` if the peer stops reading for REQUEST_TIMEOUT_S."""
         view = memoryview(data)
+        deadline = trio.current_time() + REQUEST_TIMEOUT_S
         while view:
             try:
                 sent = self.sock.send(view)
             except (BlockingIOError, InterruptedError):
                 self.waited = True
-                await trio.lowlevel.wait_writable(self.sock)
-                continue
+                with trio.move_on_at(deadline):
+                    await trio.lowlevel.wait_writable(self.sock)
+                    continue
+                raise _Closed from None
             view = view[sent:]
 
     async def _next_head(self) -> RequestHead | None:
@@ -262,7 +270,11 @@ class _Connection:
                     self.waited = True
                     await trio.lowlevel.wait_readable(self.sock)
             except trio.ClosedResourceError:
-                return False  # interrupted: idle too long, or the daemon is stopping
+                # interrupted (idle too long, or stopping); a request that arrived meanwhile
+                # is still answered, with the connection closed after it when stopping
+                data = self._recv()
+                if data is None:
+                    return False
             finally:
                 del self.front._idle[self]
         if not data:
@@ -272,25 +284,30 @@ class _Connection:
         return True
 
     async def _exchange(self, head: RequestHead) -> tuple[WebhookResponse, bool]:
-        """The gate's answer to one request, and whether the connection must close after it."""
+        """The gate's answer to one request, and whether the connection must close after it.
+
+        A body over ``maxBodyBytes`` is never read, whatever the answer: the connection
+        closes after it instead. Any other refused body is read and dropped, so the
+        connection stays usable.
+        """
         gate = self.gate
+        too_big = head.content_length > gate.max_body
         if not gate.enter(self.remote):
-            too_big = head.content_length > gate.max_body
             if not too_big:
                 await self._take_body(head)
             return TOO_MANY, too_big
         try:
             refusal = gate.refuse_head(head.headers, self.remote)
-            if refusal is TOO_LARGE:
-                return refusal, True  # the body is never read; the connection can't continue
-            body = await self._take_body(head)  # bounded by maxBodyBytes
+            if too_big:
+                return refusal or TOO_LARGE, True
+            body = await self._take_body(head)
             if refusal is not None:
                 return refusal, False
             self.front.answered += 1
             response = await gate.respond(WebhookRequest(
                 method="POST", path=head.path, query_string=head.query, headers=head.headers,
                 body=body, remote_addr=self.remote, scheme="http",
-                host=head.headers.get("host", "")))
+                host=head.headers["host"]))
             return response, False
         finally:
             gate.leave(self.remote)

@@ -43,7 +43,7 @@ class RequestHead:
     method: str
     path: str
     query: str
-    headers: dict[str, str]  # lower-case names, each at most once
+    headers: dict[str, str]  # lower-case names, each at most once; "host" always present
     content_length: int
     close: bool  # the client asked to close after this exchange
     size: int  # bytes of the head, blank line included
@@ -71,6 +71,8 @@ def parse_head(data: bytes | bytearray, max_head: int = MAX_HEAD_BYTES) -> Reque
     for declined in _DECLINED_HEADERS:
         if declined in headers:
             raise NotSimple(f"{declined} header")
+    if "host" not in headers:
+        raise NotSimple("no Host header")  # HTTP/1.1 requires one; h11 answers 400
     length = 0
     declared = headers.get("content-length")
     if declared is not None:
