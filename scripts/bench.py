@@ -1,7 +1,7 @@
 """Measure the budgets and record them in docs/benchmarks.md.
 
     ./scripts/bench                  # everything, 3 runs each, median reported
-    ./scripts/bench --only rpc,cli   # a subset: rpc, cli, journal, replay, webhooks, profile
+    ./scripts/bench --only rpc,cli   # subsets: rpc, cli, journal, replay, webhooks, calls, profile
     ./scripts/bench --quick          # fewer iterations (smoke run)
 
 Prints a JSON document and a table, and rewrites docs/benchmarks.md (unless --no-write).
@@ -426,6 +426,94 @@ def bench_webhooks(runs: int, requests: int, rss_requests: int) -> dict[str, Any
     return out
 
 
+# -- calls: reply overhead and memory ----------------------------------------------------------
+
+INSTANT_MOCK = {"answerDelayMs": 0, "replyDelayMs": 0, "speakMsPerChar": 0}
+
+
+async def _turn_gaps(socket_path: Path, turns: int) -> list[float]:
+    """ms from each final transcript (call.speech) to the reply (call.speaking), seen by a
+    subscriber, with an agent on the socket that answers at once."""
+    import trio
+
+    from voicecall_trio.rpc.aclient import TrioClient
+
+    async def respond(params: dict[str, Any]) -> dict[str, Any]:
+        return {"text": "Noted."}
+
+    gaps: list[float] = []
+    async with trio.open_nursery() as nursery:
+        agent = await TrioClient.connect(socket_path, {"agent.respond": respond})
+        watcher = await TrioClient.connect(socket_path)
+        nursery.start_soon(agent.run)
+        nursery.start_soon(watcher.run)
+        await agent.call("agent.register")
+        await watcher.call("voicecall.subscribe")
+        placed = await watcher.call("voicecall.initiate", {
+            "to": "+15555550123", "message": "Hello", "mode": "conversation"})
+        heard_at = None
+        with trio.fail_after(120):
+            async for note in watcher.notifications:
+                event = note.params
+                if event.get("callId") != placed["callId"]:
+                    continue
+                if event["type"] == "call.speech" and event.get("isFinal", True):
+                    heard_at = time.perf_counter()
+                elif event["type"] == "call.speaking" and heard_at is not None:
+                    gaps.append((time.perf_counter() - heard_at) * 1000)
+                    heard_at = None
+                elif event["type"] == "call.ended":
+                    break
+        await agent.aclose()
+        await watcher.aclose()
+        nursery.cancel_scope.cancel()
+    return gaps[:turns]
+
+
+def bench_calls(runs: int, turns: int, held: int) -> dict[str, Any]:
+    """Reply overhead per turn, and the daemon's memory idle and per live call."""
+    import trio
+
+    script = [f"Line {i} from the callee." for i in range(turns)]
+    samples: list[float] = []
+    daemon = Daemon({"mock": {**INSTANT_MOCK, "callerScript": script}}, core=0)
+    try:
+        for _ in range(runs):
+            samples += trio.run(_turn_gaps, daemon.socket, turns)
+    finally:
+        daemon.stop()
+    # calls that stay up: the callee never answers the greeting
+    quiet = {"mock": {**INSTANT_MOCK, "replyDelayMs": 3_600_000},
+             "maxConcurrentCalls": held, "maxDurationSeconds": 3600}
+    daemon = Daemon(quiet, core=0)
+    try:
+        from voicecall_trio.rpc.client import SyncClient
+
+        with SyncClient(daemon.socket) as client:
+            for _ in range(20):  # warm the RPC path before measuring idle
+                client.call("daemon.health")
+            idle = rss_mb(daemon.proc.pid)
+            for i in range(held):
+                client.call("voicecall.initiate", {"to": f"+1555555{i:04d}", "message": "Hi",
+                                                   "mode": "conversation"})
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                calls = client.call("voicecall.status")["calls"]
+                if sum(1 for c in calls if c["state"] == "listening") == held:
+                    break
+                time.sleep(0.05)
+            else:
+                raise RuntimeError("calls did not all reach listening")
+            loaded = rss_mb(daemon.proc.pid)
+    finally:
+        daemon.stop()
+    return {"turns": len(samples),
+            "reply_overhead_p50_ms": round(pct(samples, 50), 2),
+            "reply_overhead_p99_ms": round(pct(samples, 99), 2),
+            "rss_idle_mb": round(idle, 1), "held_calls": held,
+            "rss_per_call_kb": round((loaded - idle) * 1024 / held, 1)}
+
+
 # -- where a webhook's time goes ------------------------------------------------------------
 
 TWILIO_DAEMON = {"provider": "twilio", "fromNumber": "+15550001234",
@@ -535,6 +623,13 @@ def table(results: dict[str, Any]) -> str:
             rows += [(f"RSS growth over {r['rss']['requests']:,} webhooks",
                       f"{r['rss']['growth_mb']} MB ({r['rss']['before_mb']} -> "
                       f"{r['rss']['after_mb']} MB)", "<= 10 MB")]
+    if "calls" in results:
+        r = results["calls"]
+        rows += [("reply overhead: final transcript -> reply spoken (instant agent) p50 / p99",
+                  f"{r['reply_overhead_p50_ms']} / {r['reply_overhead_p99_ms']} ms", ""),
+                 ("RSS idle", f"{r['rss_idle_mb']} MB", ""),
+                 (f"RSS per live call ({r['held_calls']} held)", f"{r['rss_per_call_kb']} KB",
+                  "")]
     if "profile" in results:
         r = results["profile"]
         rows.append((f"profiled webhook, by layer (cProfile, {r['connections']} connections)",
@@ -555,7 +650,7 @@ def pin_self(core: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks,profile")
+    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks,calls,profile")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
@@ -584,6 +679,8 @@ def main() -> int:
     if "webhooks" in only:
         results["webhooks"] = bench_webhooks(runs, 1000 if quick else 5000,
                                              5000 if quick else 100_000)
+    if "calls" in only:
+        results["calls"] = bench_calls(runs, 20 if quick else 100, 20 if quick else 100)
     if "profile" in only:
         results["profile"] = profile_webhooks(2000 if quick else 20_000)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
