@@ -11,6 +11,10 @@ test *ARGS:
 lint:
     ./scripts/lint
 
+# the fuzz targets with 10,000 examples each (the default suite runs a few hundred)
+fuzz *ARGS:
+    ./scripts/fuzz {{ARGS}}
+
 # mypy --strict over the package
 typecheck:
     ./scripts/typecheck
