@@ -51,3 +51,11 @@ def test_tool_with_no_daemon_is_exit_3_and_still_json(
     assert cli.main(["tool", action, "--socket", "/tmp/no-daemon-here.sock"]) == 3
     captured = capsys.readouterr()
     assert "/tmp/no-daemon-here.sock" in json.loads(captured.out)["error"]
+
+
+def test_help_shows_placeholders_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
+    """Help text is plain text: ``<store>`` must not vanish as if it were a markup tag."""
+    assert cli.main(["serve", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "<store>/voicecall.sock" in out
+    assert "config.{toml,json,json5}" in out

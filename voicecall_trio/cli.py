@@ -108,7 +108,8 @@ def serve(*, config: str | None = None, socket: str | None = None) -> int:
     Parameters
     ----------
     config
-        Config file (JSON, JSON5 or TOML); default VOICECALL_CONFIG or ~/.config/voicecall/.
+        Config file (JSON, JSON5 or TOML); default VOICECALL_CONFIG or
+        ~/.config/voicecall/config.{toml,json,json5}.
     socket
         Control socket path (default <store>/voicecall.sock).
     """
@@ -694,7 +695,7 @@ def _build_app() -> Any:
 
     from . import __version__
 
-    app = App(name="voicecall", version=__version__, help=(
+    app = App(name="voicecall", version=__version__, help_format="plaintext", help=(
         "Drive the voicecall daemon: place and answer phone calls for an AI assistant."))
     for name, fn in COMMANDS.items():
         app.command(fn, name=name)
