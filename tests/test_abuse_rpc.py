@@ -244,6 +244,36 @@ async def test_a_subscriber_that_reads_is_never_dropped(
         assert (await peer.call(2, "daemon.health"))["result"]["ok"]
 
 
+def _count_tasks() -> int:
+    count, stack = 0, [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        count += 1
+        stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
+async def test_subscribing_or_registering_again_and_again_adds_nothing(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """Each subscribe used to add a channel and a task, each register a watcher task: one
+    connection repeating them grew memory without bound."""
+    with real_deadline(30):
+        async with rig(tmp_path) as r, rpc_over_memory(r) as (peer, _):
+            assert (await peer.call(0, "voicecall.subscribe"))["result"]["subscribed"]
+            assert (await peer.call(1, "agent.register"))["result"]["registered"]
+            await trio.testing.wait_all_tasks_blocked()
+            before = _count_tasks()
+            for i in range(200):
+                assert (await peer.call(f"s{i}", "voicecall.subscribe"))["result"]
+                assert (await peer.call(f"r{i}", "agent.register"))["result"]
+            await trio.testing.wait_all_tasks_blocked()
+            assert _count_tasks() == before
+            assert len(r.sup._subscribers) == 1
+            assert r.sup.responder is not None
+        assert r.sup.responder is None  # unregistered when its connection closed
+
+
 # -- item 3: the RPC listener under fd exhaustion --------------------------------------------------
 
 class _FlakyListener(trio.abc.Listener[trio.abc.Stream]):

@@ -87,6 +87,9 @@ class Connection:
         self._ids = itertools.count(1)
         self._waiting: dict[int | str, trio.MemorySendChannel[Response]] = {}
         self._in_flight = 0
+        # at most one subscription per connection, however often a client asks: each would
+        # otherwise be a task and a channel that outlive the request
+        self.subscribed = False
         self._idle = trio.Event()
         self._idle.set()
 
