@@ -331,3 +331,31 @@ def test_accept_failure_log_lets_one_line_out_per_minute_with_a_count() -> None:
     assert log.record(60.5) is None
     assert log.record(200.0) == 2
     assert log.total == 7
+
+
+async def test_a_trio_client_agent_whose_reply_cannot_be_encoded_answers_an_error(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """The agent's handler returns text with a lone surrogate: the trio client answers the
+    daemon with an error (it used to crash its reader), and the call gets its fallback."""
+    from voicecall_trio.calls import FALLBACK_REPLY
+    from voicecall_trio.rpc.aclient import TrioClient
+
+    async def respond(params: dict[str, Any]) -> Any:
+        return {"text": "cut \ud83d"}
+
+    with real_deadline(30):
+        async with rig(tmp_path, mock={"callerScript": ["Hello?", "Bye"]}) as r:
+            server = RpcServer(build_methods(r.sup))
+            client_end, server_end = trio.testing.memory_stream_pair()
+            agent = TrioClient(client_end, {"agent.respond": respond})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.handle_stream, server_end)
+                await nursery.start(agent.run)
+                assert await agent.call("agent.register") == {"registered": True}
+                record = await r.sup.initiate("+15555550123", "Hi", "conversation")
+                final = await r.sup.live[record.call_id].wait_until(
+                    lambda rec: any(e.text == FALLBACK_REPLY for e in rec.transcript))
+                assert not final.terminal
+                assert (await agent.call("daemon.health"))["ok"]  # the client still runs
+                nursery.cancel_scope.cancel()
