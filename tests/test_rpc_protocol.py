@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import pytest
 
 from voicecall_trio.rpc.protocol import (
     INVALID_PARAMS,
@@ -14,10 +17,15 @@ from voicecall_trio.rpc.protocol import (
     ProtocolError,
     Request,
     Response,
+    RpcError,
     encode_error,
     encode_request,
     encode_result,
+    invalid_text_path,
+    is_valid_text,
     parse_line,
+    repair_all_text,
+    repair_text,
 )
 
 
@@ -65,3 +73,69 @@ def test_error_encoding_keeps_the_request_id() -> None:
     reply = json.loads(encode_error(7, -32001, "Call not found"))
     assert reply == {"jsonrpc": "2.0", "id": 7,
                      "error": {"code": -32001, "message": "Call not found"}}
+
+
+# -- text that is not valid Unicode (lone UTF-16 surrogates) ----------------------------------
+
+def _request(params: str) -> bytes:
+    return b'{"jsonrpc":"2.0","id":9,"method":"voicecall.speak","params":' + params.encode() + b"}"
+
+
+def test_a_request_with_a_lone_surrogate_is_refused_naming_the_field() -> None:
+    cases = {
+        r'{"callId":"c","message":"cut \ud83d"}': "`message`",
+        r'{"callId":"c","message":"\udc00 first"}': "`message`",
+        r'{"history":[{"text":"ok"},{"text":"\ud800"}]}': "`history[1].text`",
+        r'{"k\udfff":1}': "is not valid Unicode",
+    }
+    for params, named in cases.items():
+        message = parse_line(_request(params))
+        assert isinstance(message, ProtocolError), params
+        assert message.code == INVALID_PARAMS and message.id == 9
+        assert named in message.message
+        json.loads(message.reply())  # and the error reply itself can be sent
+
+
+def test_valid_escapes_and_pairs_are_accepted() -> None:
+    message = parse_line(_request(r'{"message":"\ud83d\ude00 \u00e9 \\ud83d"}'))
+    assert message == Request(9, "voicecall.speak", {"message": "😀 é \\ud83d"})
+
+
+def test_a_bad_method_or_id_is_an_invalid_request() -> None:
+    method = parse_line(b'{"jsonrpc":"2.0","id":1,"method":"m\\ud83d"}')
+    assert isinstance(method, ProtocolError) and method.code == INVALID_REQUEST
+    msg_id = parse_line(b'{"jsonrpc":"2.0","id":"\\ud83d","method":"m"}')
+    assert isinstance(msg_id, ProtocolError) and msg_id.id is None
+
+
+def test_lines_must_be_utf8_so_an_encoded_surrogate_is_a_parse_error() -> None:
+    line = '{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":"\udc00"}}'
+    message = parse_line(line.encode("utf-8", "surrogatepass"))
+    assert isinstance(message, ProtocolError) and message.code == PARSE_ERROR
+
+
+def test_a_response_has_its_text_repaired() -> None:
+    line = rb'{"jsonrpc":"2.0","id":1,"result":{"text":"noon \ud83d","k\udc00":["\ud800"]}}'
+    assert parse_line(line) == Response(1, {"text": "noon \ufffd", "k\ufffd": ["\ufffd"]})
+    error = parse_line(rb'{"jsonrpc":"2.0","id":2,"error":{"code":1,"message":"x\ud83d"}}')
+    assert error == Response(2, None, {"code": 1, "message": "x\ufffd"})
+
+
+def test_deep_values_are_walked_without_recursion() -> None:
+    deep: Any = "bad \ud83d"
+    for _ in range(100_000):
+        deep = [deep]
+    assert invalid_text_path({"a": deep}) == "a" + "[0]" * 100_000
+    assert repair_all_text({"a": deep}) is not None
+
+
+def test_encoders_strict_for_results_lenient_for_errors() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        encode_result(1, {"text": "\ud83d"})
+    with pytest.raises(RpcError) as caught:
+        encode_request(1, "voicecall.speak", {"callId": "c", "message": "\ud83d"})
+    assert caught.value.code == INVALID_PARAMS and "`message`" in caught.value.message
+    reply = json.loads(encode_error(1, -32000, "bad \ud83d"))
+    assert reply["error"]["message"] == "bad \ufffd"
+    assert not is_valid_text("\ud83d") and is_valid_text("😀")
+    assert repair_text("a\udc00b") == "a\ufffdb"

@@ -66,3 +66,53 @@ def test_a_file_that_is_not_a_socket_is_never_deleted(tmp_path: Any) -> None:
     with pytest.raises(FileExistsError):
         bind_unix_socket(precious)
     assert precious.read_text() == "a journal\n"
+
+
+def _one_shot_server(path: str, replies: list[bytes]) -> Any:
+    """A thread that accepts one client and answers each line it reads with the next reply."""
+    import threading
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        with conn:
+            for reply in replies:
+                if not conn.recv(65536):
+                    return
+                conn.sendall(reply)
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_sync_client_copes_with_replies_it_cannot_use() -> None:
+    import tempfile
+
+    import pytest
+
+    from voicecall_trio.rpc.client import SyncClient
+    from voicecall_trio.rpc.protocol import RpcError
+
+    path = tempfile.mkdtemp(prefix="vcsync", dir="/tmp") + "/s.sock"
+    thread = _one_shot_server(path, [
+        b'{"jsonrpc":"2.0","id":1,"result":{"text":"noon \\ud83d"}}\n',  # repaired
+        b'\xff\xfe not a reply\n',  # not UTF-8: an error, not a hang or a crash
+        b'{"jsonrpc":"2.0","id":3,"error":{"code":-32603,"message":"Internal error"}}\n',
+    ])
+    with SyncClient(path) as client:
+        assert client.call("a", timeout=10) == {"text": "noon \ufffd"}
+        with pytest.raises(RpcError):
+            client.call("b", timeout=10)
+        with pytest.raises(RpcError) as caught:
+            client.call("c", timeout=10)
+        assert caught.value.code == -32603
+        with pytest.raises(RpcError) as refused:  # refused before it is sent
+            client.call("voicecall.speak", {"callId": "c", "message": "\ud83d"})
+        assert refused.value.code == -32602
+    thread.join(10)

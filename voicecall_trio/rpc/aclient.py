@@ -90,7 +90,7 @@ class TrioClient:
         else:
             try:
                 reply = encode_result(request.id, await handler(request.params))
-            except Exception as exc:
+            except Exception as exc:  # includes a result that cannot be encoded
                 reply = encode_error(request.id, INTERNAL_ERROR, str(exc))
         try:
             async with self._send_lock:
@@ -100,10 +100,11 @@ class TrioClient:
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         msg_id = next(self._ids)
+        line = encode_request(msg_id, method, params or {})  # RpcError for invalid text
         send, receive = trio.open_memory_channel[Response](1)
         self._waiting[msg_id] = send
         async with self._send_lock:
-            await self._stream.send_all(encode_request(msg_id, method, params or {}))
+            await self._stream.send_all(line)
         try:
             reply = await receive.receive()
         except trio.EndOfChannel:

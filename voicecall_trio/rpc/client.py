@@ -74,9 +74,10 @@ class SyncClient:
     def call(self, method: str, params: dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
         msg_id = next(self._ids)
+        line = encode_request(msg_id, method, params or {})  # RpcError for invalid text
         self._sock.settimeout(timeout)
         try:
-            self._sock.sendall(encode_request(msg_id, method, params or {}))
+            self._sock.sendall(line)
             while True:
                 message = self._next_message()
                 if isinstance(message, Response) and message.id == msg_id:
@@ -85,12 +86,13 @@ class SyncClient:
                     return message.result
                 if isinstance(message, Notification):
                     self._pending.append(message)
-                elif isinstance(message, ProtocolError) or (
-                    isinstance(message, Response) and message.id is None
-                ):
-                    raise RpcError(message.error.get("code", -32603)  # type: ignore[union-attr]
-                                   if isinstance(message, Response) else message.code,
-                                   "the daemon could not read the request")
+                elif isinstance(message, ProtocolError):
+                    # a reply line that is not JSON-RPC (or not UTF-8): it cannot be matched
+                    # to this call, and waiting for another would hang
+                    raise RpcError(message.code, "the daemon's reply could not be read")
+                elif isinstance(message, Response) and message.id is None:
+                    code = message.error.get("code", -32603) if message.error else -32603
+                    raise RpcError(code, "the daemon could not read the request")
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise DaemonUnreachable(self.path, f"connection lost: {exc}") from None
         finally:

@@ -101,8 +101,10 @@ def build_methods(
 
     async def subscribe(params: dict[str, Any], conn: Connection) -> Any:
         _params(params, NoParams)
-        receive = supervisor.subscribe()
-        conn.nursery.start_soon(_forward_events, supervisor, receive, conn)
+        if not conn.subscribed:  # subscribing again changes nothing
+            conn.subscribed = True
+            receive = supervisor.subscribe()
+            conn.nursery.start_soon(_forward_events, supervisor, receive, conn)
         return {"subscribed": True}
 
     async def health(params: dict[str, Any], conn: Connection) -> Any:
@@ -126,9 +128,15 @@ def build_methods(
             result["callId"] = outcome.record.call_id
         return result
 
+    agents: dict[Connection, Callable[[dict[str, Any]], Awaitable[str | None]]] = {}
+
     async def register(params: dict[str, Any], conn: Connection) -> Any:
         """This connection answers callers from now on (agent.respond requests)."""
         _params(params, NoParams)
+        known = agents.get(conn)
+        if known is not None:  # registering again: the latest agent again, no new watcher
+            supervisor.set_responder(known)
+            return {"registered": True}
 
         async def respond(request: dict[str, Any]) -> str | None:
             result = await conn.request("agent.respond", request)
@@ -137,6 +145,7 @@ def build_methods(
                 return text if isinstance(text, str) else None
             return result if isinstance(result, str) else None
 
+        agents[conn] = respond
         supervisor.set_responder(respond)
         log.info("agent registered: replies now come from the gateway")
 
@@ -144,6 +153,7 @@ def build_methods(
             try:
                 await conn.closed.wait()
             finally:
+                agents.pop(conn, None)
                 if supervisor.responder is respond:
                     supervisor.set_responder(None)
                     log.info("agent connection closed: no agent registered")

@@ -4,7 +4,25 @@ Requests on one connection run concurrently (a ``continue`` waiting for the call
 block a ``status`` behind it), and every reply or notification goes out through one send lock
 so lines never interleave. A line that cannot be parsed is answered with an error and the
 connection keeps working. Handlers raise ``RpcError`` or ``VoiceCallError``; anything else is
-logged once and answered with -32603, and the daemon keeps running.
+logged once and answered with -32603, and the daemon keeps running; so is a result that
+cannot be encoded (the connection is never dropped for it).
+
+Nothing a client does can grow memory without bound:
+
+- a connection has at most ``MAX_PENDING_PER_CONNECTION`` requests in flight (running, or
+  waiting to send their reply); at the limit its reading task stops reading until one is
+  done, so a client that writes without reading fills its own socket buffer, not ours;
+- requests that get a task of their own take one of ``MAX_IN_FLIGHT`` server-wide slots
+  first (a connection waits for a slot, it never spawns past the cap). Lookups answered in
+  the reading task (``inline``) need no slot: each connection runs at most one at a time, so
+  ``status`` and ``health`` answer even while other connections hold every slot;
+- a send that makes no progress for ``SEND_STALL_TIMEOUT_S`` drops the connection: a peer
+  that never reads cannot hold requests, slots or events forever. A registered agent or a
+  subscriber reads, so it is never dropped for being long-lived.
+
+A deadlock this must not create: a reply to a request the daemon sent (``agent.respond``)
+needs no slot, but the reading task stops reading while the connection is at its limit, so an
+agent must not keep more than the limit of its own requests waiting on its replies.
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ from typing import Any
 import trio
 
 from ..errors import VoiceCallError
+from .accept import accept_loop
 from .protocol import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -40,37 +59,80 @@ from .unix import open_unix_listener
 
 log = logging.getLogger("voicecall.rpc")
 
+# Requests one connection may have in flight before its reading stops (backpressure): well
+# above what a gateway runs at once (a few continues and lookups), far below what hurts.
+MAX_PENDING_PER_CONNECTION = 32
+# Requests with a task of their own, across all connections: bounds tasks and queued replies.
+MAX_IN_FLIGHT = 256
+# A send with no progress for this long means the peer has stopped reading: drop it.
+SEND_STALL_TIMEOUT_S = 20.0
+# Sends go out in pieces of this size, each with its own stall deadline, so a big reply to a
+# slow but live reader is not mistaken for a stall.
+SEND_CHUNK_BYTES = 65536
+
 
 class Connection:
     """What a method handler may do with the connection it was called on."""
 
-    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery, *,
+                 max_pending: int = MAX_PENDING_PER_CONNECTION,
+                 send_timeout: float = SEND_STALL_TIMEOUT_S) -> None:
         self.stream = stream
         self.nursery = nursery
+        self.slots = trio.Semaphore(max_pending)
+        self.send_timeout = send_timeout
         self._send_lock = trio.Lock()
         self.closed = trio.Event()
         self.broken = False  # a send failed: the peer is gone
         self._ids = itertools.count(1)
         self._waiting: dict[int | str, trio.MemorySendChannel[Response]] = {}
         self._in_flight = 0
+        # at most one subscription per connection, however often a client asks: each would
+        # otherwise be a task and a channel that outlive the request
+        self.subscribed = False
         self._idle = trio.Event()
         self._idle.set()
 
     async def send(self, data: bytes) -> bool:
-        """Send one line; False (never an exception) when the peer has gone away."""
+        """Send one line; False (never an exception) when the peer has gone away, or has
+        stopped reading (no progress for ``send_timeout``: the connection is then aborted)."""
         if self.broken:
             return False
         try:
             async with self._send_lock:
-                await self.stream.send_all(data)
+                for start in range(0, len(data), SEND_CHUNK_BYTES):
+                    if self.broken:  # aborted while this send waited for the lock
+                        return False
+                    with trio.move_on_after(self.send_timeout) as stall:
+                        await self.stream.send_all(data[start:start + SEND_CHUNK_BYTES])
+                    if stall.cancelled_caught:
+                        log.warning("rpc: dropped a client that read nothing for %.0f s",
+                                    self.send_timeout)
+                        self.abort()
+                        return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.broken = True
             return False
         return True
 
+    def abort(self) -> None:
+        """Give up on the connection: its reading task, requests and subscriptions end."""
+        self.broken = True
+        self.nursery.cancel_scope.cancel()
+
     async def notify(self, method: str, params: dict[str, Any]) -> None:
-        if not await self.send(encode_notification(method, params)):
+        try:
+            line = encode_notification(method, params)
+        except (TypeError, ValueError) as exc:  # e.g. text that is not valid Unicode
+            log.warning("rpc: a %s notification could not be encoded (%s); not sent",
+                        method, exc.__class__.__name__)
+            return
+        if not await self.send(line):
             raise trio.ClosedResourceError("the subscriber's connection is gone")
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
     def request_started(self) -> None:
         self._in_flight += 1
@@ -121,16 +183,26 @@ class RpcServer:
     saving a task spawn per request on the hottest path; all others get their own task."""
 
     def __init__(self, methods: dict[str, Handler],
-                 inline: frozenset[str] = frozenset({"voicecall.status", "daemon.health"})
-                 ) -> None:
+                 inline: frozenset[str] = frozenset({"voicecall.status", "daemon.health"}),
+                 *,
+                 max_pending_per_connection: int = MAX_PENDING_PER_CONNECTION,
+                 max_in_flight: int = MAX_IN_FLIGHT,
+                 send_timeout: float = SEND_STALL_TIMEOUT_S) -> None:
         self.methods = methods
         self.inline = inline
         self.connections = 0
+        self.max_pending_per_connection = max_pending_per_connection
+        self.max_in_flight = max_in_flight
+        self.send_timeout = send_timeout
+        self._slots = trio.Semaphore(max_in_flight)
+        self.in_flight = 0  # requests in flight, all connections (inline ones included)
+        self.peak_in_flight = 0
+        self.peak_spawned = 0  # the most requests that held a server-wide slot at once
 
     async def serve(
         self,
         path: Path,
-        listener: trio.SocketListener | None = None,
+        listener: trio.abc.Listener[trio.abc.Stream] | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -138,9 +210,9 @@ class RpcServer:
         if listener is None:
             listener = open_unix_listener(path)
         try:
-            async with listener:
-                await trio.serve_listeners(self.handle_stream, [listener],
-                                           task_status=_Ready(task_status))
+            async with listener, trio.open_nursery() as nursery:
+                task_status.started()
+                await accept_loop(listener, self.handle_stream, nursery)
         finally:
             _unlink_quietly(path)
 
@@ -149,7 +221,9 @@ class RpcServer:
         self.connections += 1
         try:
             async with trio.open_nursery() as nursery:
-                conn = Connection(stream, nursery)
+                conn = Connection(stream, nursery,
+                                  max_pending=self.max_pending_per_connection,
+                                  send_timeout=self.send_timeout)
                 try:
                     await self._read_loop(conn)
                     # End of input is not a hang-up: a client that half-closes after
@@ -188,11 +262,12 @@ class RpcServer:
                     log.info("rpc: %s", message.message)
                     await conn.send(message.reply())
                 elif isinstance(message, Request | Notification):
-                    conn.request_started()
-                    if message.method in self.inline:
-                        await self._dispatch(conn, message)
+                    inline = message.method in self.inline
+                    await self._admit(conn, spawned=not inline)  # may stop reading a while
+                    if inline:
+                        await self._dispatch(conn, message, spawned=False)
                     else:
-                        conn.nursery.start_soon(self._dispatch, conn, message)
+                        conn.nursery.start_soon(self._dispatch, conn, message, True)
                 elif isinstance(message, Response):
                     await self.on_response(conn, message)
 
@@ -200,11 +275,38 @@ class RpcServer:
         """A reply to a request the daemon sent on this connection (``agent.respond``)."""
         conn.route_response(message)
 
-    async def _dispatch(self, conn: Connection, message: Request | Notification) -> None:
+    async def _admit(self, conn: Connection, *, spawned: bool) -> None:
+        """Wait for room for one more request: on this connection, and (for a request with a
+        task of its own) server-wide. The reading task waits here, so reading stops."""
+        try:
+            conn.slots.acquire_nowait()
+        except trio.WouldBlock:
+            await conn.slots.acquire()
+        if spawned:
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                try:
+                    await self._slots.acquire()
+                except BaseException:
+                    conn.slots.release()
+                    raise
+            self.peak_spawned = max(self.peak_spawned,
+                                    self.max_in_flight - self._slots.value)
+        conn.request_started()
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    async def _dispatch(self, conn: Connection, message: Request | Notification,
+                        spawned: bool) -> None:
         try:
             await self._answer(conn, message)
         finally:
+            self.in_flight -= 1
             conn.request_done()
+            conn.slots.release()
+            if spawned:
+                self._slots.release()
 
     async def _answer(self, conn: Connection, message: Request | Notification) -> None:
         msg_id = message.id if isinstance(message, Request) else None
@@ -221,19 +323,17 @@ class RpcServer:
             log.exception("rpc: %s failed", message.method)
             reply = encode_error(msg_id, INTERNAL_ERROR, "Internal error")
         else:
-            reply = encode_result(msg_id, result)
+            if not isinstance(message, Request):
+                return  # a notification gets no reply
+            try:
+                reply = encode_result(msg_id, result)
+            except (TypeError, ValueError) as exc:  # e.g. text that is not valid Unicode
+                log.error("rpc: the result of %s could not be encoded (%s); "
+                          "answered -32603", message.method, exc.__class__.__name__)
+                reply = encode_error(msg_id, INTERNAL_ERROR,
+                                     "Internal error: the result could not be encoded")
         if isinstance(message, Request):
             await conn.send(reply)
-
-
-class _Ready:
-    """Adapts serve_listeners' started([listeners]) to a plain started()."""
-
-    def __init__(self, inner: trio.TaskStatus[None]) -> None:
-        self.inner = inner
-
-    def started(self, value: object = None) -> None:
-        self.inner.started()
 
 
 def _unlink_quietly(path: Path) -> None:
