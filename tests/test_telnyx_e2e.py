@@ -544,3 +544,35 @@ async def test_restart_ends_a_call_the_carrier_does_not_know(store: Path) -> Non
                 final = await status_of(d, record.call_id)
                 assert final["state"] in ("completed", "error")
             assert fake.requests_for("create") == []
+
+
+# -- the daemon's clock, not the carrier's (issue 8, item 4) -------------------------------
+
+@pytest.mark.parametrize("skew_s", [-360.0, -3600.0, 3600.0])
+async def test_a_skewed_occurred_at_leaves_the_answered_call_live(store: Path, skew_s: float
+                                                                  ) -> None:
+    """Correctly signed events whose ``occurred_at`` is 6 min / 1 h old (a delayed retry) or
+    1 h ahead: the answered call stays live, ``answeredAt`` is the daemon's time."""
+    with trio.fail_after(LIMIT_S):
+        async with (
+            FakeTelnyx(api_key=API_KEY, clock_skew_s=skew_s) as fake,
+            telnyx_daemon(fake, store) as d,
+        ):
+            call_id = (await d.rpc("voicecall.initiate", {
+                "to": CALLEE, "message": "Hello there.", "mode": "conversation"}))["callId"]
+            ccid = (await fake.wait_call(call_id)).call_control_id
+            answered = await fake.wait_delivery("call.answered", ccid)
+            assert answered.status == 200
+            # the daemon acted on the answer (greeting spoken, transcription started), or
+            # ended the call at once when a timer counted from the carrier's clock
+            await fake.wait_for(lambda: bool(fake.requests_for("transcription_start", ccid)
+                                             or fake.requests_for("hangup", ccid)))
+            call = await status_of(d, call_id)
+            assert call["state"] not in ("timeout", "hangup-bot", "error"), call
+            assert abs(call["answeredAt"] - time.time() * 1000) < 1000
+            assert abs(call["metadata"]["carrierAnsweredAt"]
+                       - (call["answeredAt"] + skew_s * 1000)) < 2000
+            assert fake.requests_for("hangup", ccid) == []
+            await d.rpc("voicecall.end", {"callId": call_id})
+            await fake.wait_delivery("call.hangup", ccid)
+            assert (await status_of(d, call_id))["endReason"] == "hangup-bot"
