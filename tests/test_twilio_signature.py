@@ -405,3 +405,12 @@ def test_tunnel_vouches_only_for_its_own_host() -> None:
     listed = UrlPolicy(ngrok_loopback=True, allowed_hosts=("*.example.com",))
     assert tunnel_vouches_for(listed, "a.example.com")
     assert not tunnel_vouches_for(listed, "example.org")
+
+
+def test_a_lone_surrogate_in_a_forwarded_host_is_no_match_not_an_exception() -> None:
+    # found by tests/fuzz/test_fuzz_carriers.py: hmac over a str that cannot be UTF-8
+    policy = UrlPolicy(trust_forwarding_headers=True)
+    request = _request(signed_url=FWD_URL, headers={"x-forwarded-host": "\ud83d"})
+    check = verify_request(TOKEN, policy, request)
+    assert not check.ok and check.reason == "invalid signature"
+    assert not validate(TOKEN, "https://a.example/\udc00", {"k": "\ud83d"}, "AAAA").ok

@@ -83,7 +83,10 @@ def signed_string(url: str, params: Params) -> str:
 
 
 def _sign(auth_token: str, text: str, algorithm: Algorithm) -> str:
-    digest = hmac.digest(auth_token.encode(), text.encode("utf-8"), _DIGESTS[algorithm])
+    # "surrogatepass": a lone surrogate (only from a caller's own str, never from the wire,
+    # which is decoded as latin-1 / UTF-8) must give "no match", not a UnicodeEncodeError
+    data = text.encode("utf-8", "surrogatepass")
+    digest = hmac.digest(auth_token.encode(), data, _DIGESTS[algorithm])
     return base64.b64encode(digest).decode("ascii")
 
 
