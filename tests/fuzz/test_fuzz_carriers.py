@@ -104,20 +104,25 @@ def _encode_field(part: str) -> str:
     return quote(part.encode("utf-8", "surrogatepass"), safe="")
 
 
+SIDS = st.sampled_from([CALL_SID, "CA2", "", "C" * 300])
+FIELD_NAMES = st.one_of(TWILIO_NAMES, st.text(max_size=8))
+FIELD_VALUES = st.one_of(TEXT.map(_encode_field), ESCAPES,
+                         st.lists(ESCAPES, max_size=4).map("".join))
+
+
 @st.composite
 def twilio_forms(draw: st.DrawFn) -> bytes:
     """A form body: mostly well-formed fields with hostile values, and raw escapes."""
     pairs: list[str] = []
     if draw(st.booleans()):
-        pairs.append(f"CallSid={draw(st.sampled_from([CALL_SID, 'CA2', '', 'C' * 300]))}")
+        pairs.append(f"CallSid={draw(SIDS)}")
     if draw(st.booleans()):
         pairs.append(f"CallStatus={draw(TWILIO_STATUSES)}")
     if draw(st.booleans()):
         pairs.append(f"Timestamp={_encode_field(draw(RFC2822))}")
     for _ in range(draw(st.integers(0, 6))):
-        name = draw(st.one_of(TWILIO_NAMES, st.text(max_size=8)))
-        value = draw(st.one_of(TEXT.map(_encode_field), ESCAPES,
-                               st.lists(ESCAPES, max_size=4).map("".join)))
+        name = draw(FIELD_NAMES)
+        value = draw(FIELD_VALUES)
         pairs.append(f"{_encode_field(name)}={value}")
     body = "&".join(pairs).encode("ascii")
     if draw(st.booleans()):
@@ -147,38 +152,46 @@ ISO = st.one_of(
 JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXT)
 JSON_ANY = st.recursive(JSON_LEAF, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=8)
+    max_leaves=6)
+CCIDS = st.one_of(st.just(CCID), TEXT, JSON_LEAF)
+CLIENT_STATES = st.one_of(st.just(base64.b64encode(b"c1").decode()), TEXT, JSON_LEAF)
+PAYLOAD_VALUES = st.one_of(TEXT, JSON_ANY)
+TRANSCRIPTION_DATA = st.one_of(
+    st.fixed_dictionaries({"transcript": TEXT}, optional={
+        "is_final": st.one_of(st.booleans(), TEXT),
+        "confidence": st.one_of(st.floats(), TEXT, st.none()),
+        "transcription_track": st.sampled_from(["inbound", "outbound", "both"]),
+    }), JSON_ANY)
+EVENT_TYPES = st.one_of(TELNYX_EVENTS, JSON_LEAF)
+EVENT_IDS = st.one_of(st.uuids().map(str), TEXT, JSON_LEAF)
 
 
 @st.composite
 def telnyx_payloads(draw: st.DrawFn) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     if draw(st.booleans()):
-        payload["call_control_id"] = draw(st.one_of(st.just(CCID), TEXT, JSON_LEAF))
+        payload["call_control_id"] = draw(CCIDS)
     if draw(st.booleans()):
-        payload["client_state"] = draw(st.one_of(
-            st.just(base64.b64encode(b"c1").decode()), TEXT, JSON_LEAF))
+        payload["client_state"] = draw(CLIENT_STATES)
     for key in ("direction", "from", "to", "digit", "digits", "result", "status",
                 "hangup_cause", "hangup_source", "speech"):
         if draw(st.integers(0, 3)) == 0:
-            payload[key] = draw(st.one_of(TEXT, JSON_ANY))
+            payload[key] = draw(PAYLOAD_VALUES)
     if draw(st.booleans()):
-        payload["transcription_data"] = draw(st.one_of(
-            st.fixed_dictionaries({"transcript": TEXT}, optional={
-                "is_final": st.one_of(st.booleans(), TEXT),
-                "confidence": st.one_of(st.floats(), TEXT, st.none()),
-                "transcription_track": st.sampled_from(["inbound", "outbound", "both"]),
-            }), JSON_ANY))
+        payload["transcription_data"] = draw(TRANSCRIPTION_DATA)
     return payload
+
+
+PAYLOADS = st.one_of(telnyx_payloads(), JSON_ANY)
 
 
 @st.composite
 def telnyx_envelopes(draw: st.DrawFn) -> bytes:
     data: dict[str, Any] = {
-        "event_type": draw(st.one_of(TELNYX_EVENTS, JSON_LEAF)),
-        "id": draw(st.one_of(st.uuids().map(str), TEXT, JSON_LEAF)),
+        "event_type": draw(EVENT_TYPES),
+        "id": draw(EVENT_IDS),
         "occurred_at": draw(ISO),
-        "payload": draw(st.one_of(telnyx_payloads(), JSON_ANY)),
+        "payload": draw(PAYLOADS),
     }
     for key in list(data):
         if draw(st.integers(0, 9)) == 0:
@@ -393,14 +406,21 @@ def _run(make: Any, requests: list[WebhookRequest]) -> list[int]:
     return statuses
 
 
+TWILIO_CONFIG = build_config({
+    "provider": "twilio", "fromNumber": "+15550001111", "publicUrl": PUBLIC,
+    "twilio": {"accountSid": "AC" + "0" * 32, "authToken": TOKEN,
+               "apiBaseUrl": "https://api.test"},
+    "tunnel": {"provider": "ngrok"},
+}, {})
+
+
 def _twilio(http: httpx.AsyncClient) -> TwilioProvider:
-    config = build_config({
-        "provider": "twilio", "fromNumber": "+15550001111", "publicUrl": PUBLIC,
-        "twilio": {"accountSid": "AC" + "0" * 32, "authToken": TOKEN,
-                   "apiBaseUrl": "https://api.test"},
-        "tunnel": {"provider": "ngrok"},
-    }, {})
-    return TwilioProvider(config, http)
+    return TwilioProvider(TWILIO_CONFIG, http)
+
+
+TWILIO_HOW = st.sampled_from(["valid", "random", "missing"])
+METHODS = st.sampled_from(["POST", "POST", "GET", "PUT"])
+PEERS = st.sampled_from(["127.0.0.1", "198.51.100.7"])
 
 
 @st.composite
@@ -410,15 +430,15 @@ def twilio_requests(draw: st.DrawFn) -> WebhookRequest:
     content_type = draw(CONTENT_TYPES)
     url = f"{PUBLIC}?{query}" if query else PUBLIC
     headers = {**draw(HEADERS), "content-type": content_type}
-    how = draw(st.sampled_from(["valid", "random", "missing"]))
+    how = draw(TWILIO_HOW)
     if how == "valid":
         headers["x-twilio-signature"] = compute_signature(TOKEN, url, form_params(body))
     elif how == "random":
         headers["x-twilio-signature"] = draw(TEXT)
-    method = draw(st.sampled_from(["POST", "POST", "GET", "PUT"]))
+    method = draw(METHODS)
     return WebhookRequest(method=method, path="/voice/webhook", query_string=query,
                           headers=headers, body=body,
-                          remote_addr=draw(st.sampled_from(["127.0.0.1", "198.51.100.7"])),
+                          remote_addr=draw(PEERS),
                           scheme="http", host="127.0.0.1:3334")
 
 
@@ -430,22 +450,28 @@ def test_twilio_shell_never_crashes_nor_answers_5xx(requests: list[WebhookReques
             assert status in (401, 405), status
 
 
+TELNYX_CONFIG = build_config({
+    "provider": "telnyx", "fromNumber": "+15550001111", "publicUrl": PUBLIC,
+    "inboundPolicy": "open",
+    "telnyx": {"apiKey": "KEY", "connectionId": "conn", "publicKey": PUBLIC_KEY,
+               "apiBaseUrl": "https://api.test"},
+}, {})
+
+
 def _telnyx(http: httpx.AsyncClient) -> TelnyxProvider:
-    config = build_config({
-        "provider": "telnyx", "fromNumber": "+15550001111", "publicUrl": PUBLIC,
-        "inboundPolicy": "open",
-        "telnyx": {"apiKey": "KEY", "connectionId": "conn", "publicKey": PUBLIC_KEY,
-                   "apiBaseUrl": "https://api.test"},
-    }, {})
-    return TelnyxProvider(config, http, clock=lambda: NOW_S)
+    return TelnyxProvider(TELNYX_CONFIG, http, clock=lambda: NOW_S)
+
+
+SHELL_TIMESTAMPS = st.one_of(st.just(str(int(NOW_S))), TIMESTAMP_HEADERS)
+TELNYX_HOW = st.sampled_from(["valid", "valid", "random", "missing"])
 
 
 @st.composite
 def telnyx_requests(draw: st.DrawFn) -> tuple[WebhookRequest, bool]:
     body = draw(TELNYX_BODIES)
-    how = draw(st.sampled_from(["valid", "valid", "random", "missing"]))
+    how = draw(TELNYX_HOW)
     headers = {"content-type": "application/json"}
-    timestamp = draw(st.one_of(st.just(str(int(NOW_S))), TIMESTAMP_HEADERS))
+    timestamp = draw(SHELL_TIMESTAMPS)
     if how == "valid":
         signed = timestamp.encode("utf-8", "surrogatepass")
         headers["telnyx-signature-ed25519"] = base64.b64encode(
