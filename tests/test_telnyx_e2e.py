@@ -24,7 +24,8 @@ import pytest
 import trio
 
 from voicecall_trio.calls import DEFAULT_GREETING
-from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, new_record
+from voicecall_trio.events import CallAnswered
+from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, apply, new_record
 from voicecall_trio.providers.telnyx import TelnyxProvider
 from voicecall_trio.providers.telnyx_rest import command_id
 from voicecall_trio.rpc.protocol import RpcError
@@ -481,6 +482,11 @@ async def test_key_forms_der_and_pem_are_accepted(store: Path) -> None:
 # -- restart reconciliation ---------------------------------------------------------------
 
 
+def write_journal(store: Path, record: CallRecord) -> None:
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "calls.jsonl").write_bytes(encode_record(record))
+
+
 def write_live_call(store: Path, ccid: str, *, mode: str = "conversation") -> CallRecord:
     """The journal as a daemon killed mid-call leaves it: an answered, listening call."""
     now = int(time.time() * 1000)
@@ -576,3 +582,29 @@ async def test_a_skewed_occurred_at_leaves_the_answered_call_live(store: Path, s
             await d.rpc("voicecall.end", {"callId": call_id})
             await fake.wait_delivery("call.hangup", ccid)
             assert (await status_of(d, call_id))["endReason"] == "hangup-bot"
+
+
+async def test_restart_keeps_a_call_answered_recently_by_a_delayed_event(store: Path) -> None:
+    """Killed mid-call: the journal holds a call the daemon answered 10 s ago from a Telnyx
+    event whose ``occurred_at`` was 6 minutes old (a delayed retry; maxDurationSeconds is
+    300). After the restart the call is resumed, not ended as ``timeout``."""
+    now = int(time.time() * 1000)
+    record = new_record(provider="telnyx", direction="outbound", from_=FROM, to=CALLEE,
+                        provider_call_id="v3:delayed", at=now - 20_000,
+                        metadata={"mode": "conversation", "initialSpoken": True})
+    record = apply(record, CallAnswered(id="late", timestamp=now - 370_000), now - 10_000)
+    write_journal(store, record)
+    with trio.fail_after(LIMIT_S):
+        async with FakeTelnyx() as fake:
+            fake.add_call("v3:delayed", from_=FROM, to=CALLEE, call_id=record.call_id,
+                          callee=fake.callee)
+            async with telnyx_daemon(fake, store) as d:
+                status = await d.rpc("voicecall.status", {})
+                assert [c["callId"] for c in status["calls"]] == [record.call_id]
+                call = await status_of(d, record.call_id)
+                assert call["state"] == "answered" and call["answeredAt"] == now - 10_000
+                assert fake.requests_for("hangup") == []
+                await d.rpc("voicecall.end", {"callId": record.call_id})
+                await fake.wait_delivery("call.hangup", "v3:delayed")
+                assert (await status_of(d, record.call_id))["endReason"] == "hangup-bot"
+            assert fake.requests_for("create") == []
