@@ -144,3 +144,86 @@ def test_record_json_uses_the_seed_field_names() -> None:
                                           else {"completed"}))
 def test_end_record_accepts_every_reason(reason: str) -> None:
     assert model.end_record(fresh(), reason).end_reason == reason  # type: ignore[arg-type]
+
+
+# -- the daemon's clock, not the carrier's (issue 8, item 4) ---------------------------------
+
+DAEMON_MS = 1_800_000_000_000  # "now" on the daemon's clock
+SKEWS_MS = [-3_600_000, -360_000, 0, 3_600_000]  # an hour behind, a delayed retry, ahead
+
+
+@pytest.mark.parametrize("skew", SKEWS_MS)
+def test_answer_and_end_times_are_the_daemons_clock(skew: int) -> None:
+    r = apply(fresh(), CallAnswered(id="a", timestamp=DAEMON_MS + skew), at=DAEMON_MS)
+    assert r.answered_at == DAEMON_MS
+    assert r.metadata["carrierAnsweredAt"] == DAEMON_MS + skew  # kept, for diagnostics
+    r = apply(r, CallSpeech(id="s", text="hello", timestamp=DAEMON_MS + skew),
+              at=DAEMON_MS + 500)
+    assert [e.timestamp for e in r.transcript] == [DAEMON_MS + 500]
+    r = apply(r, CallEnded(id="e", reason="completed", timestamp=DAEMON_MS + skew),
+              at=DAEMON_MS + 900)
+    assert (r.ended_at, r.metadata["carrierEndedAt"]) == (DAEMON_MS + 900, DAEMON_MS + skew)
+
+
+def test_a_callee_heard_before_any_answer_is_answered_on_the_daemons_clock() -> None:
+    r = apply(fresh(), CallSpeech(id="s", text="hi", timestamp=DAEMON_MS - 360_000),
+              at=DAEMON_MS)
+    assert r.answered_at == DAEMON_MS and r.transcript[0].timestamp == DAEMON_MS
+
+
+def test_without_a_clock_apply_falls_back_to_now_not_to_the_carrier(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "now_ms", lambda: DAEMON_MS)
+    r = apply(fresh(), CallAnswered(id="a", timestamp=DAEMON_MS - 360_000))
+    assert r.answered_at == DAEMON_MS
+
+
+@pytest.mark.parametrize("carrier_ms", [-1, 0, 253_402_300_800_000, 2**63 - 1])
+def test_absurd_carrier_timestamps_are_not_recorded(carrier_ms: int) -> None:
+    r = apply(fresh(), CallAnswered(id="a", timestamp=carrier_ms), at=DAEMON_MS)
+    assert r.answered_at == DAEMON_MS and "carrierAnsweredAt" not in r.metadata
+    r = apply(r, CallEnded(id="e", reason="completed", timestamp=carrier_ms), at=DAEMON_MS)
+    assert r.ended_at == DAEMON_MS and "carrierEndedAt" not in r.metadata
+
+
+def test_carrier_times_stay_two_keys_however_many_events() -> None:
+    r = apply(fresh(), CallAnswered(id="a", timestamp=DAEMON_MS - 1), at=DAEMON_MS)
+    for i in range(50):
+        r = apply(r, CallSpeech(id=f"s{i}", text="x", timestamp=DAEMON_MS + i), at=DAEMON_MS)
+        r = apply(r, CallAnswered(id=f"a{i}", timestamp=DAEMON_MS + i), at=DAEMON_MS)
+    assert r.metadata["carrierAnsweredAt"] == DAEMON_MS - 1  # the first answer only
+    assert [k for k in r.metadata if k.startswith("carrier")] == ["carrierAnsweredAt"]
+
+
+def test_callers_with_a_clock_need_no_global_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden() -> object:
+        raise AssertionError("a fallback ran although the caller passed a clock/id")
+
+    monkeypatch.setattr(model, "now_ms", forbidden)
+    monkeypatch.setattr(model, "new_call_id", forbidden)
+    r = new_record(provider="mock", direction="outbound", from_="+15550001111",
+                   to="+15550002222", call_id="c1", at=DAEMON_MS)
+    r = apply(r, CallAnswered(id="a"), DAEMON_MS + 1)
+    r = model.end_record(r, "timeout", DAEMON_MS + 2)
+    assert (r.started_at, r.answered_at, r.ended_at) == (DAEMON_MS, DAEMON_MS + 1, DAEMON_MS + 2)
+
+
+# -- text in a record is valid Unicode (issue 8, item 5) -------------------------------------
+
+def test_lone_surrogates_never_reach_a_record() -> None:
+    r = apply(fresh(), CallAnswered(id="a"), at=DAEMON_MS)
+    r = apply(r, CallSpeaking(id="b", text="bot \ud83d"), at=DAEMON_MS)
+    r = apply(r, CallSpeech(id="u", text="user \udc00!"), at=DAEMON_MS)
+    r = apply(r, CallDtmf(id="d", digits="1\ud800"), at=DAEMON_MS)
+    r = apply(r, CallError(id="e", error="oops \udfff", retryable=True), at=DAEMON_MS)
+    assert [e.text for e in r.transcript] == ["bot \ufffd", "user \ufffd!"]
+    assert (r.metadata["dtmf"], r.metadata["lastError"]) == ("1\ufffd", "oops \ufffd")
+    msgspec.json.encode(r).decode("utf-8")  # journaling it cannot fail
+
+
+def test_dtmf_metadata_is_bounded() -> None:
+    r = apply(fresh(), CallAnswered(id="a"), at=DAEMON_MS)
+    for i in range(100):
+        r = apply(r, CallDtmf(id=f"d{i}", digits="0123456789"), at=DAEMON_MS)
+    assert len(r.metadata["dtmf"]) == model.MAX_DTMF_CHARS
+    assert r.metadata["dtmf"].endswith("0123456789")

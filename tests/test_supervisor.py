@@ -169,10 +169,10 @@ async def test_recovery_never_dials_and_ends_what_cannot_resume(
                            call_id="undialled", at=now_ms)
     stale = apply(new_record(provider="mock", direction="outbound", from_="+1555", to="+1556",
                              call_id="stale", provider_call_id="p-stale", at=now_ms - 900_000),
-                  CallAnswered(id="a", timestamp=now_ms - 900_000))
+                  CallAnswered(id="a"), now_ms - 900_000)  # answered, on the daemon's clock
     lost = apply(new_record(provider="mock", direction="outbound", from_="+1555", to="+1556",
                             call_id="lost", provider_call_id="p-lost", at=now_ms),
-                 CallAnswered(id="a", timestamp=now_ms))
+                 CallAnswered(id="a"), now_ms)
     from voicecall_trio.store import encode_record
 
     replayed = replay_bytes(b"".join(encode_record(x) for x in (undialled, stale, lost)))

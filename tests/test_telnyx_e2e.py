@@ -24,7 +24,8 @@ import pytest
 import trio
 
 from voicecall_trio.calls import DEFAULT_GREETING
-from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, new_record
+from voicecall_trio.events import CallAnswered
+from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, apply, new_record
 from voicecall_trio.providers.telnyx import TelnyxProvider
 from voicecall_trio.providers.telnyx_rest import command_id
 from voicecall_trio.rpc.protocol import RpcError
@@ -481,6 +482,11 @@ async def test_key_forms_der_and_pem_are_accepted(store: Path) -> None:
 # -- restart reconciliation ---------------------------------------------------------------
 
 
+def write_journal(store: Path, record: CallRecord) -> None:
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "calls.jsonl").write_bytes(encode_record(record))
+
+
 def write_live_call(store: Path, ccid: str, *, mode: str = "conversation") -> CallRecord:
     """The journal as a daemon killed mid-call leaves it: an answered, listening call."""
     now = int(time.time() * 1000)
@@ -543,4 +549,62 @@ async def test_restart_ends_a_call_the_carrier_does_not_know(store: Path) -> Non
                 assert [(r.action, r.status) for r in fake.requests] == [("get", 404)]
                 final = await status_of(d, record.call_id)
                 assert final["state"] in ("completed", "error")
+            assert fake.requests_for("create") == []
+
+
+# -- the daemon's clock, not the carrier's (issue 8, item 4) -------------------------------
+
+@pytest.mark.parametrize("skew_s", [-360.0, -3600.0, 3600.0])
+async def test_a_skewed_occurred_at_leaves_the_answered_call_live(store: Path, skew_s: float
+                                                                  ) -> None:
+    """Correctly signed events whose ``occurred_at`` is 6 min / 1 h old (a delayed retry) or
+    1 h ahead: the answered call stays live, ``answeredAt`` is the daemon's time."""
+    with trio.fail_after(LIMIT_S):
+        async with (
+            FakeTelnyx(api_key=API_KEY, clock_skew_s=skew_s) as fake,
+            telnyx_daemon(fake, store) as d,
+        ):
+            call_id = (await d.rpc("voicecall.initiate", {
+                "to": CALLEE, "message": "Hello there.", "mode": "conversation"}))["callId"]
+            ccid = (await fake.wait_call(call_id)).call_control_id
+            answered = await fake.wait_delivery("call.answered", ccid)
+            assert answered.status == 200
+            # the daemon acted on the answer (greeting spoken, transcription started), or
+            # ended the call at once when a timer counted from the carrier's clock
+            await fake.wait_for(lambda: bool(fake.requests_for("transcription_start", ccid)
+                                             or fake.requests_for("hangup", ccid)))
+            call = await status_of(d, call_id)
+            assert call["state"] not in ("timeout", "hangup-bot", "error"), call
+            assert abs(call["answeredAt"] - time.time() * 1000) < 1000
+            assert abs(call["metadata"]["carrierAnsweredAt"]
+                       - (call["answeredAt"] + skew_s * 1000)) < 2000
+            assert fake.requests_for("hangup", ccid) == []
+            await d.rpc("voicecall.end", {"callId": call_id})
+            await fake.wait_delivery("call.hangup", ccid)
+            assert (await status_of(d, call_id))["endReason"] == "hangup-bot"
+
+
+async def test_restart_keeps_a_call_answered_recently_by_a_delayed_event(store: Path) -> None:
+    """Killed mid-call: the journal holds a call the daemon answered 10 s ago from a Telnyx
+    event whose ``occurred_at`` was 6 minutes old (a delayed retry; maxDurationSeconds is
+    300). After the restart the call is resumed, not ended as ``timeout``."""
+    now = int(time.time() * 1000)
+    record = new_record(provider="telnyx", direction="outbound", from_=FROM, to=CALLEE,
+                        provider_call_id="v3:delayed", at=now - 20_000,
+                        metadata={"mode": "conversation", "initialSpoken": True})
+    record = apply(record, CallAnswered(id="late", timestamp=now - 370_000), now - 10_000)
+    write_journal(store, record)
+    with trio.fail_after(LIMIT_S):
+        async with FakeTelnyx() as fake:
+            fake.add_call("v3:delayed", from_=FROM, to=CALLEE, call_id=record.call_id,
+                          callee=fake.callee)
+            async with telnyx_daemon(fake, store) as d:
+                status = await d.rpc("voicecall.status", {})
+                assert [c["callId"] for c in status["calls"]] == [record.call_id]
+                call = await status_of(d, record.call_id)
+                assert call["state"] == "answered" and call["answeredAt"] == now - 10_000
+                assert fake.requests_for("hangup") == []
+                await d.rpc("voicecall.end", {"callId": record.call_id})
+                await fake.wait_delivery("call.hangup", "v3:delayed")
+                assert (await status_of(d, record.call_id))["endReason"] == "hangup-bot"
             assert fake.requests_for("create") == []

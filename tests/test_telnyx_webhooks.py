@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from voicecall_trio.events import (
+    MAX_FIELD_CHARS,
+    MAX_TEXT_CHARS,
     CallActive,
     CallAnswered,
     CallDtmf,
@@ -204,3 +206,68 @@ def test_machine_results() -> None:
     assert [machine_result(v) for v in ("human", "machine", "not_sure", None,
                                         "human_residence", "fax_detected")] == [
         "human", "machine", "unknown", "unknown", "human", "machine"]
+
+
+# -- carrier text and times (issue 8, items 4 and 5) -----------------------------------------
+
+def transcription(text: str, **data: Any) -> bytes:
+    return with_payload("call.transcription_final", transcription_data={
+        "transcript": text, "is_final": True, "transcription_track": "inbound", **data})
+
+
+def test_a_lone_surrogate_escape_is_a_parse_error() -> None:
+    body = transcription("cut \ud83d")  # json.dumps writes the escape "\\ud83d"
+    assert b"\\ud83d" in body
+    with pytest.raises(TelnyxParseError):
+        parse_webhook(body)
+    with pytest.raises(TelnyxParseError):
+        parse_webhook(with_payload("call.initiated", **{"from": "\udc00"}))
+
+
+def test_a_surrogate_pair_is_an_emoji() -> None:
+    (speech,) = parse_webhook(transcription("ok \U0001f600")).events
+    assert isinstance(speech, CallSpeech) and speech.text == "ok \U0001f600"
+
+
+def test_huge_carrier_fields_are_bounded() -> None:
+    huge = "y" * 1_048_576
+    (speech,) = parse_webhook(transcription(huge)).events
+    assert isinstance(speech, CallSpeech) and len(speech.text) == MAX_TEXT_CHARS
+    hook = parse_webhook(with_payload("call.initiated", **{"from": huge, "to": huge}))
+    assert len(hook.from_) == MAX_FIELD_CHARS and len(hook.to) == MAX_FIELD_CHARS
+    (dtmf,) = parse_webhook(with_payload("call.dtmf.received", digit="5" * 100_000)).events
+    assert isinstance(dtmf, CallDtmf) and len(dtmf.digits) == MAX_FIELD_CHARS
+    (gathered, _) = parse_webhook(with_payload("call.gather.ended", speech=huge)).events
+    assert isinstance(gathered, CallSpeech) and len(gathered.text) == MAX_TEXT_CHARS
+
+
+@pytest.mark.parametrize("field", ["id", "event_type"])
+def test_absurdly_long_ids_are_refused(field: str) -> None:
+    body = json.loads(raw("call.answered"))
+    body["data"][field] = "call." + "e" * 1000
+    with pytest.raises(TelnyxParseError):
+        parse_webhook(json.dumps(body).encode())
+    with pytest.raises(TelnyxParseError):
+        parse_webhook(with_payload("call.answered", call_control_id="v3:" + "c" * 1000))
+
+
+@pytest.mark.parametrize("confidence", ["nan", "inf", "-inf"])
+def test_a_non_finite_confidence_is_dropped(confidence: str) -> None:
+    (speech,) = parse_webhook(transcription("hello", confidence=confidence)).events
+    assert isinstance(speech, CallSpeech) and speech.confidence is None
+
+
+@pytest.mark.parametrize("occurred_at", [
+    "9999-12-31T23:59:59-23:59",  # past year 9999 in UTC
+    "0001-01-01T00:00:00+23:59",  # before the epoch
+    "1969-12-31T23:59:59Z", "not a date", "", "2" * 5000, 5, None,
+])
+def test_implausible_occurred_at_is_unknown_not_an_error(occurred_at: Any) -> None:
+    body = json.loads(raw("call.answered"))
+    body["data"]["occurred_at"] = occurred_at
+    try:
+        hook = parse_webhook(json.dumps(body).encode())
+    except TelnyxParseError:
+        assert not isinstance(occurred_at, str | None)  # a number is not a date string
+        return
+    assert hook.occurred_at_ms == 0 and hook.events[0].timestamp == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -782,3 +783,32 @@ async def test_fake_follows_twiml_verbs_and_signs_every_request() -> None:
     assert call.said == ["One & two", "Say something", "Bye"]
     assert call.replies == ["yes", "5"] and call.ended_by == "twiml"
     assert call.status == "completed" and call.errors == []
+
+
+# -- the daemon's clock, not the carrier's (issue 8, item 4) --------------------------------------
+
+
+@pytest.mark.parametrize("skew_s", [-360.0, -3600.0, 3600.0])
+async def test_a_skewed_carrier_timestamp_leaves_the_answered_call_live(skew_s: float) -> None:
+    """A status callback whose ``Timestamp`` is 6 min / 1 h old or 1 h ahead: the call stays
+    live and ``answeredAt`` is the daemon's time (maxDurationSeconds is 300 s)."""
+    async with fake_twilio(clock_skew_s=skew_s) as fake, twilio_daemon(fake) as d:
+        fake.callees[CALLEE] = Callee(script=SCRIPT)
+        call_id = await initiate(d, "Hello there.", "conversation")
+        twilio = twilio_call_of(fake, call_id)
+        # the answered callback was handled, then the TwiML fetched and answered (or, when a
+        # timer counted from the carrier's clock, the call was hung up at once)
+        await wait_fake(fake, lambda: twilio.terminal or any(
+            x.status == 200 for x in fake.deliveries_for(twilio.sid, "fetch")))
+        (answered,) = [c for c in fake.deliveries_for(twilio.sid, "status")
+                       if c.param("CallStatus") == "in-progress"]
+        assert answered.status == 200
+        call = await status(d, call_id)
+        assert call["state"] not in ("timeout", "completed", "error"), call
+        assert abs(call["answeredAt"] - time.time() * 1000) < 1000
+        assert abs(call["metadata"]["carrierAnsweredAt"]
+                   - (call["answeredAt"] + skew_s * 1000)) < 2000  # kept, for diagnostics
+        assert (await d.rpc("daemon.health"))["activeCalls"] == 1
+        await d.rpc("voicecall.end", {"callId": call_id})
+        await call_done(d, call_id)
+        assert (await status(d, call_id))["endReason"] == "hangup-bot"

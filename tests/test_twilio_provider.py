@@ -639,3 +639,46 @@ async def test_without_public_url_twiml_points_at_the_signed_url(
 
 async def test_protocol_attributes(provider: TwilioProvider) -> None:
     assert provider.name == "twilio" and provider.speaks_initial_message is True
+
+
+# -- forwarded hosts behind a tunnel (issue 8, item 10) --------------------------------------
+
+
+async def test_the_tunnel_url_reported_later_is_the_only_forwarded_host_believed(
+        http: httpx.AsyncClient) -> None:
+    """ngrok (allowNgrokFreeTier), no publicUrl, empty allowedHosts: until the tunnel reports
+    its URL no forwarded host counts; then only the tunnel's own host does."""
+    config = make_config(publicUrl=None, tunnel={"provider": "ngrok"})
+    provider = TwilioProvider(config, http)
+    directory = FakeDirectory()
+    record = directory.add(outbound())
+    query = f"callId={record.call_id}&type=status"
+    params = dict(answer_params(), CallbackSource="call-progress-events", SequenceNumber="1")
+
+    def forwarded(host: str) -> WebhookRequest:
+        url = f"https://{host}/voice/webhook?{query}"
+        return WebhookRequest(
+            method="POST", path="/voice/webhook", query_string=query,
+            headers={"content-type": "application/x-www-form-urlencoded",
+                     "x-forwarded-host": host, "x-forwarded-proto": "https",
+                     "x-twilio-signature": compute_signature(TOKEN, url, params)},
+            body=urlencode(params).encode(), remote_addr="127.0.0.1", scheme="http",
+            host="tunnel.ngrok.app")
+
+    # signed for another host (same account), replayed through the tunnel
+    assert (await provider.handle_webhook(forwarded("other.example.com"), directory)
+            ).status == 401
+    # what still works with no URL known: the Host the tunnel routed by, and its proto
+    assert (await provider.handle_webhook(forwarded("tunnel.ngrok.app"), directory)
+            ).status == 200
+    provider.set_public_url("https://tunnel.ngrok.app")
+    params["SequenceNumber"] = "2"
+    assert (await provider.handle_webhook(forwarded("other.example.com"), directory)
+            ).status == 401
+    assert (await provider.handle_webhook(forwarded("tunnel.ngrok.app"), directory)
+            ).status == 200
+    assert directory.kinds() == ["CallAnswered", "CallAnswered"]
+    provider.set_public_url("https://moved.ngrok.app")  # the tunnel restarted elsewhere
+    params["SequenceNumber"] = "3"
+    assert (await provider.handle_webhook(forwarded("tunnel.ngrok.app"), directory)
+            ).status == 401

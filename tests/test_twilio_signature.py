@@ -18,6 +18,7 @@ from voicecall_trio.providers.twilio_signature import (
     port_variants,
     reconstruct_urls,
     signed_string,
+    tunnel_vouches_for,
     validate,
     verify_request,
 )
@@ -207,7 +208,8 @@ def test_rfc7239_forwarded_and_forwarded_port() -> None:
 
 
 def test_ngrok_free_tier_trusts_forwarding_only_from_loopback() -> None:
-    policy = UrlPolicy(ngrok_loopback=True)
+    # the operator lists the tunnel's host; the request names it in X-Forwarded-Host
+    policy = UrlPolicy(ngrok_loopback=True, allowed_hosts=("public.example.com",))
     assert verify_request(
         TOKEN, policy, _request(signed_url=FWD_URL, headers=FWD, remote="127.0.0.1")).ok
     assert verify_request(
@@ -314,3 +316,101 @@ def test_body_hash_parameter_is_found_as_parse_qs_finds_it() -> None:
         method="POST", path="/voice/webhook", query_string=query, body=body + b" ",
         headers=dict(signed.headers), host="voice.example.com", scheme="https")
     assert verify_request(TOKEN, policy, tampered).reason == "body hash mismatch"
+
+
+# -- forwarded hosts behind a tunnel (issue 8, item 10) --------------------------------------
+#
+# The official-SDK vector "VALID counterpart: public https URL rebuilt from X-Forwarded-*" is
+# a request Twilio signed for https://public.example.com/twilio/voice. Replayed to a daemon
+# whose tunnel is https://tunnel.ngrok.app, it arrives from the ngrok agent (loopback) with
+# the tunnel's Host and whatever X-Forwarded-Host the attacker wrote.
+
+TUNNEL_HOST = "tunnel.ngrok.app"
+
+
+def _forwarded_vector() -> dict[str, Any]:
+    for case in CASES:
+        if case["note"].startswith("VALID counterpart: public https URL rebuilt"):
+            return case
+    pytest.skip("forwarded-host vector not found")
+
+
+def _replayed(case: dict[str, Any], *, forwarded_host: str | None = "public.example.com",
+              host: str = TUNNEL_HOST, remote: str = "127.0.0.1") -> WebhookRequest:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(case["url"])
+    headers = {"x-twilio-signature": case["expected_signature"],
+               "content-type": "application/x-www-form-urlencoded",
+               "x-forwarded-proto": "https"}
+    if forwarded_host is not None:
+        headers["x-forwarded-host"] = forwarded_host
+    return WebhookRequest(method="POST", path=url.path, query_string=url.query,
+                          headers=headers, body=case["form_body"].encode(),
+                          remote_addr=remote, scheme="http", host=host)
+
+
+@needs_vectors
+def test_tunnel_cannot_be_used_to_replay_a_request_signed_for_another_host() -> None:
+    case = _forwarded_vector()
+    token = case["auth_token"]
+    tunnel = UrlPolicy(ngrok_loopback=True, public_url=f"https://{TUNNEL_HOST}/twilio/voice")
+    check = verify_request(token, tunnel, _replayed(case))
+    assert not check.ok
+    assert all("public.example.com" not in url for url in check.tried_urls)
+    # no tunnel URL known yet and no allowedHosts: no forwarded host is believed at all
+    unknown = UrlPolicy(ngrok_loopback=True)
+    check = verify_request(token, unknown, _replayed(case))
+    assert not check.ok and all("public.example.com" not in u for u in check.tried_urls)
+    # RFC 7239 and X-Original-Host are forwarded hosts too
+    for name, value in (("forwarded", "proto=https;host=public.example.com"),
+                        ("x-original-host", "public.example.com")):
+        request = _replayed(case, forwarded_host=None)
+        request = WebhookRequest(**{**_fields(request),
+                                    "headers": {**request.headers, name: value}})
+        assert not verify_request(token, tunnel, request).ok, name
+        assert not verify_request(token, unknown, request).ok, name
+
+
+@needs_vectors
+def test_tunnel_forwarded_host_counts_for_the_tunnels_own_host_or_an_allowed_one() -> None:
+    case = _forwarded_vector()
+    token = case["auth_token"]
+    # the signed host is the tunnel's own (the public URL in force): accepted
+    own = UrlPolicy(ngrok_loopback=True, public_url="https://PUBLIC.example.com/elsewhere")
+    check = verify_request(token, own, _replayed(case))
+    assert check.ok and check.url == case["signed_url"]
+    # the operator listed it
+    listed = UrlPolicy(ngrok_loopback=True, allowed_hosts=("public.example.com",))
+    assert verify_request(token, listed, _replayed(case)).ok
+    # a proxy the operator trusts still names any allowed host (unchanged)
+    proxy = UrlPolicy(trust_forwarding_headers=True)
+    assert verify_request(token, proxy, _replayed(case)).ok
+    # ngrok passes the public Host through: with no URL known yet the Host and the
+    # forwarded proto rebuild the signed URL, so verification still works
+    assert verify_request(token, UrlPolicy(ngrok_loopback=True),
+                          _replayed(case, forwarded_host=None, host="public.example.com")).ok
+    # and from anywhere but loopback the tunnel rule does not apply at all
+    assert not verify_request(token, own, _replayed(case, remote="198.51.100.7",
+                                                    host=TUNNEL_HOST)).ok
+
+
+def test_tunnel_vouches_only_for_its_own_host() -> None:
+    policy = UrlPolicy(ngrok_loopback=True, public_url="https://user@Tunnel.ngrok.app:8443/x")
+    assert tunnel_vouches_for(policy, "tunnel.ngrok.app")
+    assert tunnel_vouches_for(policy, "TUNNEL.ngrok.app:443")
+    assert not tunnel_vouches_for(policy, "evil.ngrok.app")
+    assert not tunnel_vouches_for(policy, "tunnel.ngrok.app.evil.example")
+    assert not tunnel_vouches_for(UrlPolicy(ngrok_loopback=True), "tunnel.ngrok.app")
+    listed = UrlPolicy(ngrok_loopback=True, allowed_hosts=("*.example.com",))
+    assert tunnel_vouches_for(listed, "a.example.com")
+    assert not tunnel_vouches_for(listed, "example.org")
+
+
+def test_a_lone_surrogate_in_a_forwarded_host_is_no_match_not_an_exception() -> None:
+    # found by tests/fuzz/test_fuzz_carriers.py: hmac over a str that cannot be UTF-8
+    policy = UrlPolicy(trust_forwarding_headers=True)
+    request = _request(signed_url=FWD_URL, headers={"x-forwarded-host": "\ud83d"})
+    check = verify_request(TOKEN, policy, request)
+    assert not check.ok and check.reason == "invalid signature"
+    assert not validate(TOKEN, "https://a.example/\udc00", {"k": "\ud83d"}, "AAAA").ok

@@ -10,6 +10,8 @@ from urllib.parse import urlencode
 import pytest
 
 from voicecall_trio.events import (
+    MAX_FIELD_CHARS,
+    MAX_TEXT_CHARS,
     CallAnswered,
     CallDtmf,
     CallEnded,
@@ -220,3 +222,80 @@ def test_unreadable(body: bytes, query: str, ctype: str) -> None:
 
 def test_canceled_documented_as_no_answer() -> None:
     assert STATUS_END_REASONS["canceled"] == "no-answer"
+
+
+# -- carrier text and times (issue 8, items 4 and 5) -----------------------------------------
+
+def _gather(**changes: str) -> dict[str, str]:
+    params = dict(HOOKS["gather_speech_result"]["params"])
+    params.update(changes)
+    return params
+
+
+def test_a_percent_encoded_surrogate_becomes_a_replacement_character() -> None:
+    # %ED%A0%BD is the UTF-8 form of the lone surrogate U+D83D (an emoji cut in half)
+    params = dict(HOOKS["gather_speech_result"]["params"])
+    params.pop("SpeechResult")
+    body = _body(params) + b"&SpeechResult=hi+%F0%9F%98%80+%ED%A0%BD"
+    (speech,) = parse_webhook(body, "callId=c&type=gather&turn=T").events
+    assert isinstance(speech, CallSpeech)
+    assert speech.text.startswith("hi \U0001f600 \ufffd")
+    speech.text.encode("utf-8")  # strict: it can be journaled
+
+
+def test_a_json_body_with_a_lone_surrogate_escape_is_refused() -> None:
+    body = json.dumps(_gather(SpeechResult="cut \ud83d")).encode()  # ASCII: "\\ud83d"
+    assert b"\\ud83d" in body
+    with pytest.raises(WebhookParseError):
+        parse_webhook(body, "callId=c&type=gather&turn=T", "application/json")
+
+
+def test_raw_invalid_utf8_in_a_form_is_refused() -> None:
+    with pytest.raises(WebhookParseError):
+        parse_webhook(b"CallSid=CA1&SpeechResult=\xed\xa0\xbd", "callId=c&type=gather&turn=T")
+
+
+def test_huge_carrier_fields_are_bounded() -> None:
+    huge = "x" * 1_048_576
+    params = _gather(SpeechResult=huge, Digits="1" * 100_000, From=huge, To=huge,
+                     Confidence="9" * 5000)
+    hook = parse_webhook(_body(params), "callId=c&type=gather&turn=T")
+    speech, dtmf = hook.events
+    assert isinstance(speech, CallSpeech) and isinstance(dtmf, CallDtmf)
+    assert len(speech.text) == MAX_TEXT_CHARS
+    assert len(dtmf.digits) <= MAX_FIELD_CHARS
+    assert len(hook.from_) <= MAX_FIELD_CHARS and len(hook.to) <= MAX_FIELD_CHARS
+    assert speech.confidence is None or speech.confidence < float("inf")
+
+
+@pytest.mark.parametrize("confidence", ["inf", "-inf", "nan", "1e999"])
+def test_a_non_finite_confidence_is_dropped(confidence: str) -> None:
+    (speech, *_) = parse_webhook(_body(_gather(Confidence=confidence)),
+                                 "callId=c&type=gather&turn=T").events
+    assert isinstance(speech, CallSpeech) and speech.confidence is None
+
+
+def test_an_absurdly_long_callsid_is_refused() -> None:
+    with pytest.raises(WebhookParseError):
+        parse_webhook(_body(_gather(CallSid="CA" + "0" * 300)), "callId=c&type=gather&turn=T")
+
+
+ANSWERED = {"CallSid": "CA1", "CallStatus": "in-progress", "CallbackSource":
+            "call-progress-events", "SequenceNumber": "1"}
+
+
+@pytest.mark.parametrize("stamp", [
+    "Mon, 1 Jan 99999999999 00:00:00 +0000",  # overflows the C time functions
+    "Fri, 31 Dec 9999 23:59:59 -2359",  # past year 9999 in UTC
+    "Thu, 01 Jan 1970 00:00:00 +0100",  # before the epoch
+    "yesterday", "", "9" * 5000, "Mon, 32 Jan 2026 00:00:00 +0000",
+])
+def test_implausible_timestamps_are_unknown_not_errors(stamp: str) -> None:
+    (event,) = parse_webhook(_body({**ANSWERED, "Timestamp": stamp}), "type=status").events
+    assert isinstance(event, CallAnswered) and event.timestamp == 0
+
+
+def test_a_plausible_timestamp_is_kept_for_diagnostics() -> None:
+    stamp = "Tue, 01 Dec 2026 10:00:00 +0000"
+    (event,) = parse_webhook(_body({**ANSWERED, "Timestamp": stamp}), "type=status").events
+    assert event.timestamp == 1_796_119_200_000

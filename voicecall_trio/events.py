@@ -11,6 +11,8 @@ Events are msgspec tagged unions (tag field ``type``), so they encode to the sam
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Literal
 
 import msgspec
@@ -29,6 +31,48 @@ EndReason = Literal[
 ]
 END_REASONS: frozenset[str] = frozenset(EndReason.__args__)  # type: ignore[attr-defined,unused-ignore]
 
+# -- carrier input that lands in a record: valid Unicode, bounded ---------------------------
+#
+# Text from carriers (transcripts, numbers, caller ids) goes into call records, the journal
+# and RPC replies, all UTF-8. A lone surrogate (a JSON "\ud83d" escape, what a gateway sends
+# when it cuts a UTF-16 string inside an emoji) cannot be encoded as UTF-8, so one such
+# character in a record would break every later encode of it. The carrier parsers pass their
+# text through ``carrier_text`` and the model repairs what it stores, so no record ever holds
+# one. The limits are far above anything a carrier sends; they only stop a 1 MiB "transcript
+# line" from becoming a 1 MiB journal line on every change of the call.
+MAX_TEXT_CHARS = 4096  # one transcript line (Twilio SpeechResult, a Telnyx transcript)
+MAX_FIELD_CHARS = 256  # a number, a SIP URI, DTMF digits of one event, an error message
+MAX_ID_CHARS = 256  # CallSid (34), call_control_id (~80), Telnyx event id (36)
+# Carrier timestamps outside [epoch, year 9999] are noise, not dates.
+MAX_CARRIER_TIMESTAMP_MS = 253_402_300_799_999
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (UTF-8 encodable)."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def carrier_text(text: str | None, limit: int = MAX_FIELD_CHARS) -> str:
+    """Carrier text as a record may hold it: valid Unicode, at most ``limit`` characters."""
+    if not text:
+        return ""
+    return valid_unicode(text[:limit])
+
+
+def carrier_timestamp_ms(seconds: float) -> int:
+    """Seconds since the epoch -> ms, or 0 (unknown) when it is not a plausible date."""
+    if not math.isfinite(seconds):
+        return 0
+    ms = int(seconds * 1000)
+    return ms if 0 < ms <= MAX_CARRIER_TIMESTAMP_MS else 0
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
 
 class CallEvent(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, rename="camel"):
     """Common fields: ``id`` deduplicates; a call is found by ``call_id`` then ``provider_call_id``."""
@@ -36,7 +80,10 @@ class CallEvent(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, ren
     id: str
     call_id: str | None = None
     provider_call_id: str | None = None
-    timestamp: int = 0  # ms since the epoch; 0 means "when applied"
+    # when the carrier says it happened, ms since the epoch on the *carrier's* clock (0:
+    # unknown). Diagnostics only: the model times everything by when the daemon learned of
+    # the event (``model.apply``'s ``at``), so a skewed or delayed carrier cannot move timers.
+    timestamp: int = 0
 
 
 class CallInitiated(CallEvent, tag="call.initiated", frozen=True):

@@ -6,6 +6,10 @@ with plain values, in the manner of h11's state table. ``apply`` is idempotent p
 and a terminal record never changes again; those two rules are what make duplicate and
 replayed webhooks harmless.
 
+Two more rules make carrier input harmless: every time the daemon acts on is the daemon's
+own (``apply``'s ``at``), never a carrier timestamp; and text stored in a record is valid
+Unicode (a lone surrogate becomes U+FFFD), so a record can always be encoded.
+
 Field names and state names are the seed's (``calls.jsonl`` readers keep working).
 """
 
@@ -19,6 +23,7 @@ from typing import Any
 import msgspec
 
 from .events import (
+    MAX_CARRIER_TIMESTAMP_MS,
     CallActive,
     CallAnswered,
     CallDtmf,
@@ -33,9 +38,14 @@ from .events import (
     CallSpoken,
     Direction,
     EndReason,
+    carrier_text,
+    valid_unicode,
 )
 
 MAX_REMEMBERED_EVENT_IDS = 256
+MAX_DTMF_CHARS = 256  # the digits a call's metadata keeps (the latest ones)
+# metadata keys for the carrier's own clock, kept for diagnostics only: nothing acts on them
+CARRIER_TIME_KEYS: dict[str, str] = {"answered": "carrierAnsweredAt", "ended": "carrierEndedAt"}
 
 
 class CallState(enum.StrEnum):
@@ -181,18 +191,42 @@ def _moved(record: CallRecord, target: CallState, at: int, **changes: Any) -> Ca
 
 
 def apply(record: CallRecord, event: CallEvent, at: int | None = None) -> CallRecord:
-    """Return the record after ``event``; the same object when the event changes nothing."""
+    """Return the record after ``event``; the same object when the event changes nothing.
+
+    ``at`` is when the daemon learned of the event, on the daemon's clock (callers with a
+    clock pass it; ``now_ms()`` is only a fallback). Every time in the record that the
+    daemon acts on (``answeredAt``, ``endedAt``, transcript times) is ``at``, never the
+    carrier's ``event.timestamp``: a delayed retry or a carrier clock an hour off must not
+    start a call's ``maxDurationSeconds`` in the past or the future. The carrier's time of
+    an answer or an end is kept in ``metadata`` (``carrierAnsweredAt``, ``carrierEndedAt``)
+    for diagnostics only.
+    """
     if record.terminal or event.id in record.processed_event_ids:
         return record
-    at = event.timestamp or (at if at is not None else now_ms())
+    at = at if at is not None else now_ms()
     changes: dict[str, Any] = {}
     if event.provider_call_id and not record.provider_call_id:
         changes["provider_call_id"] = event.provider_call_id
     nxt = _apply_kind(record, event, at, changes)
     if nxt is record:
         return record
+    nxt = _note_carrier_time(record, nxt, event.timestamp)
     ids = (*record.processed_event_ids, event.id)[-MAX_REMEMBERED_EVENT_IDS:]
     return msgspec.structs.replace(nxt, processed_event_ids=ids)
+
+
+def _note_carrier_time(before: CallRecord, after: CallRecord, carrier_ms: int) -> CallRecord:
+    """Record the carrier's timestamp of an answer or an end (at most two keys, ever)."""
+    if not 0 < carrier_ms <= MAX_CARRIER_TIMESTAMP_MS:
+        return after
+    key = None
+    if after.terminal:
+        key = CARRIER_TIME_KEYS["ended"]
+    elif after.answered_at is not None and before.answered_at is None:
+        key = CARRIER_TIME_KEYS["answered"]
+    if key is None:
+        return after
+    return with_metadata(after, **{key: carrier_ms})
 
 
 def _apply_kind(
@@ -206,12 +240,14 @@ def _apply_kind(
         case CallActive():
             return _moved(record, CallState.ACTIVE, at, **changes)
         case CallSpeaking(text=text):
+            text = valid_unicode(text)
             if text:
                 changes["transcript"] = (*record.transcript, TranscriptEntry(at, "bot", text))
             return _moved(record, CallState.SPEAKING, at, **changes)
         case CallSpoken():
             return _moved(record, CallState.LISTENING, at, **changes)
         case CallSpeech(text=text, is_final=is_final):
+            text = valid_unicode(text)
             if is_final and text:
                 changes["transcript"] = (*record.transcript, TranscriptEntry(at, "user", text))
             if record.state is CallState.SPEAKING or not record.state.connected:
@@ -223,17 +259,17 @@ def _apply_kind(
             return msgspec.structs.replace(record, **changes) if changes else _touch(record)
         case CallDtmf(digits=digits):
             meta = dict(record.metadata)
-            meta["dtmf"] = str(meta.get("dtmf", "")) + digits
+            meta["dtmf"] = (str(meta.get("dtmf", "")) + carrier_text(digits))[-MAX_DTMF_CHARS:]
             return msgspec.structs.replace(record, metadata=meta, **changes)
         case CallMachineDetection(result=result):
             meta = dict(record.metadata)
-            meta["answeredBy"] = result
+            meta["answeredBy"] = carrier_text(result)
             return msgspec.structs.replace(record, metadata=meta, **changes)
         case CallEnded(reason=reason):
             return _moved(record, CallState(reason), at, **changes)
         case CallError(error=error, retryable=retryable):
             meta = dict(record.metadata)
-            meta["lastError"] = error
+            meta["lastError"] = carrier_text(error)
             if retryable:
                 return msgspec.structs.replace(record, metadata=meta, **changes)
             return _moved(record, CallState.ERROR, at, metadata=meta, **changes)

@@ -4,6 +4,11 @@ The supervisor asks ``before_carrier`` first (some calls can be settled from the
 alone), then, for the others, asks the carrier and takes ``after_carrier``'s verdict. Neither
 function does I/O, so the whole reconciliation policy is a table, tested as one. The rule
 that matters most: nothing here can ever lead to a call being dialled again.
+
+Every time compared here is the daemon's own: ``answeredAt`` and ``startedAt`` are recorded
+on the daemon's clock when it learned of the answer (``model.apply``), never the carrier's
+timestamp, so a delayed retry or a carrier clock an hour off cannot make a young call look
+older than ``maxDurationSeconds`` at restart (nor an old one young).
 """
 
 from __future__ import annotations

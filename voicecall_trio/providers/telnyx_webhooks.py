@@ -22,6 +22,13 @@ Hangup causes (``end_reason``), chosen so ``calls.jsonl`` says what an operator 
                     otherwise ``completed``
 anything else       as ``normal_clearing`` if the call was answered, else ``failed``
 ==================  ==============================================================
+
+Carrier text and times: ``occurred_at`` becomes the events' (informational) ``timestamp``,
+never a time the daemon acts on (a delayed retry keeps its original ``occurred_at``); a value
+that is not a plausible ISO 8601 date is 0. msgspec refuses a lone surrogate escape
+(``"\ud83d"``) and invalid UTF-8 anywhere in the body, so such a delivery is a parse error
+(400); text that reaches a record (transcripts, numbers, digits) is bounded
+(``events.carrier_text``), and ids longer than ``MAX_ID_CHARS`` are refused.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from typing import Any
 import msgspec
 
 from ..events import (
+    MAX_ID_CHARS,
+    MAX_TEXT_CHARS,
     AnyEvent,
     CallActive,
     CallAnswered,
@@ -48,6 +57,9 @@ from ..events import (
     CallSpoken,
     Direction,
     EndReason,
+    carrier_text,
+    carrier_timestamp_ms,
+    finite_or_none,
 )
 
 
@@ -178,11 +190,11 @@ def machine_result(value: str | None) -> str:
 
 
 def _millis(occurred_at: str | None) -> int:
-    if not occurred_at:
+    if not occurred_at or len(occurred_at) > 64:
         return 0
     try:
-        return int(datetime.fromisoformat(occurred_at).timestamp() * 1000)
-    except ValueError:
+        return carrier_timestamp_ms(datetime.fromisoformat(occurred_at).timestamp())
+    except (ValueError, OverflowError, OSError):
         return 0
 
 
@@ -208,6 +220,8 @@ def parse_webhook(body: bytes) -> TelnyxWebhook:
         raise TelnyxParseError("not a Telnyx webhook: empty event_type or id")
     payload = data.payload or _Payload()
     ccid = payload.call_control_id or None
+    if max(len(data.id), len(data.event_type), len(ccid or "")) > MAX_ID_CHARS:
+        raise TelnyxParseError("not a Telnyx webhook: id, event_type or call_control_id too long")
     if data.event_type.startswith("call.") and ccid is None:
         raise TelnyxParseError(f"{data.event_type} without call_control_id")
     direction: Direction | None = None
@@ -219,11 +233,11 @@ def parse_webhook(body: bytes) -> TelnyxWebhook:
         call_control_id=ccid,
         call_id=decode_client_state(payload.client_state),
         direction=direction,
-        from_=payload.from_ or "",
-        to=payload.to or "",
+        from_=carrier_text(payload.from_),
+        to=carrier_text(payload.to),
         occurred_at_ms=_millis(data.occurred_at),
-        hangup_cause=payload.hangup_cause,
-        hangup_source=payload.hangup_source,
+        hangup_cause=carrier_text(payload.hangup_cause) or None,
+        hangup_source=carrier_text(payload.hangup_source) or None,
         events=(),
     )
     return dataclasses.replace(hook, events=_events(hook, payload))
@@ -253,22 +267,23 @@ def _events(hook: TelnyxWebhook, p: _Payload) -> tuple[AnyEvent, ...]:
             data = p.transcription_data
             if data is None or data.transcription_track == "outbound":
                 return ()  # no words, or the bot hearing itself
-            text = data.transcript.strip()
+            text = carrier_text(data.transcript.strip(), MAX_TEXT_CHARS)
             if not text:
                 return ()
-            return (CallSpeech(text=text, is_final=data.is_final, confidence=data.confidence,
-                               **common),)
+            return (CallSpeech(text=text, is_final=data.is_final,
+                               confidence=finite_or_none(data.confidence), **common),)
         case "call.gather.ended":
             out: list[AnyEvent] = []
-            speech = _speech_text(p.speech).strip()
+            speech = carrier_text(_speech_text(p.speech).strip(), MAX_TEXT_CHARS)
             if speech:
                 out.append(CallSpeech(text=speech, **common))
-            if p.digits:
+            if digits := carrier_text(p.digits):
                 dtmf_id = f"{hook.event_id}:dtmf" if out else hook.event_id
-                out.append(CallDtmf(digits=p.digits, **{**common, "id": dtmf_id}))
+                out.append(CallDtmf(digits=digits, **{**common, "id": dtmf_id}))
             return tuple(out)
         case "call.dtmf.received":
-            return (CallDtmf(digits=p.digit, **common),) if p.digit else ()
+            digit = carrier_text(p.digit)
+            return (CallDtmf(digits=digit, **common),) if digit else ()
         case "call.machine.detection.ended" | "call.machine.premium.detection.ended":
             return (CallMachineDetection(result=machine_result(p.result), **common),)
         case "call.hangup":

@@ -10,8 +10,10 @@ Pure: no trio, no httpx. Two halves:
 * ``reconstruct_urls`` decides *which* URL Twilio signed, since behind a tunnel or proxy
   our server never sees it. The configured ``publicUrl`` wins over the request's Host;
   forwarding headers are believed only from sources the operator trusts, and the host
-  they name must be allowed. None of this can turn a bad signature into a good one: it
-  only picks candidate URLs, each of which must still match the HMAC.
+  they name must be allowed; a local tunnel agent, which relays whatever the client
+  wrote, may name only the tunnel's own host. None of this can turn a bad signature into
+  a good one: it only picks candidate URLs, each of which must still match the HMAC; the
+  host rules stop a request signed for *another* host from being replayed here.
 
 The result (``SignatureCheck``) names the URLs tried so logs and ``doctor`` can show what
 was checked; the auth token never appears in it.
@@ -81,7 +83,10 @@ def signed_string(url: str, params: Params) -> str:
 
 
 def _sign(auth_token: str, text: str, algorithm: Algorithm) -> str:
-    digest = hmac.digest(auth_token.encode(), text.encode("utf-8"), _DIGESTS[algorithm])
+    # "surrogatepass": a lone surrogate (only from a caller's own str, never from the wire,
+    # which is decoded as latin-1 / UTF-8) must give "no match", not a UnicodeEncodeError
+    data = text.encode("utf-8", "surrogatepass")
+    digest = hmac.digest(auth_token.encode(), data, _DIGESTS[algorithm])
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -264,16 +269,46 @@ def _in_networks(addr: str, networks: Iterable[str]) -> bool:
     return False
 
 
+ForwardingTrust = Literal["proxy", "tunnel"]
+
+
+def forwarding_trust(policy: UrlPolicy, remote_addr: str) -> ForwardingTrust | None:
+    """Whose forwarded headers these are: a proxy the operator trusts, a local tunnel agent
+    (ngrok on loopback), or nobody's (``None``: they are not read)."""
+    if policy.trust_forwarding_headers:
+        return "proxy"
+    if policy.trusted_proxy_ips and _in_networks(remote_addr, policy.trusted_proxy_ips):
+        return "proxy"
+    if not policy.ngrok_loopback:
+        return None
+    ip = _ip(remote_addr)
+    return "tunnel" if ip is not None and ip.is_loopback else None
+
+
 def trusts_forwarding(policy: UrlPolicy, remote_addr: str) -> bool:
     """Forwarded headers count only from a trusted proxy (or a local ngrok agent)."""
-    if policy.trust_forwarding_headers:
+    return forwarding_trust(policy, remote_addr) is not None
+
+
+def _bare_host(host: str) -> str:
+    host = host.strip().lower()
+    return host[: host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
+
+
+def tunnel_vouches_for(policy: UrlPolicy, host: str) -> bool:
+    """A forwarded host a tunnel agent may name: the tunnel's own host (that of the public
+    URL in force, which the tunnel reported) or one listed in ``allowedHosts``.
+
+    Anyone on the internet can put ``X-Forwarded-Host`` on a request that the tunnel then
+    relays from loopback, so with no known public URL and no list, no host is believed:
+    otherwise a request signed for another host could be replayed here by naming that host.
+    """
+    if policy.allowed_hosts and host_allowed(policy, host):
         return True
-    if policy.trusted_proxy_ips and _in_networks(remote_addr, policy.trusted_proxy_ips):
-        return True
-    if not policy.ngrok_loopback:
+    if not policy.public_url:
         return False
-    ip = _ip(remote_addr)
-    return ip is not None and ip.is_loopback
+    split = _split_netloc(policy.public_url)
+    return split is not None and _bare_host(split[2].rpartition("@")[2]) == _bare_host(host)
 
 
 def host_allowed(policy: UrlPolicy, host: str) -> bool:
@@ -281,7 +316,7 @@ def host_allowed(policy: UrlPolicy, host: str) -> bool:
     if not policy.allowed_hosts:
         return True
     host = host.strip().lower()
-    bare = host[: host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
+    bare = _bare_host(host)
     for entry in policy.allowed_hosts:
         if entry in (host, bare):
             return True
@@ -331,11 +366,22 @@ def reconstruct_urls(
     Order of belief: trusted forwarding headers, then ``publicUrl`` (its scheme and host,
     the request's path; its own path too when a proxy rewrote the path), then the request's
     own Host header and scheme. A host that did not come from ``publicUrl`` must be in
-    ``allowedHosts`` when that list is set.
+    ``allowedHosts`` when that list is set. Headers relayed by a tunnel agent (``tunnel``
+    trust, not a proxy the operator named) name a host only when ``tunnel_vouches_for`` it;
+    any other forwarded host is ignored, as if the header were absent.
     """
-    if trusts_forwarding(policy, remote_addr):
+    trust = forwarding_trust(policy, remote_addr)
+    if trust is not None:
         f_proto, f_host = _forwarded_pair(headers)
-        if f_proto or f_host:
+        if trust == "tunnel":
+            # a tunnel relays whatever the client wrote: believe its proto (it only picks
+            # http or https), and a host only if it is the tunnel's own (or listed)
+            if f_proto in ("http", "https"):
+                scheme = f_proto
+            if f_host and tunnel_vouches_for(policy, f_host):
+                return Reconstruction((_with_query(f"{scheme}://{f_host}{path}",
+                                                   query_string),), "forwarded")
+        elif f_proto or f_host:
             f_host = f_host or host
             if not host_allowed(policy, f_host):
                 return Reconstruction((), "forwarded", f"forwarded host not allowed: {f_host}")

@@ -14,6 +14,13 @@ Status mapping (``STATUS_END_REASONS``): ``completed`` is "completed" whoever hu
 (Twilio does not say; a hangup we asked for is recorded by the supervisor before the
 callback arrives), ``canceled`` is "no-answer": the call ended before anyone answered it.
 Unknown parameters are ignored, since Twilio adds new ones without notice.
+
+Carrier text and times: ``Timestamp`` becomes the events' (informational) ``timestamp``, never
+a time the daemon acts on; a date that cannot be parsed, or is not a plausible one, is 0.
+Text that reaches a record (``SpeechResult``, ``From``, ``To``, ``Digits``) is valid Unicode
+(the form decoder turns a percent-encoded surrogate into U+FFFD; a JSON body with a lone
+``\ud83d`` escape is refused by msgspec, hence 400) and bounded (``events.carrier_text``); a
+``CallSid`` longer than ``MAX_ID_CHARS`` is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from email.utils import parsedate_to_datetime
 import msgspec
 
 from ..events import (
+    MAX_ID_CHARS,
+    MAX_TEXT_CHARS,
     AnyEvent,
     CallAnswered,
     CallDtmf,
@@ -36,6 +45,9 @@ from ..events import (
     CallRinging,
     CallSpeech,
     EndReason,
+    carrier_text,
+    carrier_timestamp_ms,
+    finite_or_none,
 )
 from .forms import first_values, form_pairs
 
@@ -120,11 +132,12 @@ def machine_result(answered_by: str) -> str:
 
 
 def _timestamp_ms(value: str | None) -> int:
-    if not value:
+    """RFC 2822 date -> ms on the carrier's clock; 0 when it is not a plausible date."""
+    if not value or len(value) > 64:
         return 0
     try:
-        return int(parsedate_to_datetime(value).timestamp() * 1000)
-    except (TypeError, ValueError, IndexError):
+        return carrier_timestamp_ms(parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return 0
 
 
@@ -151,15 +164,15 @@ def _kind(query: Mapping[str, str], params: Mapping[str, str]) -> RequestKind:
 def _status_events(
     sid: str, call_id: str | None, params: Mapping[str, str]
 ) -> list[AnyEvent]:
-    status = params.get("CallStatus", "")
-    seq = params.get("SequenceNumber", "")
+    status = params.get("CallStatus", "")[:32]
+    seq = params.get("SequenceNumber", "")[:32]
     eid = f"twilio:{sid}:{status}" + (f":{seq}" if seq else "")
     at = _timestamp_ms(params.get("Timestamp"))
     if status == "initiated":
         inbound = params.get("Direction") == "inbound" and call_id is None
         return [CallInitiated(id=eid, call_id=call_id, provider_call_id=sid, timestamp=at,
                               direction="inbound" if inbound else "outbound",
-                              from_=params.get("From", ""), to=params.get("To", ""))]
+                              from_=_party(params, "From"), to=_party(params, "To"))]
     if status == "ringing":
         return [CallRinging(id=eid, call_id=call_id, provider_call_id=sid, timestamp=at)]
     if status == "in-progress":
@@ -175,20 +188,25 @@ def _gather_events(
 ) -> list[AnyEvent]:
     key = turn or hashlib.sha256(body).hexdigest()[:16]
     events: list[AnyEvent] = []
-    speech = params.get("SpeechResult", "").strip()
+    speech = carrier_text(params.get("SpeechResult", "").strip(), MAX_TEXT_CHARS)
     if speech:
         try:
-            confidence: float | None = float(params["Confidence"])
+            confidence = finite_or_none(float(params["Confidence"][:64]))
         except (KeyError, ValueError):
             confidence = None
         events.append(CallSpeech(id=f"twilio:{sid}:gather:{key}:speech", call_id=call_id,
                                  provider_call_id=sid, text=speech, is_final=True,
                                  confidence=confidence))
-    digits = params.get("Digits", "").strip()
+    digits = carrier_text(params.get("Digits", "").strip())
     if digits:
         events.append(CallDtmf(id=f"twilio:{sid}:gather:{key}:dtmf", call_id=call_id,
                                provider_call_id=sid, digits=digits))
     return events
+
+
+def _party(params: Mapping[str, str], key: str) -> str:
+    """``From`` / ``To``: a number, a client name or a SIP URI; bounded, valid Unicode."""
+    return carrier_text(params.get(key, ""))
 
 
 def strict_form(body: bytes, content_type: str) -> list[tuple[str, str]] | None:
@@ -223,6 +241,9 @@ def parse_webhook(
     sid = params.get("CallSid", "").strip()
     if not sid:
         raise WebhookParseError("missing CallSid")
+    if len(sid) > MAX_ID_CHARS:
+        raise WebhookParseError("CallSid too long")
+    sid = carrier_text(sid, MAX_ID_CHARS)
     call_id = query.get("callId") or None
     kind = _kind(query, params)
     events: list[AnyEvent] = []
@@ -235,23 +256,24 @@ def parse_webhook(
     elif kind is RequestKind.FETCH:
         if call_id is None and params.get("Direction") == "inbound":
             offer = CallInitiated(id=f"twilio:{sid}:inbound", provider_call_id=sid,
-                                  direction="inbound", from_=params.get("From", ""),
-                                  to=params.get("To", ""))
+                                  direction="inbound", from_=_party(params, "From"),
+                                  to=_party(params, "To"))
         elif status == "in-progress":
             events.append(CallAnswered(id=f"twilio:{sid}:answered", call_id=call_id,
                                        provider_call_id=sid))
-    answered_by = params.get("AnsweredBy") or None
+    answered_by = carrier_text(params.get("AnsweredBy")) or None
     if answered_by and kind is not RequestKind.GATHER and kind is not RequestKind.HOLD:
         events.append(CallMachineDetection(id=f"twilio:{sid}:amd", call_id=call_id,
                                            provider_call_id=sid,
                                            result=machine_result(answered_by)))
     error = None
     if params.get("ErrorCode"):
-        error = f"{params['ErrorCode']}: {params.get('ErrorMessage', '')}".rstrip(": ")
+        error = carrier_text(
+            f"{params['ErrorCode']}: {params.get('ErrorMessage', '')}".rstrip(": "))
     return TwilioWebhook(
         kind=kind, call_sid=sid, call_id=call_id, status=status,
-        direction=params.get("Direction"), from_=params.get("From", ""),
-        to=params.get("To", ""), turn=query.get("turn") or None,
+        direction=params.get("Direction"), from_=_party(params, "From"),
+        to=_party(params, "To"), turn=query.get("turn") or None,
         said=query.get("said") or None, answered_by=answered_by, error=error,
         events=tuple(events), inbound_offer=offer, params=params,
     )

@@ -226,6 +226,7 @@ class FakeTelnyx(BackgroundService):
         host: str = "127.0.0.1",
         port: int = 0,
         http: httpx.AsyncClient | None = None,
+        clock_skew_s: float = 0.0,
     ) -> None:
         self.api_key = api_key
         self.connection_id = connection_id
@@ -237,6 +238,9 @@ class FakeTelnyx(BackgroundService):
         self.callee = callee or Callee()
         self.callees: dict[str, Callee] = {}
         self.speak_duration = speak_duration
+        #: Added to each event's ``occurred_at`` (not to ``telnyx-timestamp``, which must stay
+        #: in the window): a delayed retry (negative) or a carrier clock that is off.
+        self.clock_skew_s = clock_skew_s
         self.calls: dict[str, FakeCall] = {}
         self.requests: list[RecordedRequest] = []
         self.deliveries: list[Delivery] = []
@@ -577,7 +581,8 @@ class FakeTelnyx(BackgroundService):
             "client_state": call.client_state if call else None,
         }
         body.update(payload)
-        return _Outgoing(event_type, str(uuid.uuid4()), _iso(self._clock()), body)
+        occurred = _iso(self._clock() + self.clock_skew_s)
+        return _Outgoing(event_type, str(uuid.uuid4()), occurred, body)
 
     def _emit(self, call: FakeCall, event_type: str, **payload: Any) -> str:
         item = self._outgoing(call, event_type, payload)

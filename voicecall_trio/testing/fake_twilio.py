@@ -54,7 +54,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
@@ -352,6 +352,7 @@ class FakeTwilio(BackgroundService):
         http: httpx.AsyncClient | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        clock_skew_s: float = 0.0,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -366,6 +367,9 @@ class FakeTwilio(BackgroundService):
         # for its whole graceful timeout, which would slow every test that stops a daemon.
         self.keep_alive = keep_alive
         self.max_documents_per_call = max_documents_per_call
+        #: Added to the ``Timestamp`` of status callbacks: a carrier clock that is off, or a
+        #: callback delivered late (negative: in the past). Signatures are not affected.
+        self.clock_skew_s = clock_skew_s
         self.url = ""  # http://127.0.0.1:PORT once running: twilio.apiBaseUrl
         self.calls: dict[str, FakeCall] = {}
         self.api_requests: list[ApiRequest] = []
@@ -609,7 +613,8 @@ class FakeTwilio(BackgroundService):
             params += [("CallbackSource", "call-progress-events"),
                        ("SequenceNumber", str(call._sequence))]
             call._sequence += 1
-        params.append(("Timestamp", format_datetime(datetime.now(UTC))))
+        stamp = datetime.now(UTC) + timedelta(seconds=self.clock_skew_s)
+        params.append(("Timestamp", format_datetime(stamp)))
         if call.terminal:
             answered = call.answered_at
             seconds = int((call.ended_at or time.time()) - answered) if answered else 0
