@@ -41,11 +41,11 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (the same Daemon, signing and /proc helpers as the benchmarks)
+import bench  # the same Daemon, signing and /proc helpers as the benchmarks
 
-from voicecall_trio.rpc.aclient import TrioClient  # noqa: E402
-from voicecall_trio.rpc.protocol import RpcError  # noqa: E402
-from voicecall_trio.testing.fake_twilio import FakeTwilio  # noqa: E402
+from voicecall_trio.rpc.aclient import TrioClient
+from voicecall_trio.rpc.protocol import RpcError
+from voicecall_trio.testing.fake_twilio import FakeTwilio
 
 PUBLIC = "https://soak.example.com/voice/webhook"
 FROM = "+15550001234"
