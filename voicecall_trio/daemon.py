@@ -23,6 +23,7 @@ import fcntl
 import gc
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -268,7 +269,7 @@ async def _serve_http(
 ) -> None:
     from hypercorn.config import Config as HypercornConfig
 
-    from .front import HttpFront
+    from .front import FD_RESERVE, HttpFront, connection_cap
     from .web import WebhookGate, create_app_for
 
     gate = WebhookGate(config, provider, supervisor)
@@ -287,10 +288,23 @@ async def _serve_http(
             f"cannot listen on {host}:{config.serve.port} (serve.bind/serve.port): "
             f"{exc.strerror or exc}"
         ) from None
+    cap = connection_cap(config.serve.max_connections, fd_soft_limit())
+    if cap < config.serve.max_connections:
+        log.warning("serve.maxConnections %d lowered to %d: the open-file limit (RLIMIT_NOFILE) "
+                    "is %d and %d descriptors are kept for the control socket, the journal "
+                    "and outgoing requests", config.serve.max_connections, cap,
+                    fd_soft_limit(), FD_RESERVE)
     try:
-        await HttpFront(app, hc, gate).serve(listeners, stop, task_status=task_status)
+        await HttpFront(app, hc, gate, max_connections=cap).serve(listeners, stop,
+                                                                  task_status=task_status)
     finally:
         done.set()
+
+
+def fd_soft_limit() -> int:
+    """The process's soft RLIMIT_NOFILE (a very large number when unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
 E = TypeVar("E", bound=BaseException)

@@ -15,6 +15,20 @@ So one trio listener owns the port. Each connection starts here:
   HTTP/1.0, malformed bytes) hands the connection over to Hypercorn, with the bytes already
   read replayed first, and Hypercorn serves it until it closes.
 
+Every connection is bounded in time, whoever serves it: a started request must arrive whole
+within ``request_timeout_s`` (10 s; a byte every few seconds does not extend it), and an idle
+one closes after the keep-alive timeout (30 s). The fast path enforces both itself; for
+handed-over connections (HTTP/1.x and h2) a ``_Handed`` watches the bytes arriving and the ASGI
+messages of each request, and the sweeper closes the connection past its deadline. A request
+being handled (body complete, answer not yet sent) has no deadline, nor has a connection once
+it was upgraded (a WebSocket accepted: the media stream lives as long as its call, and its own
+timeouts are the stream route's job).
+
+The number of open connections is capped (``serve.maxConnections``, lowered below the process's
+file descriptor limit so the control socket and the journal always have descriptors): at the
+cap, a new connection sheds the oldest idle one, else the one whose request has been arriving
+longest; one being handled is never shed, and when every connection is, the new one is closed.
+
 Hypercorn still runs the ASGI lifespan and serves every connection it is given exactly as
 ``hypercorn.trio.serve`` would; only the accept loop is ours. That uses three Hypercorn
 classes that are not its documented API (``TCPServer``, ``WorkerContext``, ``Lifespan``), so
@@ -32,7 +46,7 @@ from typing import Any
 
 import trio
 
-from .http1 import NotSimple, RequestHead, parse_head, render_response
+from .http1 import CONTINUE, NotSimple, RequestHead, parse_head, render_response
 from .providers.base import WebhookRequest, WebhookResponse
 from .web import TOO_LARGE, TOO_MANY, WebhookGate
 
@@ -43,8 +57,41 @@ REQUEST_TIMEOUT_S = 10.0  # a started request must arrive whole within this (slo
 DRAIN_TIMEOUT_S = 1.0  # after a refusal that closes, how long unread input is drained
 DRAIN_LIMIT_BYTES = 1 << 20
 SWEEP_INTERVAL_S = 1.0
+MAX_CONNECTIONS = 768  # serve.maxConnections' default: well under the usual 1024 fd limit
+# descriptors kept free below RLIMIT_NOFILE for everything that is not an HTTP connection:
+# the control socket and its clients, the journal, the store lock, listeners, outgoing
+# REST connections, the event loop's own
+FD_RESERVE = 128
+LOG_EVERY_S = 60.0  # repeated warnings (accept failures, a full house): one line this often
 # accept() failures that mean "out of resources for now", as trio.serve_listeners treats them
 _ACCEPT_PAUSE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# connection phases, in the order they are shed at the cap (a busy one never is)
+IDLE, RECEIVING, BUSY = 0, 1, 2
+
+
+def connection_cap(configured: int, fd_limit: int, reserve: int = FD_RESERVE) -> int:
+    """The number of HTTP connections to allow: ``configured``, lowered so that ``reserve``
+    descriptors stay free below ``fd_limit`` (the soft RLIMIT_NOFILE), and at least 1."""
+    return max(1, min(configured, fd_limit - reserve))
+
+
+class _Throttled:
+    """A warning that may recur many times a second, logged at most once per ``every_s``
+    with the number of times it happened since the last line (and no traceback)."""
+
+    def __init__(self, message: str, every_s: float = LOG_EVERY_S) -> None:
+        self.message = message
+        self.every_s = every_s
+        self.count = 0
+        self._next_at = -math.inf
+
+    def __call__(self, now: float, detail: str) -> None:
+        self.count += 1
+        if now >= self._next_at:
+            log.warning("%s: %s (%d time(s) since the last such line)", self.message, detail,
+                        self.count)
+            self.count = 0
+            self._next_at = now + self.every_s
 
 
 class _Closed(Exception):
@@ -54,19 +101,37 @@ class _Closed(Exception):
 class HttpFront:
     """Accepts connections on the listeners; see the module docstring for the split."""
 
-    def __init__(self, app: Any, hypercorn_config: Any, gate: WebhookGate) -> None:
+    def __init__(self, app: Any, hypercorn_config: Any, gate: WebhookGate, *,
+                 max_connections: int | None = None,
+                 request_timeout_s: float | None = None) -> None:
         from hypercorn.utils import wrap_app
 
         self.app = wrap_app(app, hypercorn_config.wsgi_max_body_size, "asgi")
         self.hc = hypercorn_config
         self.gate = gate
         self.keep_alive_s = float(hypercorn_config.keep_alive_timeout)
+        # (the module's defaults are read here, so a test can set them small)
+        self.request_timeout_s = request_timeout_s or REQUEST_TIMEOUT_S
+        self.max_connections = max_connections or MAX_CONNECTIONS
         self.handed_over = 0  # connections given to Hypercorn (tests and diagnostics)
         self.answered = 0  # webhook requests answered on the fast path
+        self.shed = 0  # connections closed to make room for a new one
+        self.refused = 0  # new connections closed because every open one was busy
+        self.expired = 0  # handed-over connections closed past their deadline
         self.closing = False
         self._idle: dict[_Connection, float] = {}  # connection -> when it became idle
+        # every open connection, fast path or handed over, oldest first
+        self._open: dict[_Connection | _Handed, None] = {}
+        self._starting = 0  # accepted, its task not yet running
+        self._accept_failed = _Throttled("cannot accept HTTP connections for now")
+        self._full = _Throttled("HTTP connection cap reached and every connection is busy; "
+                                "closing new ones")
         self._state: dict[str, Any] = {}
         self._context: Any = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open) + self._starting
 
     async def serve(self, listeners: Sequence[trio.SocketListener], stop: trio.Event, *,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -104,25 +169,55 @@ class HttpFront:
             except OSError as exc:
                 if exc.errno not in _ACCEPT_PAUSE_ERRNOS:
                     raise
-                log.warning("cannot accept HTTP connections for now: %s", exc.strerror)
+                self._accept_failed(trio.current_time(), exc.strerror or str(exc))
                 await trio.sleep(0.1)
                 continue
             plain = socket.socket(fileno=stream.socket.detach())  # ours to drive directly
+            if not self._make_room():
+                self.refused += 1
+                self._full(trio.current_time(), f"{self.open_connections} open")
+                plain.close()
+                continue
             plain.setblocking(False)
+            self._starting += 1
             connections.start_soon(self._connection, plain)
 
+    def _make_room(self) -> bool:
+        """Below the cap, or shed one connection to get there; False if none may be shed."""
+        if self.open_connections < self.max_connections:
+            return True
+        victim: _Connection | _Handed | None = None
+        best = (BUSY, 0.0)
+        for connection in self._open:
+            phase = connection.phase()
+            if phase < best:
+                victim, best = connection, phase
+        if victim is None:
+            return False
+        del self._open[victim]
+        self.shed += 1
+        victim.drop()
+        return True
+
     async def _sweep_idle(self) -> None:
-        """Close keep-alive connections idle for longer than the keep-alive timeout.
+        """Close connections past their deadline: fast-path ones idle for longer than the
+        keep-alive timeout, handed-over ones past whichever deadline applies to them.
 
         One sweeper instead of a timer per request: arming and disarming a deadline around
         every read was a measurable share of a webhook's cost.
         """
         while True:
-            await trio.sleep(min(SWEEP_INTERVAL_S, self.keep_alive_s / 4))
-            cutoff = trio.current_time() - self.keep_alive_s
+            await trio.sleep(min(SWEEP_INTERVAL_S, self.keep_alive_s / 4,
+                                 self.request_timeout_s / 4))
+            now = trio.current_time()
+            cutoff = now - self.keep_alive_s
             for connection, since in list(self._idle.items()):
                 if since <= cutoff:
                     connection.interrupt()
+            for other in list(self._open):
+                if isinstance(other, _Handed) and other.deadline() <= now:
+                    self.expired += 1
+                    other.drop()
 
     async def _begin_close(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""
@@ -132,25 +227,31 @@ class HttpFront:
         await self._context.terminated.set()  # Hypercorn's connections do the same
 
     async def _connection(self, sock: socket.socket) -> None:
+        self._starting -= 1
         hand_over = False
+        connection: _Connection | None = None
         try:
             connection = _Connection(self, sock)
+            self._open[connection] = None
             try:
                 hand_over = await connection.serve()
             except (_Closed, trio.ClosedResourceError, OSError):
                 pass
-            if hand_over:
-                await self._hand_over(sock, bytes(connection.buffer))
+            if hand_over and sock.fileno() >= 0:  # (not if it was shed meanwhile)
+                del self._open[connection]
+                await self._hand_over(sock, bytes(connection.buffer), connection.started)
         except OSError:
             pass  # the peer was gone before we could ask who it was
         except Exception:
             log.exception("HTTP connection failed")
         finally:
-            if not hand_over:
+            if connection is not None:
+                self._open.pop(connection, None)
+            if not hand_over and sock.fileno() >= 0:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
 
-    async def _hand_over(self, sock: socket.socket, replay: bytes) -> None:
+    async def _hand_over(self, sock: socket.socket, replay: bytes, started: float) -> None:
         from hypercorn.trio.tcp_server import TCPServer
         from hypercorn.typing import ConnectionState
 
@@ -161,10 +262,14 @@ class HttpFront:
             sock.close()
             raise
         state = ConnectionState(self._state.copy())
-        rewound: Any = _Rewound(stream, replay)  # Hypercorn types its stream as SSLStream
+        handed = _Handed(self, stream, started)
+        rewound: Any = _Rewound(stream, replay, handed)  # Hypercorn types it as SSLStream
+        self._open[handed] = None
         try:
-            await TCPServer(self.app, self.hc, self._context, state, rewound)
+            with handed.cancel_scope:
+                await TCPServer(handed, self.hc, self._context, state, rewound)
         finally:
+            self._open.pop(handed, None)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -185,8 +290,25 @@ class _Connection:
         self.sock = sock
         self.buffer = bytearray()
         self.remote = str(sock.getpeername()[0])
+        self.started = trio.current_time()  # when the request being received began
         self.deadline = math.inf  # for the request being received
+        self.busy = False  # a complete request is being answered
         self.waited = False  # did this request reach a checkpoint yet?
+
+    def phase(self) -> tuple[int, float]:
+        """(IDLE, since) waiting for a request, (RECEIVING, since) reading one, or BUSY."""
+        since = self.front._idle.get(self)
+        if since is not None:
+            return IDLE, since
+        if self.busy:
+            return BUSY, 0.0
+        return RECEIVING, self.started
+
+    def drop(self) -> None:
+        """Close now (shed at the cap): wakes the task, which finds the socket closed."""
+        if self.sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
 
     async def serve(self) -> bool:
         """Answer webhook requests until the connection ends (False) or must be handed over."""
@@ -204,7 +326,8 @@ class _Connection:
             close = close or head.close or self.front.closing
             await self._send(render_response(response.status, response.body,
                                              response.content_type, dict(response.headers),
-                                             close=close))
+                                             close=close, keep_alive=head.http10))
+            self.busy = False
             if close:
                 await self._drain()
                 return False
@@ -234,9 +357,9 @@ class _Connection:
         raise _Closed
 
     async def _send(self, data: bytes) -> None:
-        """Send it all, or ``_Closed`` if the peer stops reading for REQUEST_TIMEOUT_S."""
+        """Send it all, or ``_Closed`` if the peer stops reading for the request timeout."""
         view = memoryview(data)
-        deadline = trio.current_time() + REQUEST_TIMEOUT_S
+        deadline = trio.current_time() + self.front.request_timeout_s
         while view:
             try:
                 sent = self.sock.send(view)
@@ -251,7 +374,8 @@ class _Connection:
     async def _next_head(self) -> RequestHead | None:
         """The next request head; None when the peer closed or keep-alive ran out."""
         if self.buffer:  # pipelined: the next request has started already
-            self.deadline = trio.current_time() + REQUEST_TIMEOUT_S
+            self.started = trio.current_time()
+            self.deadline = self.started + self.front.request_timeout_s
         elif not await self._wait_idle():
             return None
         while (head := parse_head(self.buffer)) is None:
@@ -280,7 +404,8 @@ class _Connection:
         if not data:
             return False
         self.buffer += data
-        self.deadline = trio.current_time() + REQUEST_TIMEOUT_S
+        self.started = trio.current_time()
+        self.deadline = self.started + self.front.request_timeout_s
         return True
 
     async def _exchange(self, head: RequestHead) -> tuple[WebhookResponse, bool]:
@@ -288,21 +413,28 @@ class _Connection:
 
         A body over ``maxBodyBytes`` is never read, whatever the answer: the connection
         closes after it instead. Any other refused body is read and dropped, so the
-        connection stays usable.
+        connection stays usable. A client that sent ``Expect: 100-continue`` and waits is
+        refused (and the connection closed) before it is told to send its body. The in-flight
+        slot is taken only once the body is complete (see ``WebhookGate.enter``).
         """
         gate = self.gate
-        too_big = head.content_length > gate.max_body
-        if not gate.enter(self.remote):
-            if not too_big:
-                await self._take_body(head)
-            return TOO_MANY, too_big
-        try:
-            refusal = gate.refuse_head(head.headers, self.remote)
-            if too_big:
-                return refusal or TOO_LARGE, True
-            body = await self._take_body(head)
+        refusal = gate.refuse_head(head.headers, self.remote)
+        if head.content_length > gate.max_body:
+            return refusal or TOO_LARGE, True
+        if head.expect_continue and len(self.buffer) < head.size + head.content_length:
+            if refusal is None and gate.full(self.remote):
+                refusal = TOO_MANY
             if refusal is not None:
-                return refusal, False
+                return refusal, True
+            if len(self.buffer) == head.size:  # not one byte of the body sent yet
+                await self._send(CONTINUE)
+        body = await self._take_body(head)
+        if refusal is not None:
+            return refusal, False
+        if not gate.enter(self.remote):
+            return TOO_MANY, False
+        self.busy = True
+        try:
             self.front.answered += 1
             response = await gate.respond(WebhookRequest(
                 method="POST", path=head.path, query_string=head.query, headers=head.headers,
@@ -344,17 +476,145 @@ class _Connection:
             del self.front._idle[self]
 
 
+class _Exchange:
+    """One request of a handed-over connection (HTTP/1.x or one h2 stream)."""
+
+    __slots__ = ("receiving", "since", "upgraded")
+
+    def __init__(self, since: float) -> None:
+        self.since = since  # when its first byte arrived
+        self.receiving = True  # until its body (or WebSocket handshake) is complete
+        self.upgraded = False  # a WebSocket was accepted (101 sent)
+
+
+class _Handed:
+    """A connection Hypercorn serves, as the front's sweeper and shedding see it.
+
+    Hypercorn gets this object as its ASGI app for the connection, so each request's ASGI
+    messages pass through it (``__call__``); ``_Rewound`` tells it when bytes arrive. From
+    those it knows the connection's deadline:
+
+    - a WebSocket accepted: none (the stream route owns the timeouts of an upgraded stream);
+    - a request whose body is still arriving: ``request_timeout_s`` after its first byte;
+    - a request being handled (body complete, response not finished): none;
+    - bytes of a next request (or h2 frames) with no request for them yet: the request
+      timeout from their arrival (from the end of the last response, for a pipelined one);
+    - nothing in progress: the keep-alive timeout after the last response.
+
+    Deadlines count from when a request began, never from its latest byte, so a slow sender
+    cannot extend them.
+    """
+
+    def __init__(self, front: HttpFront, stream: trio.SocketStream, started: float) -> None:
+        self.front = front
+        self.stream = stream
+        self.cancel_scope = trio.CancelScope()
+        self.exchanges: dict[_Exchange, None] = {}
+        self.head_since: float | None = started  # bytes arrived that no request holds yet
+        # answered before its body was complete: Hypercorn still reads it (h11 cannot take
+        # the next request before), so it still counts as arriving until the next one starts
+        self.unread_since: float | None = None
+        self.idle_since = started
+
+    def deadline(self) -> float:
+        front = self.front
+        if self.exchanges:
+            receiving = [e.since for e in self.exchanges if e.receiving]
+            if any(e.upgraded for e in self.exchanges) or not receiving:
+                return math.inf
+            return min(receiving) + front.request_timeout_s
+        arriving = self._arriving()
+        if arriving is not None:
+            return arriving + front.request_timeout_s
+        return self.idle_since + front.keep_alive_s
+
+    def _arriving(self) -> float | None:
+        """When the oldest request still arriving that no app holds began, if any."""
+        if self.head_since is None:
+            return self.unread_since
+        if self.unread_since is None:
+            return self.head_since
+        return min(self.head_since, self.unread_since)
+
+    def phase(self) -> tuple[int, float]:
+        if self.exchanges:
+            receiving = [e.since for e in self.exchanges if e.receiving]
+            if any(e.upgraded for e in self.exchanges) or not receiving:
+                return BUSY, 0.0
+            return RECEIVING, min(receiving)
+        arriving = self._arriving()
+        if arriving is not None:
+            return RECEIVING, arriving
+        return IDLE, self.idle_since
+
+    def drop(self) -> None:
+        """Close now (past its deadline, or shed): cancels Hypercorn's work on it."""
+        self.cancel_scope.cancel()
+        self.stream.socket.close()  # wakes shielded sends too; the fd is free at once
+
+    def got_bytes(self) -> None:
+        if self.head_since is None and not any(e.receiving for e in self.exchanges):
+            self.head_since = trio.current_time()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any, sync_spawn: Any,
+                       call_soon: Any) -> None:
+        app = self.front.app
+        if scope["type"] not in ("http", "websocket"):
+            await app(scope, receive, send, sync_spawn, call_soon)
+            return
+        exchange = _Exchange(trio.current_time() if self.head_since is None
+                             else self.head_since)
+        self.head_since = self.unread_since = None
+        self.exchanges[exchange] = None
+
+        async def tracked_receive() -> Any:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.connect" or (kind == "http.request"
+                                               and not message.get("more_body", False)):
+                exchange.receiving = False
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                exchange.upgraded = True
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                self._finish(exchange)
+
+        try:
+            await app(scope, tracked_receive, tracked_send, sync_spawn, call_soon)
+        finally:
+            self._finish(exchange)
+
+    def _finish(self, exchange: _Exchange) -> None:
+        if self.exchanges.pop(exchange, 0) is not None:
+            return  # finished already
+        if exchange.receiving and not exchange.upgraded:
+            self.unread_since = exchange.since
+        if not self.exchanges:
+            now = trio.current_time()
+            self.idle_since = now
+            if self.head_since is not None:  # a pipelined request: its time starts now
+                self.head_since = now
+
+
 class _Rewound(trio.abc.HalfCloseableStream):
     """A socket stream that first gives back the bytes the fast path had already read.
 
     Hypercorn looks for ``socket`` (peer and local address) and treats a stream without
-    ``do_handshake`` as plain TCP, which is what this is.
+    ``do_handshake`` as plain TCP, which is what this is. It also tells the connection's
+    ``_Handed`` when bytes arrive, bounds each send by the request timeout (Hypercorn's
+    sends are shielded, so a peer that stops reading would otherwise hold them forever),
+    and turns h11's one 5xx for bad input into a 400 (below).
     """
 
-    def __init__(self, stream: trio.SocketStream, replay: bytes) -> None:
+    def __init__(self, stream: trio.SocketStream, replay: bytes, handed: _Handed) -> None:
         self.transport = stream
         self.socket = stream.socket
         self._replay = replay
+        self._handed = handed
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._replay:
@@ -362,10 +622,20 @@ class _Rewound(trio.abc.HalfCloseableStream):
             size = len(self._replay) if max_bytes is None else max_bytes
             chunk, self._replay = self._replay[:size], self._replay[size:]
             return chunk
-        return bytes(await self.transport.receive_some(max_bytes))
+        data = bytes(await self.transport.receive_some(max_bytes))
+        if data:
+            self._handed.got_bytes()
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
+        if data[:13] == b"HTTP/1.1 501 ":
+            # h11 answers a Transfer-Encoding it does not implement with 501; no other part
+            # of the daemon sends 501, and bad input gets a 4xx (docs/architecture.md)
+            data = b"HTTP/1.1 400 " + bytes(data[13:])
+        with trio.move_on_after(self._handed.front.request_timeout_s):
+            await self.transport.send_all(data)
+            return
+        raise trio.BrokenResourceError("the peer stopped reading")
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
