@@ -564,3 +564,27 @@ async def test_expect_100_continue_then_the_body_is_answered() -> None:
         status, _, body = await client.response()
         assert (status, body) == (200, b"<Response>a=1</Response>")
         assert front.handed_over == 0
+
+
+async def test_an_early_413_on_a_chunked_body_logs_no_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with serving(FakeProvider()) as (_, port, _):
+        for size in (40, 400, 4000) * 5:
+            client = await connect(port)
+            chunks = b"".join(b"10\r\n" + b"x" * 16 + b"\r\n" for _ in range(size))
+
+            async def send(client: Client = client, chunks: bytes = chunks) -> None:
+                await client.stream.send_all(
+                    b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n")
+                try:
+                    for start in range(0, len(chunks), 512):
+                        await client.stream.send_all(chunks[start:start + 512])
+                except trio.BrokenResourceError:
+                    pass
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                assert (await client.response())[0] == 413
+                assert await client.closed()
+    assert not [r for r in caplog.records if r.exc_info or "ASGI" in r.getMessage()]

@@ -269,6 +269,7 @@ async def _serve_http(
 ) -> None:
     from hypercorn.config import Config as HypercornConfig
 
+    from . import front as front_module
     from .front import FD_RESERVE, HttpFront, connection_cap
     from .web import WebhookGate, create_app_for
 
@@ -279,7 +280,7 @@ async def _serve_http(
     hc.errorlog = logging.getLogger("voicecall.http")
     # idle keep-alive connections (carriers keep them) get this long to finish at stop
     hc.graceful_timeout = 1.0
-    hc.keep_alive_timeout = 30.0
+    hc.keep_alive_timeout = front_module.KEEP_ALIVE_S
     host = config.serve.bind
     try:
         listeners = await trio.open_tcp_listeners(config.serve.port, host=host, backlog=1024)

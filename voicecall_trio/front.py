@@ -54,6 +54,7 @@ log = logging.getLogger("voicecall.http")
 
 RECEIVE_BYTES = 65536
 REQUEST_TIMEOUT_S = 10.0  # a started request must arrive whole within this (slow senders)
+KEEP_ALIVE_S = 30.0  # an idle connection closes after this (carriers keep theirs open)
 DRAIN_TIMEOUT_S = 1.0  # after a refusal that closes, how long unread input is drained
 DRAIN_LIMIT_BYTES = 1 << 20
 SWEEP_INTERVAL_S = 1.0
