@@ -225,6 +225,9 @@ class HttpFront:
         self.closing = True
         for connection in list(self._idle):
             connection.interrupt()
+        for other in list(self._open):
+            if isinstance(other, _Handed) and other.phase()[0] == IDLE:
+                other.drop()
         await self._context.terminated.set()  # Hypercorn's connections do the same
 
     async def _connection(self, sock: socket.socket) -> None:
