@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -571,23 +573,22 @@ async def test_expect_100_continue_then_the_body_is_answered() -> None:
 
 async def test_an_early_413_on_a_chunked_body_logs_no_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
-    async with serving(FakeProvider()) as (_, port, _):
-        for size in (40, 400, 4000) * 5:
-            client = await connect(port)
+    """Clients that send a chunked body over the cap and reset the connection at once: the
+    413 races Hypercorn's close (a race: before the fix about half the runs logged one)."""
+    async with serving(FakeProvider()) as (front, port, _):
+        for size in (8, 20, 50, 200, 1000) * 20:
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port))
             chunks = b"".join(b"10\r\n" + b"x" * 16 + b"\r\n" for _ in range(size))
-
-            async def send(client: Client = client, chunks: bytes = chunks) -> None:
-                await client.stream.send_all(
-                    b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
-                    b"Transfer-Encoding: chunked\r\n\r\n")
-                try:
-                    for start in range(0, len(chunks), 512):
-                        await client.stream.send_all(chunks[start:start + 512])
-                except trio.BrokenResourceError:
-                    pass
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send)
-                assert (await client.response())[0] == 413
-                assert await client.closed()
+            try:
+                await sock.send(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+            except OSError:
+                pass
+            await trio.sleep(0.001 * (size % 3))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, not a clean close
+        with trio.fail_after(WAIT_S):
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the resets are all handled
+        assert front.open_connections == 0
     assert not [r for r in caplog.records if r.exc_info or "ASGI" in r.getMessage()]

@@ -637,7 +637,14 @@ class _Rewound(trio.abc.HalfCloseableStream):
             # of the daemon sends 501, and bad input gets a 4xx (docs/architecture.md)
             data = b"HTTP/1.1 400 " + bytes(data[13:])
         with trio.move_on_after(self._handed.front.request_timeout_s):
-            await self.transport.send_all(data)
+            try:
+                await self.transport.send_all(data)
+            except trio.BusyResourceError:
+                # Hypercorn serialises its sends but not the ``send_eof`` of its close against
+                # them; the overlap means the connection is closing, and as BusyResourceError
+                # (which Hypercorn does not expect) it reached the app as an "Error in ASGI
+                # Framework" traceback, e.g. after an early 413 on a chunked body
+                raise trio.BrokenResourceError("the connection is closing") from None
             return
         raise trio.BrokenResourceError("the peer stopped reading")
 

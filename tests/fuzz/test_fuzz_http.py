@@ -13,6 +13,7 @@ import re
 from functools import partial
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypothesis import given
@@ -72,17 +73,52 @@ async def exchange(raw: bytes) -> tuple[bytes, list[bytes]]:
     return received, carrier.bodies
 
 
-def check(raw: bytes, sent_bodies: set[bytes]) -> None:
+def reference_bodies(raw: bytes) -> list[bytes]:
+    """The webhook bodies h11 alone finds in ``raw``, in order, until it stops."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(raw)
+    conn.receive_data(b"")
+    out: list[bytes] = []
+    body: list[bytes] | None = None
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return out
+        if isinstance(event, h11.Request):
+            target = event.target.split(b"?")[0]
+            wanted = (event.method == b"POST" and target == b"/voice/webhook"
+                      and any(name == b"x-sig" for name, _ in event.headers))
+            body = [] if wanted else None
+        elif isinstance(event, h11.Data) and body is not None:
+            body.append(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            if body is not None and sum(map(len, body)) <= 4096:
+                out.append(b"".join(body))
+            try:
+                conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
+                conn.send(h11.EndOfMessage())
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return out
+        else:  # NEED_DATA, PAUSED, ConnectionClosed
+            return out
+
+
+def check(raw: bytes) -> None:
     received, bodies = trio.run(exchange, raw)
     statuses = [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", received)]
     assert all(status < 500 for status in statuses), (raw, received)
-    assert set(bodies) <= sent_bodies, (raw, bodies)  # nothing framed differently
+    # no smuggling: wherever both found requests, they found the same ones (the front may
+    # stop earlier, after a refusal that closes, or go on, with HTTP/1.0 keep-alive)
+    reference = reference_bodies(raw)
+    common = min(len(reference), len(bodies))
+    assert bodies[:common] == reference[:common], (raw, bodies, reference)
 
 
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes(raw: bytes) -> None:
-    check(raw, {raw[i:j] for i in range(len(raw) + 1) for j in range(i, len(raw) + 1)}
-          if len(raw) < 40 else set())
+    check(raw)
 
 
 TOKENS = st.sampled_from(["POST", "GET", "PUT", "PRI", "post", "POST "])
@@ -115,8 +151,7 @@ def request(draw: Any, index: int) -> tuple[str, bytes]:
 @given(st.lists(st.integers(0, 99), min_size=1, max_size=4).flatmap(
     lambda ids: st.tuples(*[request(i) for i in ids])))
 def test_near_miss_requests_pipelined(requests: tuple[tuple[str, bytes], ...]) -> None:
-    raw = "".join(text for text, _ in requests).encode("latin-1")
-    check(raw, {body for _, body in requests} | {b""})
+    check("".join(text for text, _ in requests).encode("latin-1"))
 
 
 def test_the_deadlines_are_short_here() -> None:
