@@ -523,12 +523,14 @@ async def test_pipelined_http10_keep_alive_webhooks_are_both_answered() -> None:
 @pytest.mark.parametrize(("extra", "status"), [
     ("", 401),  # no signature header
     ("X-Sig: s\r\nContent-Length: 1000\r\n", 413),
+    ("Transfer-Encoding: chunked\r\n", 401),  # one Hypercorn would serve
 ])
 async def test_expect_100_continue_is_refused_before_the_go_ahead(extra: str, status: int
                                                                   ) -> None:
     async with serving(FakeProvider()) as (_, port, _):
         client = await connect(port)
-        length = "" if "Content-Length" in extra else "Content-Length: 5\r\n"
+        length = "" if "Content-Length" in extra or "chunked" in extra else \
+            "Content-Length: 5\r\n"
         await client.stream.send_all(f"POST /voice/webhook HTTP/1.1\r\nHost: x\r\n{extra}"
                                      f"{length}Expect: 100-continue\r\n\r\n".encode())
         assert (await client.response())[0] == status  # the first answer, not a 100
@@ -592,3 +594,19 @@ async def test_an_early_413_on_a_chunked_body_logs_no_traceback(
             await trio.testing.wait_all_tasks_blocked(0.05)  # the resets are all handled
         assert front.open_connections == 0
     assert not [r for r in caplog.records if r.exc_info or "ASGI" in r.getMessage()]
+
+
+async def test_a_chunked_webhook_with_expect_gets_its_100_when_it_is_not_refused() -> None:
+    async with serving(FakeProvider()) as (front, port, _):
+        client = await connect(port)
+        await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                                     b"Transfer-Encoding: chunked\r\n"
+                                     b"Expect: 100-continue\r\n\r\n")
+        with trio.fail_after(WAIT_S):
+            while b"\r\n\r\n" not in client.buffer:
+                await client._more()
+        assert client.buffer.startswith(b"HTTP/1.1 100 ")
+        client.buffer = client.buffer.partition(b"\r\n\r\n")[2]
+        await client.stream.send_all(b"3\r\na=1\r\n0\r\n\r\n")
+        status, _, body = await client.response()
+        assert (status, body, front.handed_over) == (200, b"<Response>a=1</Response>", 1)

@@ -320,8 +320,9 @@ class _Connection:
             self.waited = False
             try:
                 head = await self._next_head()
-            except NotSimple:
-                return True
+            except NotSimple as exc:  # hand over, unless refused before a 100 Continue
+                return exc.declined is None or not await self._refuse_before_continue(
+                    *exc.declined)
             if head is None:
                 return False
             if head.method != "POST" or head.path != self.gate.path:
@@ -447,6 +448,24 @@ class _Connection:
             return response, False
         finally:
             gate.leave(self.remote)
+
+    async def _refuse_before_continue(self, method: str, path: str,
+                                      headers: dict[str, str]) -> bool:
+        """A webhook Hypercorn would serve (chunked, say) that waits for ``100 Continue``:
+        answer a refusal here, and close, since h11 sends the 100 before any app runs."""
+        gate = self.gate
+        if (method != "POST" or path != gate.path
+                or headers.get("expect", "").lower() != "100-continue"):
+            return False
+        refusal = gate.refuse_head(headers, self.remote)
+        if refusal is None and gate.full(self.remote):
+            refusal = TOO_MANY
+        if refusal is None:
+            return False
+        await self._send(render_response(refusal.status, refusal.body, refusal.content_type,
+                                         dict(refusal.headers), close=True))
+        await self._drain()
+        return True
 
     async def _take_body(self, head: RequestHead) -> bytes:
         """Remove the request (head and body) from the buffer, reading what is still missing."""

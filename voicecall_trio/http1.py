@@ -46,7 +46,17 @@ _BARE_CR_OR_LF = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
 
 
 class NotSimple(Exception):
-    """The bytes are not in the fast path's subset; let the full HTTP server have them."""
+    """The bytes are not in the fast path's subset; let the full HTTP server have them.
+
+    ``declined`` is (method, path, headers) when the head itself was plain and only one of its
+    headers (``Transfer-Encoding``, say) is left to the full server: enough for the caller to
+    refuse a request before that server would tell the client to go on (``100 Continue``).
+    """
+
+    def __init__(self, reason: str,
+                 declined: tuple[str, str, dict[str, str]] | None = None) -> None:
+        super().__init__(reason)
+        self.declined = declined
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +95,8 @@ def parse_head(data: bytes | bytearray, max_head: int = MAX_HEAD_BYTES) -> Reque
         raise NotSimple("repeated header")
     for declined in _DECLINED_HEADERS:
         if declined in headers:
-            raise NotSimple(f"{declined} header")
+            path = target.decode("ascii").partition("?")[0]
+            raise NotSimple(f"{declined} header", (method.decode("ascii"), path, headers))
     expect = headers.get("expect")
     if expect is not None and expect.lower() != "100-continue":
         raise NotSimple("expect header")
