@@ -610,3 +610,45 @@ async def test_a_chunked_webhook_with_expect_gets_its_100_when_it_is_not_refused
         await client.stream.send_all(b"3\r\na=1\r\n0\r\n\r\n")
         status, _, body = await client.response()
         assert (status, body, front.handed_over) == (200, b"<Response>a=1</Response>", 1)
+
+
+class H2Client:
+    """Just enough of an h2 client (the h2 package Hypercorn uses) for the deadline tests."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import h2.config
+        import h2.connection
+
+        self.stream = stream
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+
+    async def flush(self) -> None:
+        await self.stream.send_all(self.conn.data_to_send())
+
+    async def response_status(self, stream_id: int) -> int:
+        import h2.events
+
+        with trio.fail_after(WAIT_S):
+            while True:
+                data = await self.stream.receive_some(65536)
+                assert data, "closed before the response"
+                for event in self.conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        return int(dict(event.headers)[b":status"])
+                await self.flush()
+
+
+async def test_h2_connections_have_the_same_deadlines(short_timeouts: None) -> None:
+    async with serving(FakeProvider(), keep_alive_s=SHORT_KEEP_ALIVE_S) as (_, port, _):
+        idle = H2Client(await trio.open_tcp_stream("127.0.0.1", port))
+        idle.conn.send_headers(1, [(":method", "GET"), (":path", "/healthz"),
+                                   (":scheme", "http"), (":authority", "x")], end_stream=True)
+        await idle.flush()
+        assert await idle.response_status(1) == 200
+        slow = H2Client(await trio.open_tcp_stream("127.0.0.1", port))
+        slow.conn.send_headers(1, [(":method", "POST"), (":path", "/voice/webhook"),
+                                   (":scheme", "http"), (":authority", "x"), ("x-sig", "s")])
+        await slow.flush()  # and the body never comes
+        assert await closed_within(Client(slow.stream), 4 * SHORT_REQUEST_S) < 3 * SHORT_REQUEST_S
+        assert await closed_within(Client(idle.stream), 4 * SHORT_KEEP_ALIVE_S) > 0
