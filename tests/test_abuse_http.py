@@ -239,3 +239,18 @@ async def test_no_connection_outlives_its_deadline_while_webhooks_answer(
             # request deadline 0.5 s, keep-alive 1 s, plus the sweeper's slack
             assert len(closed_at) == len(STALLERS) * 4 and max(closed_at) < 2.5, closed_at
             d.stop()
+
+
+def test_the_cap_is_lowered_below_a_small_fd_limit_and_said_once(
+        make_daemon: MakeDaemon, many_fds: None) -> None:
+    daemon = start_limited(make_daemon, 256)
+    port = http_port(daemon)
+    socks = open_many(port, 400, lambda n: b"" if n % 2 else b"GET /healthz HTTP/1.1\r\n")
+    try:
+        assert_answering(port, daemon.socket, rounds=10)
+    finally:
+        for sock in socks:
+            sock.close()
+    log = daemon.stderr_text()
+    assert log.count("serve.maxConnections 768 lowered to 128") == 1, log[-2000:]
+    assert "Traceback" not in log and "cannot accept" not in log, log[-2000:]
