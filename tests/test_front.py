@@ -652,3 +652,11 @@ async def test_h2_connections_have_the_same_deadlines(short_timeouts: None) -> N
         await slow.flush()  # and the body never comes
         assert await closed_within(Client(slow.stream), 4 * SHORT_REQUEST_S) < 3 * SHORT_REQUEST_S
         assert await closed_within(Client(idle.stream), 4 * SHORT_KEEP_ALIVE_S) > 0
+
+
+def test_max_connections_must_be_positive() -> None:
+    from voicecall_trio.errors import ConfigError
+
+    assert build_config({}, {}).serve.max_connections == front_module.MAX_CONNECTIONS
+    with pytest.raises(ConfigError, match=r"serve\.maxConnections"):
+        build_config({"serve": {"maxConnections": 0}}, {})
