@@ -53,7 +53,6 @@ async def serving(provider: FakeProvider, *, keep_alive_s: float = 30.0
     hc.graceful_timeout = 2.0
     hc.keep_alive_timeout = keep_alive_s
     front = HttpFront(create_app_for(gate, health=lambda: {"ok": True}), hc, gate)
-    front.answered = 0  # (the handshake below is not a webhook)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     stop = trio.Event()
