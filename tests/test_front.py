@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from hypercorn.config import Config as HypercornConfig
@@ -293,3 +296,366 @@ async def test_stop_closes_idle_connections_and_lets_busy_ones_finish() -> None:
         assert (status, body, headers["connection"]) == (200, b"<Response>slow</Response>",
                                                           "close")
         assert await busy.closed()
+
+
+# -- issue 8: every connection bounded in time, whoever serves it -----------------------------
+
+SHORT_REQUEST_S = 0.5  # the request timeout these tests set (the daemon's is 10 s)
+SHORT_KEEP_ALIVE_S = 1.0
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front_module, "REQUEST_TIMEOUT_S", SHORT_REQUEST_S)
+
+
+async def closed_within(client: Client, seconds: float) -> float:
+    """Read (and drop) until the server closes; how long that took. Fails past ``seconds``."""
+    start = trio.current_time()
+    with trio.fail_after(seconds):
+        while True:
+            try:
+                data = await client.stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not data:
+                break
+    return trio.current_time() - start
+
+
+STALLED_HEADS = {
+    "chunked head, no chunks": b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n",
+    "expect, no body": b"POST /other HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 10\r\n\r\n",
+    "HTTP/1.0 length, no body": b"POST /healthz HTTP/1.0\r\nContent-Length: 10\r\n\r\n",
+    "healthz body never comes": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                                b"\r\n",
+    "h2 preface, then nothing": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", STALLED_HEADS.values(), ids=STALLED_HEADS.keys())
+async def test_a_handed_over_request_that_stalls_is_closed_at_its_deadline(
+        raw: bytes, short_timeouts: None) -> None:
+    async with serving(FakeProvider(), keep_alive_s=30.0) as (front, port, _):
+        client = await connect(port)
+        await client.stream.send_all(raw)
+        elapsed = await closed_within(client, 5 * SHORT_REQUEST_S)
+        assert elapsed < 3 * SHORT_REQUEST_S and front.handed_over == 1
+
+
+async def test_a_slowloris_body_does_not_extend_the_deadline(short_timeouts: None) -> None:
+    async with serving(FakeProvider()) as (_, port, _):
+        client = await connect(port)
+        await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\nffff\r\n")
+        start = trio.current_time()
+        with trio.move_on_after(10 * SHORT_REQUEST_S):
+            try:
+                while True:  # one byte every 0.1 s, forever unless the server ends it
+                    await client.stream.send_all(b"a")
+                    await trio.sleep(0.1)
+            except trio.BrokenResourceError:
+                pass
+        assert trio.current_time() - start < 3 * SHORT_REQUEST_S
+        await closed_within(client, 1.0)
+
+
+async def test_a_handed_over_keep_alive_connection_closes_when_idle(short_timeouts: None
+                                                                     ) -> None:
+    async with serving(FakeProvider(), keep_alive_s=SHORT_KEEP_ALIVE_S) as (front, port, _):
+        client = await connect(port)
+        for _ in range(2):  # served by Quart, then kept alive
+            await client.stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await client.response())[0] == 200
+        elapsed = await closed_within(client, 4 * SHORT_KEEP_ALIVE_S)
+        assert 0.5 * SHORT_KEEP_ALIVE_S < elapsed < 3 * SHORT_KEEP_ALIVE_S
+        assert front.handed_over == 1
+
+
+async def test_a_request_being_handled_has_no_deadline(short_timeouts: None) -> None:
+    provider = FakeProvider()
+    provider.hold = trio.Event()
+    async with serving(provider) as (_, port, _):
+        client = await connect(port)
+        await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n")
+        await trio.sleep(3 * SHORT_REQUEST_S)  # the carrier module takes its time
+        provider.hold.set()
+        status, _, body = await client.response()
+        assert (status, body) == (200, b"<Response>a=1</Response>")
+
+
+# -- issue 8: junk cannot take carrier slots ----------------------------------------------------
+
+
+async def test_pending_junk_does_not_take_the_carriers_slots() -> None:
+    provider = FakeProvider()
+    async with serving(provider) as (_, port, _):  # maxInFlightPerIp: 2
+        junk = [await connect(port) for _ in range(4)]
+        for n, client in enumerate(junk):  # a signature header, a body that never finishes
+            if n % 2:
+                await client.stream.send_all(webhook(b"x" * 50)[:-10])
+            else:  # chunked: Hypercorn's WebhookEndpoint
+                await client.stream.send_all(
+                    b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: junk\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n5\r\nab")
+        await trio.testing.wait_all_tasks_blocked()
+        carrier = await connect(port)
+        for _ in range(3):
+            await carrier.stream.send_all(webhook())
+            assert (await carrier.response())[0] == 200
+        chunked = await connect(port)
+        await chunked.stream.send_all(
+            b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\na=1\r\n0\r\n\r\n")
+        assert (await chunked.response())[0] == 200
+        for client in [*junk, carrier, chunked]:
+            await client.stream.aclose()
+
+
+# -- issue 8: file descriptors cannot be exhausted from outside ---------------------------------
+
+
+def test_the_connection_cap_keeps_a_reserve_below_the_fd_limit() -> None:
+    assert front_module.connection_cap(768, 1024) == 768
+    assert front_module.connection_cap(768, 512) == 512 - front_module.FD_RESERVE
+    assert front_module.connection_cap(768, 10) == 1
+
+
+def test_a_recurring_warning_is_one_line_a_minute_with_a_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    warn = front_module._Throttled("cannot accept")
+    for tick in range(1200):  # two minutes of failures every 0.1 s
+        warn(tick / 10, "Too many open files")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("Too many open files" in line for line in lines)
+    assert "(600 time(s)" in lines[1] and not any(r.exc_info for r in caplog.records)
+
+
+async def test_at_the_cap_the_oldest_idle_connection_is_shed(monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    monkeypatch.setattr(front_module, "MAX_CONNECTIONS", 4)
+    async with serving(FakeProvider()) as (front, port, _):
+        idle = [await connect(port) for _ in range(3)]
+        await idle[0].stream.send_all(webhook())  # kept alive after an answer
+        assert (await idle[0].response())[0] == 200
+        slow = await connect(port)  # a request arriving slowly: shed after the idle ones
+        await slow.stream.send_all(webhook()[:20])
+        await trio.testing.wait_all_tasks_blocked()
+        fresh = [await connect(port) for _ in range(3)]  # (kept: a dropped one would close)
+        for client in fresh:
+            await client.stream.send_all(webhook())
+            assert (await client.response())[0] == 200
+        for client in idle:  # the three that were idle longest went first
+            assert await client.closed()
+        assert front.shed == 3 and front.open_connections <= 4
+        await trio.testing.wait_all_tasks_blocked()
+        await slow.stream.send_all(webhook()[20:])
+        assert (await slow.response())[0] == 200  # never shed: idle ones went first
+
+
+async def test_at_the_cap_busy_connections_are_never_shed(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr(front_module, "MAX_CONNECTIONS", 2)
+    provider = FakeProvider()
+    provider.hold = trio.Event()
+    async with serving(provider) as (front, port, _):
+        busy = [await connect(port) for _ in range(2)]
+        for n, client in enumerate(busy):
+            await client.stream.send_all(webhook(f"{n}".encode()))
+        with trio.fail_after(WAIT_S):
+            while len(provider.seen) < 2:
+                await trio.testing.wait_all_tasks_blocked()
+        late = await connect(port)
+        assert await late.closed()
+        assert front.refused == 1
+        provider.hold.set()
+        assert [(await c.response())[0] for c in busy] == [200, 200]
+
+
+# -- issue 8, item 10: the smaller HTTP ones -----------------------------------------------------
+
+
+async def test_an_unknown_transfer_encoding_is_a_400_not_a_501() -> None:
+    async with serving(FakeProvider()) as (_, port, _):
+        client = await connect(port)
+        await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                                     b"Transfer-Encoding: gzip, chunked\r\n\r\n")
+        assert (await client.response())[0] == 400
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /healthz HTTP/1.1\nHost: x\n\n",  # bare LF: h11 takes it, our parser never would
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)),  # a TLS ClientHello
+    b"\x00\xff garbage without any line end",
+    b"GET /healthz HTTP/1.1\r\nHost: x\nX-A: b\r\n\n",
+])
+async def test_a_head_that_cannot_be_simple_is_answered_at_once(raw: bytes) -> None:
+    async with serving(FakeProvider()) as (_, port, _):  # the request timeout stays 10 s
+        client = await connect(port)
+        await client.stream.send_all(raw)
+        with trio.fail_after(2):
+            status = (await client.response())[0]
+        assert status in (200, 400)
+        await client.stream.aclose()
+
+
+async def test_pipelined_http10_keep_alive_webhooks_are_both_answered() -> None:
+    provider = FakeProvider()
+    async with serving(provider) as (_, port, _):
+        client = await connect(port)
+        one = (b"POST /voice/webhook HTTP/1.0\r\nHost: x\r\nX-Sig: s\r\n"
+               b"Connection: keep-alive\r\nContent-Length: 3\r\n\r\n")
+        await client.stream.send_all(one + b"n=1" + one + b"n=2")
+        first, second = await client.response(), await client.response()
+        assert (first[0], first[2], first[1]["connection"]) == (200, b"<Response>n=1</Response>",
+                                                                "keep-alive")
+        assert (second[0], second[2]) == (200, b"<Response>n=2</Response>")
+        plain = await connect(port)  # without keep-alive: answered, then closed
+        await plain.stream.send_all(one.replace(b"keep-alive", b"x") + b"n=3")
+        status, headers, _ = await plain.response()
+        assert (status, headers["connection"]) == (200, "close") and await plain.closed()
+
+
+@pytest.mark.parametrize(("extra", "status"), [
+    ("", 401),  # no signature header
+    ("X-Sig: s\r\nContent-Length: 1000\r\n", 413),
+    ("Transfer-Encoding: chunked\r\n", 401),  # one Hypercorn would serve
+])
+async def test_expect_100_continue_is_refused_before_the_go_ahead(extra: str, status: int
+                                                                  ) -> None:
+    async with serving(FakeProvider()) as (_, port, _):
+        client = await connect(port)
+        length = "" if "Content-Length" in extra or "chunked" in extra else \
+            "Content-Length: 5\r\n"
+        await client.stream.send_all(f"POST /voice/webhook HTTP/1.1\r\nHost: x\r\n{extra}"
+                                     f"{length}Expect: 100-continue\r\n\r\n".encode())
+        assert (await client.response())[0] == status  # the first answer, not a 100
+        assert await client.closed()
+
+
+async def test_expect_100_continue_at_the_in_flight_limit_is_a_429_first() -> None:
+    provider = FakeProvider()
+    provider.hold = trio.Event()
+    async with serving(provider) as (_, port, _):
+        busy = [await connect(port) for _ in range(2)]
+        for client in busy:
+            await client.stream.send_all(webhook())
+        with trio.fail_after(WAIT_S):
+            while len(provider.seen) < 2:
+                await trio.testing.wait_all_tasks_blocked()
+        late = await connect(port)
+        head = webhook(b"a=1")[:-5]  # up to the blank line
+        await late.stream.send_all(head + b"Expect: 100-continue\r\n\r\n")
+        assert (await late.response())[0] == 429  # the first answer, not a 100
+        assert await late.closed()
+        provider.hold.set()
+        assert [(await c.response())[0] for c in busy] == [200, 200]
+
+
+async def test_expect_100_continue_then_the_body_is_answered() -> None:
+    provider = FakeProvider()
+    async with serving(provider) as (front, port, _):
+        client = await connect(port)
+        head = webhook(b"a=1")[:-3]
+        await client.stream.send_all(head[:-2] + b"Expect: 100-continue\r\n\r\n")
+        with trio.fail_after(WAIT_S):
+            while b"\r\n\r\n" not in client.buffer:
+                await client._more()
+        assert client.buffer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client.buffer = client.buffer[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        await client.stream.send_all(b"a=1")
+        status, _, body = await client.response()
+        assert (status, body) == (200, b"<Response>a=1</Response>")
+        assert front.handed_over == 0
+
+
+async def test_an_early_413_on_a_chunked_body_logs_no_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Clients that send a chunked body over the cap and reset the connection at once: the
+    413 races Hypercorn's close (a race: before the fix about half the runs logged one)."""
+    async with serving(FakeProvider()) as (front, port, _):
+        for size in (8, 20, 50, 200, 1000) * 20:
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port))
+            chunks = b"".join(b"10\r\n" + b"x" * 16 + b"\r\n" for _ in range(size))
+            try:
+                await sock.send(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+            except OSError:
+                pass
+            await trio.sleep(0.001 * (size % 3))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, not a clean close
+        with trio.fail_after(WAIT_S):
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the resets are all handled
+        assert front.open_connections == 0
+    assert not [r for r in caplog.records if r.exc_info or "ASGI" in r.getMessage()]
+
+
+async def test_a_chunked_webhook_with_expect_gets_its_100_when_it_is_not_refused() -> None:
+    async with serving(FakeProvider()) as (front, port, _):
+        client = await connect(port)
+        await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
+                                     b"Transfer-Encoding: chunked\r\n"
+                                     b"Expect: 100-continue\r\n\r\n")
+        with trio.fail_after(WAIT_S):
+            while b"\r\n\r\n" not in client.buffer:
+                await client._more()
+        assert client.buffer.startswith(b"HTTP/1.1 100 ")
+        client.buffer = client.buffer.partition(b"\r\n\r\n")[2]
+        await client.stream.send_all(b"3\r\na=1\r\n0\r\n\r\n")
+        status, _, body = await client.response()
+        assert (status, body, front.handed_over) == (200, b"<Response>a=1</Response>", 1)
+
+
+class H2Client:
+    """Just enough of an h2 client (the h2 package Hypercorn uses) for the deadline tests."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import h2.config
+        import h2.connection
+
+        self.stream = stream
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+
+    async def flush(self) -> None:
+        await self.stream.send_all(self.conn.data_to_send())
+
+    async def response_status(self, stream_id: int) -> int:
+        import h2.events
+
+        with trio.fail_after(WAIT_S):
+            while True:
+                data = await self.stream.receive_some(65536)
+                assert data, "closed before the response"
+                for event in self.conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        return int(dict(event.headers)[b":status"])
+                await self.flush()
+
+
+async def test_h2_connections_have_the_same_deadlines(short_timeouts: None) -> None:
+    async with serving(FakeProvider(), keep_alive_s=SHORT_KEEP_ALIVE_S) as (_, port, _):
+        idle = H2Client(await trio.open_tcp_stream("127.0.0.1", port))
+        idle.conn.send_headers(1, [(":method", "GET"), (":path", "/healthz"),
+                                   (":scheme", "http"), (":authority", "x")], end_stream=True)
+        await idle.flush()
+        assert await idle.response_status(1) == 200
+        slow = H2Client(await trio.open_tcp_stream("127.0.0.1", port))
+        slow.conn.send_headers(1, [(":method", "POST"), (":path", "/voice/webhook"),
+                                   (":scheme", "http"), (":authority", "x"), ("x-sig", "s")])
+        await slow.flush()  # and the body never comes
+        assert await closed_within(Client(slow.stream), 4 * SHORT_REQUEST_S) < 3 * SHORT_REQUEST_S
+        assert await closed_within(Client(idle.stream), 4 * SHORT_KEEP_ALIVE_S) > 0
+
+
+def test_max_connections_must_be_positive() -> None:
+    from voicecall_trio.errors import ConfigError
+
+    assert build_config({}, {}).serve.max_connections == front_module.MAX_CONNECTIONS
+    with pytest.raises(ConfigError, match=r"serve\.maxConnections"):
+        build_config({"serve": {"maxConnections": 0}}, {})

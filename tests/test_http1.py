@@ -37,13 +37,13 @@ def test_values_are_trimmed_and_close_is_noticed() -> None:
 
 
 @pytest.mark.parametrize("raw", [
-    b"POST / HTTP/1.0\r\n\r\n",  # HTTP/1.0 keep-alive rules differ
+    b"POST / HTTP/1.0\r\n\r\n",  # HTTP/1.0 without Host: h11 takes it
     b"POST http://a/ HTTP/1.1\r\n\r\n",  # absolute-form target
     b"POST /a%2Fb HTTP/1.1\r\n\r\n",  # percent-decoding is Hypercorn's job
     b"POST  / HTTP/1.1\r\n\r\n",
     b"\r\nPOST / HTTP/1.1\r\n\r\n",  # a leading empty line
     b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-    b"POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nExpect: something-else\r\n\r\n",
     b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
     b"POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",  # repeated
@@ -107,3 +107,32 @@ def test_responses_carry_length_date_and_close() -> None:
     assert any(line.startswith(b"date: ") for line in lines)
     with pytest.raises(ValueError):
         render_response(200, b"", headers={"X-Evil": "a\r\nSet-Cookie: b"})
+
+
+def test_http10_closes_unless_kept_alive_and_expect_continue_is_noticed() -> None:
+    plain = parse_head(b"POST / HTTP/1.0\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+    kept = parse_head(b"POST / HTTP/1.0\r\nHost: h\r\nConnection: Keep-Alive\r\n\r\n")
+    expect = parse_head(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\n\r\n")
+    assert plain is not None and plain.http10 and plain.close
+    assert kept is not None and kept.http10 and not kept.close
+    assert expect is not None and expect.expect_continue and not expect.http10
+
+
+@pytest.mark.parametrize("partial", [
+    b"\x16\x03\x01",  # a TLS ClientHello
+    b"GET /x HTTP/1.1\n",  # bare LF
+    b"POST /x HTTP/1.1\r\nHost: h\nX",
+    b"POST /x HTTP/1.1\r\nHost: h\rX",
+    b"POST x",  # not origin-form
+    b"POST /x HTTP/2",
+    b"PRI * HTTP/2.0\r\n",
+])
+def test_a_head_that_cannot_become_simple_is_declined_before_it_ends(partial: bytes) -> None:
+    with pytest.raises(NotSimple):
+        parse_head(partial)
+
+
+def test_every_prefix_of_an_http10_head_asks_for_more() -> None:
+    raw = b"POST /voice/webhook HTTP/1.0\r\nHost: h\r\nContent-Length: 1\r\n\r\n"
+    for cut in range(len(raw) - 1):
+        assert parse_head(raw[:cut]) is None

@@ -130,3 +130,28 @@ async def test_per_ip_in_flight_limit_answers_429() -> None:
         gate.set()
     assert results == [200, 200]
     assert (await call(app, "POST", "/voice/webhook", headers={"X-Sig": "a"}))[0] == 200
+
+
+async def test_requests_whose_body_never_completes_take_no_in_flight_slot() -> None:
+    provider = FakeProvider()
+    app = make(provider)  # maxInFlightPerIp: 2
+    never = trio.Event()
+
+    async def stalled() -> None:
+        async def receive() -> dict[str, Any]:
+            await never.wait()  # the body never finishes
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/voice/webhook",
+                 "headers": [(b"x-sig", b"junk")], "client": ("10.0.0.1", 1)}
+        await app(scope, receive, send)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(stalled)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await call(app, "POST", "/voice/webhook", headers={"X-Sig": "a"}))[0] == 200
+        nursery.cancel_scope.cancel()

@@ -47,6 +47,7 @@ class ServeConfig(_Section):
     port: int = 3334
     bind: str = "127.0.0.1"
     path: str = "/voice/webhook"
+    max_connections: int = 768  # ours: open HTTP connections at once (front.MAX_CONNECTIONS)
 
 
 class OutboundConfig(_Section):
@@ -272,6 +273,8 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
             raise ConfigError(f"{key(name)}: must start with '/'")
     if not 0 <= config.serve.port <= 65535:
         raise ConfigError(f"{key('serve.port')}: must be a TCP port (0-65535)")
+    if config.serve.max_connections < 1:
+        raise ConfigError(f"{key('serve.maxConnections')}: must be at least 1")
 
 
 def build_config(

@@ -23,6 +23,7 @@ import fcntl
 import gc
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -268,7 +269,8 @@ async def _serve_http(
 ) -> None:
     from hypercorn.config import Config as HypercornConfig
 
-    from .front import HttpFront
+    from . import front as front_module
+    from .front import FD_RESERVE, HttpFront, connection_cap
     from .web import WebhookGate, create_app_for
 
     gate = WebhookGate(config, provider, supervisor)
@@ -278,7 +280,7 @@ async def _serve_http(
     hc.errorlog = logging.getLogger("voicecall.http")
     # idle keep-alive connections (carriers keep them) get this long to finish at stop
     hc.graceful_timeout = 1.0
-    hc.keep_alive_timeout = 30.0
+    hc.keep_alive_timeout = front_module.KEEP_ALIVE_S
     host = config.serve.bind
     try:
         listeners = await trio.open_tcp_listeners(config.serve.port, host=host, backlog=1024)
@@ -287,10 +289,23 @@ async def _serve_http(
             f"cannot listen on {host}:{config.serve.port} (serve.bind/serve.port): "
             f"{exc.strerror or exc}"
         ) from None
+    cap = connection_cap(config.serve.max_connections, fd_soft_limit())
+    if cap < config.serve.max_connections:
+        log.warning("serve.maxConnections %d lowered to %d: the open-file limit (RLIMIT_NOFILE) "
+                    "is %d and %d descriptors are kept for the control socket, the journal "
+                    "and outgoing requests", config.serve.max_connections, cap,
+                    fd_soft_limit(), FD_RESERVE)
     try:
-        await HttpFront(app, hc, gate).serve(listeners, stop, task_status=task_status)
+        await HttpFront(app, hc, gate, max_connections=cap).serve(listeners, stop,
+                                                                  task_status=task_status)
     finally:
         done.set()
+
+
+def fd_soft_limit() -> int:
+    """The process's soft RLIMIT_NOFILE (a very large number when unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
 E = TypeVar("E", bound=BaseException)

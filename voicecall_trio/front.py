@@ -8,12 +8,26 @@ connections near 90 ms. docs/benchmarks.md has the measurements before and after
 
 So one trio listener owns the port. Each connection starts here:
 
-- a request ``http1.parse_head`` recognises as ``POST <serve.path> HTTP/1.1`` with a plain
-  ``Content-Length`` body is answered in place, through the same ``WebhookGate`` the ASGI
-  endpoint uses (same checks, same answers, one in-flight count per IP);
-- anything else (``/healthz``, 404s, the media WebSocket, chunked bodies, ``Expect``,
-  HTTP/1.0, malformed bytes) hands the connection over to Hypercorn, with the bytes already
-  read replayed first, and Hypercorn serves it until it closes.
+- a request ``http1.parse_head`` recognises as ``POST <serve.path> HTTP/1.1`` (or 1.0) with
+  a plain ``Content-Length`` body is answered in place, through the same ``WebhookGate`` the
+  ASGI endpoint uses (same checks, same answers, one in-flight count per IP);
+- anything else (``/healthz``, 404s, the media WebSocket, chunked bodies, upgrades, malformed
+  bytes) hands the connection over to Hypercorn, with the bytes already read replayed first,
+  and Hypercorn serves it until it closes.
+
+Every connection is bounded in time, whoever serves it: a started request must arrive whole
+within ``request_timeout_s`` (10 s; a byte every few seconds does not extend it), and an idle
+one closes after the keep-alive timeout (30 s). The fast path enforces both itself; for
+handed-over connections (HTTP/1.x and h2) a ``handover.Handed`` watches the bytes arriving and
+the ASGI messages of each request, and the sweeper closes the connection past its deadline. A
+request being handled (body complete, answer not yet sent) has no deadline, nor has a
+connection once it was upgraded (a WebSocket accepted: the media stream lives as long as its
+call, and its own timeouts are the stream route's job).
+
+The number of open connections is capped (``serve.maxConnections``, lowered below the process's
+file descriptor limit so the control socket and the journal always have descriptors): at the
+cap, a new connection sheds the oldest idle one, else the one whose request has been arriving
+longest; one being handled is never shed, and when every connection is, the new one is closed.
 
 Hypercorn still runs the ASGI lifespan and serves every connection it is given exactly as
 ``hypercorn.trio.serve`` would; only the accept loop is ours. That uses three Hypercorn
@@ -32,7 +46,8 @@ from typing import Any
 
 import trio
 
-from .http1 import NotSimple, RequestHead, parse_head, render_response
+from .handover import BUSY, IDLE, RECEIVING, Handed, Rewound
+from .http1 import CONTINUE, NotSimple, RequestHead, parse_head, render_response
 from .providers.base import WebhookRequest, WebhookResponse
 from .web import TOO_LARGE, TOO_MANY, WebhookGate
 
@@ -40,11 +55,43 @@ log = logging.getLogger("voicecall.http")
 
 RECEIVE_BYTES = 65536
 REQUEST_TIMEOUT_S = 10.0  # a started request must arrive whole within this (slow senders)
+KEEP_ALIVE_S = 30.0  # an idle connection closes after this (carriers keep theirs open)
 DRAIN_TIMEOUT_S = 1.0  # after a refusal that closes, how long unread input is drained
 DRAIN_LIMIT_BYTES = 1 << 20
 SWEEP_INTERVAL_S = 1.0
+MAX_CONNECTIONS = 768  # serve.maxConnections' default: well under the usual 1024 fd limit
+# descriptors kept free below RLIMIT_NOFILE for everything that is not an HTTP connection:
+# the control socket and its clients, the journal, the store lock, listeners, outgoing
+# REST connections, the event loop's own
+FD_RESERVE = 128
+LOG_EVERY_S = 60.0  # repeated warnings (accept failures, a full house): one line this often
 # accept() failures that mean "out of resources for now", as trio.serve_listeners treats them
 _ACCEPT_PAUSE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def connection_cap(configured: int, fd_limit: int, reserve: int = FD_RESERVE) -> int:
+    """The number of HTTP connections to allow: ``configured``, lowered so that ``reserve``
+    descriptors stay free below ``fd_limit`` (the soft RLIMIT_NOFILE), and at least 1."""
+    return max(1, min(configured, fd_limit - reserve))
+
+
+class _Throttled:
+    """A warning that may recur many times a second, logged at most once per ``every_s``
+    with the number of times it happened since the last line (and no traceback)."""
+
+    def __init__(self, message: str, every_s: float = LOG_EVERY_S) -> None:
+        self.message = message
+        self.every_s = every_s
+        self.count = 0
+        self._next_at = -math.inf
+
+    def __call__(self, now: float, detail: str) -> None:
+        self.count += 1
+        if now >= self._next_at:
+            log.warning("%s: %s (%d time(s) since the last such line)", self.message, detail,
+                        self.count)
+            self.count = 0
+            self._next_at = now + self.every_s
 
 
 class _Closed(Exception):
@@ -54,19 +101,37 @@ class _Closed(Exception):
 class HttpFront:
     """Accepts connections on the listeners; see the module docstring for the split."""
 
-    def __init__(self, app: Any, hypercorn_config: Any, gate: WebhookGate) -> None:
+    def __init__(self, app: Any, hypercorn_config: Any, gate: WebhookGate, *,
+                 max_connections: int | None = None,
+                 request_timeout_s: float | None = None) -> None:
         from hypercorn.utils import wrap_app
 
         self.app = wrap_app(app, hypercorn_config.wsgi_max_body_size, "asgi")
         self.hc = hypercorn_config
         self.gate = gate
         self.keep_alive_s = float(hypercorn_config.keep_alive_timeout)
+        # (the module's defaults are read here, so a test can set them small)
+        self.request_timeout_s = request_timeout_s or REQUEST_TIMEOUT_S
+        self.max_connections = max_connections or MAX_CONNECTIONS
         self.handed_over = 0  # connections given to Hypercorn (tests and diagnostics)
         self.answered = 0  # webhook requests answered on the fast path
+        self.shed = 0  # connections closed to make room for a new one
+        self.refused = 0  # new connections closed because every open one was busy
+        self.expired = 0  # handed-over connections closed past their deadline
         self.closing = False
         self._idle: dict[_Connection, float] = {}  # connection -> when it became idle
+        # every open connection, fast path or handed over, oldest first
+        self._open: dict[_Connection | Handed, None] = {}
+        self._starting = 0  # accepted, its task not yet running
+        self._accept_failed = _Throttled("cannot accept HTTP connections for now")
+        self._full = _Throttled("HTTP connection cap reached and every connection is busy; "
+                                "closing new ones")
         self._state: dict[str, Any] = {}
         self._context: Any = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open) + self._starting
 
     async def serve(self, listeners: Sequence[trio.SocketListener], stop: trio.Event, *,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -104,53 +169,92 @@ class HttpFront:
             except OSError as exc:
                 if exc.errno not in _ACCEPT_PAUSE_ERRNOS:
                     raise
-                log.warning("cannot accept HTTP connections for now: %s", exc.strerror)
+                self._accept_failed(trio.current_time(), exc.strerror or str(exc))
                 await trio.sleep(0.1)
                 continue
             plain = socket.socket(fileno=stream.socket.detach())  # ours to drive directly
+            if not self._make_room():
+                self.refused += 1
+                self._full(trio.current_time(), f"{self.open_connections} open")
+                plain.close()
+                continue
             plain.setblocking(False)
+            self._starting += 1
             connections.start_soon(self._connection, plain)
 
+    def _make_room(self) -> bool:
+        """Below the cap, or shed one connection to get there; False if none may be shed."""
+        if self.open_connections < self.max_connections:
+            return True
+        victim: _Connection | Handed | None = None
+        best = (BUSY, 0.0)
+        for connection in self._open:
+            phase = connection.phase()
+            if phase < best:
+                victim, best = connection, phase
+        if victim is None:
+            return False
+        del self._open[victim]
+        self.shed += 1
+        victim.drop()
+        return True
+
     async def _sweep_idle(self) -> None:
-        """Close keep-alive connections idle for longer than the keep-alive timeout.
+        """Close connections past their deadline: fast-path ones idle for longer than the
+        keep-alive timeout, handed-over ones past whichever deadline applies to them.
 
         One sweeper instead of a timer per request: arming and disarming a deadline around
         every read was a measurable share of a webhook's cost.
         """
         while True:
-            await trio.sleep(min(SWEEP_INTERVAL_S, self.keep_alive_s / 4))
-            cutoff = trio.current_time() - self.keep_alive_s
+            await trio.sleep(min(SWEEP_INTERVAL_S, self.keep_alive_s / 4,
+                                 self.request_timeout_s / 4))
+            now = trio.current_time()
+            cutoff = now - self.keep_alive_s
             for connection, since in list(self._idle.items()):
                 if since <= cutoff:
                     connection.interrupt()
+            for other in list(self._open):
+                if isinstance(other, Handed) and other.deadline() <= now:
+                    self.expired += 1
+                    other.drop()
 
     async def _begin_close(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""
         self.closing = True
         for connection in list(self._idle):
             connection.interrupt()
+        for other in list(self._open):
+            if isinstance(other, Handed) and other.phase()[0] == IDLE:
+                other.drop()
         await self._context.terminated.set()  # Hypercorn's connections do the same
 
     async def _connection(self, sock: socket.socket) -> None:
+        self._starting -= 1
         hand_over = False
+        connection: _Connection | None = None
         try:
             connection = _Connection(self, sock)
+            self._open[connection] = None
             try:
                 hand_over = await connection.serve()
             except (_Closed, trio.ClosedResourceError, OSError):
                 pass
-            if hand_over:
-                await self._hand_over(sock, bytes(connection.buffer))
+            if hand_over and sock.fileno() >= 0:  # (not if it was shed meanwhile)
+                del self._open[connection]
+                await self._hand_over(sock, bytes(connection.buffer), connection.started)
         except OSError:
             pass  # the peer was gone before we could ask who it was
         except Exception:
             log.exception("HTTP connection failed")
         finally:
-            if not hand_over:
+            if connection is not None:
+                self._open.pop(connection, None)
+            if not hand_over and sock.fileno() >= 0:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
 
-    async def _hand_over(self, sock: socket.socket, replay: bytes) -> None:
+    async def _hand_over(self, sock: socket.socket, replay: bytes, started: float) -> None:
         from hypercorn.trio.tcp_server import TCPServer
         from hypercorn.typing import ConnectionState
 
@@ -161,10 +265,14 @@ class HttpFront:
             sock.close()
             raise
         state = ConnectionState(self._state.copy())
-        rewound: Any = _Rewound(stream, replay)  # Hypercorn types its stream as SSLStream
+        handed = Handed(self, stream, started)
+        rewound: Any = Rewound(stream, replay, handed)  # Hypercorn types it as SSLStream
+        self._open[handed] = None
         try:
-            await TCPServer(self.app, self.hc, self._context, state, rewound)
+            with handed.cancel_scope:
+                await TCPServer(handed, self.hc, self._context, state, rewound)
         finally:
+            self._open.pop(handed, None)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -185,8 +293,25 @@ class _Connection:
         self.sock = sock
         self.buffer = bytearray()
         self.remote = str(sock.getpeername()[0])
+        self.started = trio.current_time()  # when the request being received began
         self.deadline = math.inf  # for the request being received
+        self.busy = False  # a complete request is being answered
         self.waited = False  # did this request reach a checkpoint yet?
+
+    def phase(self) -> tuple[int, float]:
+        """(IDLE, since) waiting for a request, (RECEIVING, since) reading one, or BUSY."""
+        since = self.front._idle.get(self)
+        if since is not None:
+            return IDLE, since
+        if self.busy:
+            return BUSY, 0.0
+        return RECEIVING, self.started
+
+    def drop(self) -> None:
+        """Close now (shed at the cap): wakes the task, which finds the socket closed."""
+        if self.sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
 
     async def serve(self) -> bool:
         """Answer webhook requests until the connection ends (False) or must be handed over."""
@@ -194,8 +319,9 @@ class _Connection:
             self.waited = False
             try:
                 head = await self._next_head()
-            except NotSimple:
-                return True
+            except NotSimple as exc:  # hand over, unless refused before a 100 Continue
+                return exc.declined is None or not await self._refuse_before_continue(
+                    *exc.declined)
             if head is None:
                 return False
             if head.method != "POST" or head.path != self.gate.path:
@@ -204,7 +330,8 @@ class _Connection:
             close = close or head.close or self.front.closing
             await self._send(render_response(response.status, response.body,
                                              response.content_type, dict(response.headers),
-                                             close=close))
+                                             close=close, keep_alive=head.http10))
+            self.busy = False
             if close:
                 await self._drain()
                 return False
@@ -234,9 +361,9 @@ class _Connection:
         raise _Closed
 
     async def _send(self, data: bytes) -> None:
-        """Send it all, or ``_Closed`` if the peer stops reading for REQUEST_TIMEOUT_S."""
+        """Send it all, or ``_Closed`` if the peer stops reading for the request timeout."""
         view = memoryview(data)
-        deadline = trio.current_time() + REQUEST_TIMEOUT_S
+        deadline = trio.current_time() + self.front.request_timeout_s
         while view:
             try:
                 sent = self.sock.send(view)
@@ -251,7 +378,8 @@ class _Connection:
     async def _next_head(self) -> RequestHead | None:
         """The next request head; None when the peer closed or keep-alive ran out."""
         if self.buffer:  # pipelined: the next request has started already
-            self.deadline = trio.current_time() + REQUEST_TIMEOUT_S
+            self.started = trio.current_time()
+            self.deadline = self.started + self.front.request_timeout_s
         elif not await self._wait_idle():
             return None
         while (head := parse_head(self.buffer)) is None:
@@ -280,7 +408,8 @@ class _Connection:
         if not data:
             return False
         self.buffer += data
-        self.deadline = trio.current_time() + REQUEST_TIMEOUT_S
+        self.started = trio.current_time()
+        self.deadline = self.started + self.front.request_timeout_s
         return True
 
     async def _exchange(self, head: RequestHead) -> tuple[WebhookResponse, bool]:
@@ -288,21 +417,28 @@ class _Connection:
 
         A body over ``maxBodyBytes`` is never read, whatever the answer: the connection
         closes after it instead. Any other refused body is read and dropped, so the
-        connection stays usable.
+        connection stays usable. A client that sent ``Expect: 100-continue`` and waits is
+        refused (and the connection closed) before it is told to send its body. The in-flight
+        slot is taken only once the body is complete (see ``WebhookGate.enter``).
         """
         gate = self.gate
-        too_big = head.content_length > gate.max_body
-        if not gate.enter(self.remote):
-            if not too_big:
-                await self._take_body(head)
-            return TOO_MANY, too_big
-        try:
-            refusal = gate.refuse_head(head.headers, self.remote)
-            if too_big:
-                return refusal or TOO_LARGE, True
-            body = await self._take_body(head)
+        refusal = gate.refuse_head(head.headers, self.remote)
+        if head.content_length > gate.max_body:
+            return refusal or TOO_LARGE, True
+        if head.expect_continue and len(self.buffer) < head.size + head.content_length:
+            if refusal is None and gate.full(self.remote):
+                refusal = TOO_MANY
             if refusal is not None:
-                return refusal, False
+                return refusal, True
+            if len(self.buffer) == head.size:  # not one byte of the body sent yet
+                await self._send(CONTINUE)
+        body = await self._take_body(head)
+        if refusal is not None:
+            return refusal, False
+        if not gate.enter(self.remote):
+            return TOO_MANY, False
+        self.busy = True
+        try:
             self.front.answered += 1
             response = await gate.respond(WebhookRequest(
                 method="POST", path=head.path, query_string=head.query, headers=head.headers,
@@ -311,6 +447,24 @@ class _Connection:
             return response, False
         finally:
             gate.leave(self.remote)
+
+    async def _refuse_before_continue(self, method: str, path: str,
+                                      headers: dict[str, str]) -> bool:
+        """A webhook Hypercorn would serve (chunked, say) that waits for ``100 Continue``:
+        answer a refusal here, and close, since h11 sends the 100 before any app runs."""
+        gate = self.gate
+        if (method != "POST" or path != gate.path
+                or headers.get("expect", "").lower() != "100-continue"):
+            return False
+        refusal = gate.refuse_head(headers, self.remote)
+        if refusal is None and gate.full(self.remote):
+            refusal = TOO_MANY
+        if refusal is None:
+            return False
+        await self._send(render_response(refusal.status, refusal.body, refusal.content_type,
+                                         dict(refusal.headers), close=True))
+        await self._drain()
+        return True
 
     async def _take_body(self, head: RequestHead) -> bytes:
         """Remove the request (head and body) from the buffer, reading what is still missing."""
@@ -342,39 +496,6 @@ class _Connection:
             pass
         finally:
             del self.front._idle[self]
-
-
-class _Rewound(trio.abc.HalfCloseableStream):
-    """A socket stream that first gives back the bytes the fast path had already read.
-
-    Hypercorn looks for ``socket`` (peer and local address) and treats a stream without
-    ``do_handshake`` as plain TCP, which is what this is.
-    """
-
-    def __init__(self, stream: trio.SocketStream, replay: bytes) -> None:
-        self.transport = stream
-        self.socket = stream.socket
-        self._replay = replay
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._replay:
-            await trio.lowlevel.checkpoint()
-            size = len(self._replay) if max_bytes is None else max_bytes
-            chunk, self._replay = self._replay[:size], self._replay[size:]
-            return chunk
-        return bytes(await self.transport.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.transport.send_eof()
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
 
 
 def describe_binds(listeners: Sequence[trio.SocketListener]) -> list[str]:

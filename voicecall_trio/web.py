@@ -5,9 +5,11 @@ Two layers behind Hypercorn:
 - ``WebhookEndpoint``, a bare ASGI callable, serves exactly ``serve.path``. It is the hot
   path: every carrier callback comes through it, and skipping the framework there cut the
   server CPU per webhook by about a quarter (see docs/benchmarks.md). Guards run
-  before the carrier module sees a request: 405 for anything but POST, a per-IP in-flight limit
-  (429), a 401 when the carrier's signature header is missing (before the body is read), and a
-  body size cap (413, also enforced while streaming a body without Content-Length).
+  before the carrier module sees a request: 405 for anything but POST, a 401 when the
+  carrier's signature header is missing (before the body is read), a body size cap (413, also
+  enforced while streaming a body without Content-Length), and a per-IP in-flight limit (429)
+  taken only once the body is complete, so requests that never finish cannot hold the slots
+  a carrier's next request needs.
 - A quart-trio app serves everything else: ``/healthz``, 404s, and the lifespan protocol.
 
 Whatever the carrier module does with a request, a failure becomes a 4xx and one log line,
@@ -76,8 +78,17 @@ class WebhookGate:
         self.in_flight: dict[str, int] = {}
         self._turnstile = trio.StrictFIFOLock()
 
+    def full(self, remote: str) -> bool:
+        """Would ``enter`` refuse ``remote`` now? (Asked before a ``100 Continue``.)"""
+        return self.in_flight.get(remote, 0) >= self.limit
+
     def enter(self, remote: str) -> bool:
-        """Take an in-flight slot for ``remote``; False (answer 429) when it has too many."""
+        """Take an in-flight slot for ``remote``; False (answer 429) when it has too many.
+
+        Taken only for a request that is complete (body read) and so can be verified: a slot
+        held while a body trickles in would let junk that never finishes starve the carrier,
+        which behind a tunnel shares the junk's address (127.0.0.1).
+        """
         count = self.in_flight.get(remote, 0)
         if count >= self.limit:
             log.info("webhook from %s refused: too many requests in flight", remote)
@@ -128,15 +139,6 @@ class WebhookEndpoint:
             return
         client = scope.get("client")
         remote = str(client[0]) if client else ""
-        if not self.gate.enter(remote):
-            await _reply(send, TOO_MANY)
-            return
-        try:
-            await self._handle(scope, receive, send, remote)
-        finally:
-            self.gate.leave(remote)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, remote: str) -> None:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                    for name, value in scope["headers"]}
         refusal = self.gate.refuse_head(headers, remote)
@@ -148,8 +150,19 @@ class WebhookEndpoint:
                          self.gate.max_body)
                 refusal = TOO_LARGE
         if refusal is not None:
-            await _reply(send, refusal)
+            # over HTTP/1.x the connection ends after it rather than read an unwanted body
+            await _reply(send, refusal, close=scope.get("http_version", "1.1") in ("1.0", "1.1"))
             return
+        if not self.gate.enter(remote):
+            await _reply(send, TOO_MANY)
+            return
+        try:
+            await self._handle(scope, send, headers, body, remote)
+        finally:
+            self.gate.leave(remote)
+
+    async def _handle(self, scope: Scope, send: Send, headers: dict[str, str], body: bytes,
+                      remote: str) -> None:
         request = WebhookRequest(
             method="POST",
             path=scope["path"],
@@ -179,9 +192,12 @@ class WebhookEndpoint:
         return b"".join(chunks)
 
 
-async def _reply(send: Send, response: WebhookResponse) -> None:
+async def _reply(send: Send, response: WebhookResponse, *, close: bool = False) -> None:
+    """Send ``response``; ``close`` adds ``connection: close`` (HTTP/1.x only)."""
     headers = [(b"content-type", response.content_type.encode("latin-1")),
                (b"content-length", str(len(response.body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     headers.extend((k.lower().encode("latin-1"), v.encode("latin-1"))
                    for k, v in response.headers.items())
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
