@@ -114,6 +114,18 @@ class JournalIndex:
         if provider_call_id:
             self._providers[provider_call_id] = call_id
 
+    def note_written(self, items: Iterable[_Item], offset: int) -> None:
+        """``items`` were written one after the other from ``offset`` of the current file."""
+        lines, providers = self._lines, self._providers
+        segment = self.segment << _OFFSET_BITS
+        for item in items:
+            call_id = item.call_id
+            if call_id:
+                lines[call_id] = segment | offset
+                if item.provider_call_id:
+                    providers[item.provider_call_id] = call_id
+            offset += len(item.data)
+
     def locate(self, call_id: str) -> tuple[int, int] | None:
         """(age, offset): the line is in ``calls.jsonl`` (age 0) or ``calls.jsonl.<age>``."""
         packed = self._lines.get(call_id)
@@ -358,7 +370,8 @@ class Journal:
     def append(self, record: CallRecord, line: bytes | None = None) -> None:
         """Queue a snapshot (``line``: its encoding, if the caller has it); returns at once.
         After shutdown it is written synchronously."""
-        self._enqueue(_item(record, line, None))
+        self._enqueue(_Item(encode_record(record) if line is None else line, None,
+                            record.call_id, record.provider_call_id))
 
     async def append_durable(self, record: CallRecord, line: bytes | None = None) -> None:
         """Queue a snapshot and wait until it is on disk (fsynced); JournalError if it is not,
@@ -509,12 +522,8 @@ class Journal:
             self._open_locked()
         assert self._fd is not None
         start = self._size
-        self._write_all(b"".join(item.data for item in items))
-        offset = start
-        for item in items:
-            if item.call_id:
-                self.index.note(item.call_id, item.provider_call_id, offset)
-            offset += len(item.data)
+        self._write_all(b"".join([item.data for item in items]))
+        self.index.note_written(items, start)  # only once written: never a refused line
         self.appended += len(items)
         self.batches += 1
 
@@ -586,10 +595,7 @@ class Journal:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         self.index.rotated(self.keep_files)
-        offset = 0
-        for item in live:
-            self.index.note(item.call_id, item.provider_call_id, offset)
-            offset += len(item.data)
+        self.index.note_written(live, 0)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = _open_private(path)
