@@ -97,6 +97,7 @@ async def test_rotation_bounds_the_file_and_carries_live_calls(tmp_path: Path) -
     journal = Journal(path, max_bytes=4000, keep_files=2, live_records=lambda: [live])
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
+        await journal.append_durable(live)  # carried over: it was written once
         for i in range(1, 60):
             await journal.append_durable(apply(rec(i), CallEnded(id="e", reason="completed")))
         await journal.close()
@@ -318,3 +319,26 @@ def test_replay_reads_rotated_files_oldest_first(tmp_path: Path) -> None:
     assert journal.lookup_sync("call-1") == ended(1)
     assert result.index.call_for_provider("p2") == "call-2"
     assert replay_file(path).live.keys() == {"call-3"}  # keep_files=0: calls.jsonl alone
+
+
+async def test_rotation_never_copies_a_call_whose_first_line_is_not_written(
+        tmp_path: Path) -> None:
+    """A call being admitted is live in memory before its line is on disk; if rotation
+    copied it and its own write then failed (full disk), the refused call would come back."""
+    path = tmp_path / "calls.jsonl"
+    written, admitting = rec(1), rec(2)
+    disk = FlakyDisk()
+    journal = Journal(path, max_bytes=2000, keep_files=2, disk=disk,
+                      live_records=lambda: [written, admitting])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        await journal.append_durable(written)
+        for n in range(10, 20):  # enough to rotate
+            await journal.append_durable(ended(n))
+        assert journal.index.segment >= 1
+        disk.full = 1
+        with pytest.raises(JournalError):
+            await journal.append_durable(admitting)
+        await journal.close()
+    assert b"call-2" not in path.read_bytes()
+    assert "call-1" in replay_file(path).live  # a written live call is carried over

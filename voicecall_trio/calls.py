@@ -195,12 +195,13 @@ class Supervisor:
         return await self.journal.lookup(call_id)
 
     def get_record(self, call_id: str) -> CallRecord | None:
-        """``lookup`` for synchronous callers: a call only the journal holds costs one
-        positioned read of a (page-cached) line on the calling thread."""
+        """``lookup`` for synchronous callers (tests, tools): a call only the journal holds
+        costs one positioned read of a (page-cached) line on the calling thread, which never
+        waits for the journal's writer. The daemon's own paths use ``lookup``."""
         found = self.find(call_id=call_id)
         if found is not None:
             return found
-        return self.journal.lookup_sync(call_id)
+        return self.journal.lookup_sync(call_id, wait=False)
 
     async def _known_call(self, provider_call_id: str | None) -> CallRecord | None:
         """The call a carrier's id belongs to, if this daemon ever journaled it."""
@@ -455,7 +456,7 @@ class Supervisor:
         return await self._launch(call, dial=True)
 
     async def _admit_durably(self, record: CallRecord) -> LiveCall:
-        """Count the call (slot, rotation carry-over) before anything awaits, then fsync it."""
+        """Count the call (its slot) before anything awaits, then fsync its record."""
         line = _encode(record)  # a record that cannot be written is refused before it counts
         call = LiveCall(record)
         self.live[record.call_id] = call

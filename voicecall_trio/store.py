@@ -327,9 +327,14 @@ def _item(record: CallRecord, line: bytes | None, done: trio.Event | None) -> _I
                  record.provider_call_id)
 
 
-def _carried_over(records: Iterable[CallRecord]) -> list[_Item]:
+def _carried_over(records: Iterable[CallRecord], index: JournalIndex) -> list[_Item]:
+    """Snapshots of the live calls for the new file: only calls already written once. A call
+    whose first line is still queued gets it written after the swap, into the new file; and
+    if that write fails (a full disk), no copy of it was made that could bring it back."""
     items = []
     for record in records:
+        if record.call_id not in index:
+            continue
         try:
             items.append(_item(record, None, None))
         except (ValueError, msgspec.EncodeError) as exc:  # never stored: cannot happen
@@ -407,21 +412,28 @@ class Journal:
             item.done.set()
 
     # -- reading back (the index) -------------------------------------------------------
-    def read_line(self, call_id: str) -> bytes | None:
-        """The last written line of ``call_id`` (blocking: one positioned read)."""
-        with self._lock:  # rotation renames files; hold it so the age stays right
+    def read_line(self, call_id: str, *, wait: bool = True) -> bytes | None:
+        """The last written line of ``call_id`` (blocking: one positioned read). The lock
+        keeps rotation from renaming files under the read; ``wait=False`` reads without it
+        rather than wait for a write in progress (a race with a rotation then reads some
+        other line, which ``lookup_sync`` rejects by its callId)."""
+        locked = self._lock.acquire(blocking=wait)
+        try:
             where = self.index.locate(call_id)
             if where is None:
                 return None
             age, offset = where
             return read_line(segment_path(self.path, age), offset)
+        finally:
+            if locked:
+                self._lock.release()
 
-    def lookup_sync(self, call_id: str) -> CallRecord | None:
+    def lookup_sync(self, call_id: str, *, wait: bool = True) -> CallRecord | None:
         """The last written record of ``call_id``, from the files (None: unknown or
         unreadable). Blocking; ``lookup`` runs it in a worker thread."""
         if call_id not in self.index:
             return None
-        line = self.read_line(call_id)
+        line = self.read_line(call_id, wait=wait)
         if not line:
             return None
         try:
@@ -490,7 +502,7 @@ class Journal:
             if item.done is not None:
                 item.done.set()
         if error is None and self._size >= self.max_bytes:
-            live = _carried_over(self.live_records())
+            live = _carried_over(self.live_records(), self.index)
             with trio.CancelScope(shield=True):
                 try:
                     await trio.to_thread.run_sync(self._rotate, live)
