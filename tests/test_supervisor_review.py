@@ -342,3 +342,19 @@ async def test_a_replayed_offer_for_a_call_recovered_live_joins_it(
             id="o", provider_call_id="CA9", direction="inbound", from_="+15550001111"))
         assert outcome.duplicate and outcome.record is not None
         assert outcome.record.call_id == "in1" and set(r.sup.live) == {"in1"}
+
+
+async def test_the_end_of_a_call_is_journaled_even_if_its_record_was_poisoned(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """Defence in depth: should bad text ever reach a record, the terminal line is still
+    written (repaired), so the call is not left live on disk."""
+    async with real_time_limit(WAIT_S), rig(tmp_path) as r:
+        record = await r.sup.initiate("+15555550123", "Hello", "conversation")
+        call = r.sup.live[record.call_id]
+        call.set(apply(call.record, CallSpeaking(id="bad", text="cut \ud83d")))  # a bug's doing
+        await r.sup.end(record.call_id)
+        assert await r.ended(record.call_id) == "hangup-bot"
+        assert (await r.journal_states(record.call_id))[-1] == "hangup-bot"
+    final = replay_file(r.path)
+    assert not final.live and final.bad_lines == []

@@ -330,7 +330,13 @@ class Supervisor:
             return
         call.carrier_gone = call.carrier_gone or by_carrier
         record = model.end_record(call.record, reason, self._now_ms())
-        self._store(call, record, "call.ended", {"reason": reason})
+        try:
+            self._store(call, record, "call.ended", {"reason": reason})
+        except InvalidInput as exc:
+            # text is checked or repaired on the way in, so this is a bug; but the end of a
+            # call is always journaled: repaired, rather than lost
+            log.error("call %s: %s; journaling a repaired copy", record.call_id, exc)
+            self._store(call, _repaired(record), "call.ended", {"reason": reason})
 
     def _now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
@@ -391,7 +397,7 @@ class Supervisor:
             self._publish({"callId": None, "type": "call.rejected", "from": event.from_,
                            "reason": reason})
             return outcome
-        greeting = self.config.inbound_greeting or DEFAULT_GREETING
+        greeting = clean_text(self.config.inbound_greeting or DEFAULT_GREETING)
         record = model.new_record(
             provider=self.provider.name,
             direction="inbound",
@@ -742,6 +748,21 @@ def _encode(record: CallRecord) -> bytes:
         return encode_record(record)
     except (ValueError, TypeError, msgspec.EncodeError) as exc:
         raise InvalidInput(f"the call record cannot be journaled: {exc}") from None
+
+
+def _repaired(record: CallRecord) -> CallRecord:
+    """``record`` with every string in it repaired (``clean_text``)."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str):
+            return clean_text(value)
+        if isinstance(value, list | tuple):
+            return [fix(item) for item in value]
+        if isinstance(value, dict):
+            return {fix(key): fix(item) for key, item in value.items()}
+        return value
+
+    return msgspec.convert(fix(msgspec.to_builtins(record)), CallRecord)
 
 
 def valid_text(text: str) -> bool:
