@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +16,44 @@ import trio
 from voicecall_trio.calls import Supervisor
 from voicecall_trio.config import build_config
 from voicecall_trio.providers.mock import MockProvider
-from voicecall_trio.store import Journal
+from voicecall_trio.store import Disk, Journal
+
+
+class FlakyDisk(Disk):
+    """ENOSPC for the next ``full`` writes; the first of them is a short write (part of the
+    data reaches the file, as on a disk that fills up mid-write). ``fsync_fails`` makes the
+    next fsyncs fail with EIO after the data was written."""
+
+    def __init__(self, full: int = 0, fsync_fails: int = 0) -> None:
+        self.full = full
+        self.fsync_fails = fsync_fails
+        self.short_done = False
+
+    def write(self, fd: int, data: memoryview) -> int:
+        if self.full > 0:
+            if not self.short_done and len(data) > 1:
+                self.short_done = True
+                return os.write(fd, data[: len(data) // 2])  # the rest will not fit
+            self.full -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        if self.fsync_fails > 0:
+            self.fsync_fails -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        super().fsync(fd)
+
+
+class RecordingDisk(Disk):
+    """Remembers the file's bytes at each fsync: what a crash right then would keep."""
+
+    def __init__(self) -> None:
+        self.durable = b""
+
+    def fsync(self, fd: int) -> None:
+        super().fsync(fd)
+        self.durable = os.pread(fd, 1 << 24, 0)
 
 
 class Rig:
@@ -36,12 +76,19 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(tmp_path: Path, replayed: Any = None, **overrides: Any) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, replayed: Any = None, *, disk: Disk | None = None,
+              fsync: bool = False, mock_class: type[MockProvider] = MockProvider,
+              **overrides: Any) -> AsyncIterator[Rig]:
+    """``overrides`` are config keys (``journal={"maxBytes": ...}`` too); ``disk`` and
+    ``fsync`` go to the journal (fsync off by default: tests don't need the disk's speed);
+    ``replayed`` is what a restart would have read, its index included."""
     doc: dict[str, Any] = {"store": str(tmp_path), "mock": {"speakMsPerChar": 10}}
     doc.update(overrides)
     config = build_config(doc, {})
-    mock = MockProvider(config)
-    journal = Journal(config.journal_path, fsync=False)
+    mock = mock_class(config)
+    journal = Journal(config.journal_path, fsync=fsync, disk=disk,
+                      max_bytes=config.journal.max_bytes, keep_files=config.journal.keep_files,
+                      index=getattr(replayed, "index", None))
     sup = Supervisor(config, mock, journal, wall_clock=trio.current_time)
     journal.live_records = sup.live_records
     async with trio.open_nursery() as nursery:
@@ -51,3 +98,30 @@ async def rig(tmp_path: Path, replayed: Any = None, **overrides: Any) -> AsyncIt
         yield Rig(sup, mock, config.journal_path)
         await sup.shutdown(1)
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def real_time_limit(seconds: float) -> AsyncIterator[None]:
+    """Turn a hang of a MockClock test into a failure after ``seconds`` of *real* time.
+
+    A trio deadline cannot do it there: the autojump clock jumps to the nearest deadline
+    whenever every task waits, including while the journal's worker thread runs, so a
+    ``fail_after`` would fire in the middle of a healthy test."""
+    done = threading.Event()
+    expired = False
+    async with trio.open_nursery() as nursery:
+
+        async def watchdog() -> None:
+            nonlocal expired
+            if not await trio.to_thread.run_sync(done.wait, seconds, abandon_on_cancel=True):
+                expired = True
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watchdog)
+        try:
+            yield
+        finally:
+            done.set()
+    if expired:
+        raise AssertionError(f"the test did not finish within {seconds} s (real time)")
+

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 from pathlib import Path
 
+import pytest
 import trio
+import trio.lowlevel
+from rigs import FlakyDisk, RecordingDisk
 
 from voicecall_trio.events import CallAnswered, CallEnded
 from voicecall_trio.journal_tail import tail_lines
 from voicecall_trio.model import CallRecord, apply, new_record
-from voicecall_trio.store import Journal, encode_record, replay_bytes, replay_file
+from voicecall_trio.store import (
+    Disk,
+    Journal,
+    JournalError,
+    encode_record,
+    replay_bytes,
+    replay_file,
+)
 
 
 def rec(n: int = 0) -> CallRecord:
@@ -25,7 +37,7 @@ def test_replay_takes_the_last_line_per_call_and_splits_live_from_ended() -> Non
     data = b"".join(encode_record(r) for r in (a, b, a2, b2))
     result = replay_bytes(data)
     assert result.live == {"call-1": a2}
-    assert set(result.ended_lines) == {"call-2"}
+    assert "call-2" in result.index and result.ended == 1
     assert result.bad_lines == [] and not result.torn_tail and result.lines == 4
 
 
@@ -85,6 +97,7 @@ async def test_rotation_bounds_the_file_and_carries_live_calls(tmp_path: Path) -
     journal = Journal(path, max_bytes=4000, keep_files=2, live_records=lambda: [live])
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
+        await journal.append_durable(live)  # carried over: it was written once
         for i in range(1, 60):
             await journal.append_durable(apply(rec(i), CallEnded(id="e", reason="completed")))
         await journal.close()
@@ -122,8 +135,6 @@ def test_a_line_without_a_transcript_still_replays() -> None:
 
 
 async def test_a_failing_disk_is_reported_not_fatal(tmp_path: Path) -> None:
-    import errno
-
     from voicecall_trio.store import JournalError
 
     path = tmp_path / "calls.jsonl"
@@ -165,3 +176,169 @@ async def test_journal_files_are_private_whatever_the_umask(tmp_path: Path) -> N
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.stat(tmp_path / "calls.jsonl.1").st_mode & 0o777 == 0o600
+
+
+# -- a failing disk leaves nothing behind (issue 8, item 9) --------------------------------
+
+
+async def test_after_enospc_and_recovery_the_file_holds_no_refused_record(
+        tmp_path: Path) -> None:
+    """Refused records must not be flushed later (Python's buffered file used to keep them),
+    and the writer's idea of the size must stay the file's."""
+    path = tmp_path / "calls.jsonl"
+    disk = FlakyDisk()
+    journal = Journal(path, disk=disk)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        await journal.append_durable(rec(1))  # fits before the disk fills
+        disk.full, disk.short_done = 3, False
+        for n in (2, 3, 4):
+            with pytest.raises(JournalError, match="No space left"):
+                await journal.append_durable(rec(n))
+            assert journal._size == path.stat().st_size
+        await journal.append_durable(rec(5))  # space is back
+        journal.append(rec(6))
+        await journal.close()
+    assert journal._size == path.stat().st_size
+    result = replay_file(path)
+    assert set(result.live) == {"call-1", "call-5", "call-6"}
+    assert result.bad_lines == [] and not result.torn_tail
+    assert b"call-2" not in path.read_bytes() and b"call-3" not in path.read_bytes()
+    assert "call-2" not in journal.index and journal.lookup_sync("call-5") == rec(5)
+
+
+async def test_a_failed_fsync_is_cut_back_so_the_record_never_appears(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    journal = Journal(path, disk=FlakyDisk(fsync_fails=1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        with pytest.raises(JournalError, match="Input/output error"):
+            await journal.append_durable(rec(1))
+        await journal.append_durable(rec(2))
+        await journal.close()
+    assert set(replay_file(path).live) == {"call-2"}
+    assert journal._size == path.stat().st_size
+
+
+async def test_append_durable_returns_only_once_its_line_is_fsynced(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    disk = RecordingDisk()
+    journal = Journal(path, disk=disk)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        for n in range(5):
+            journal.append(rec(100 + n))  # queued alongside: one batch, one fsync
+            await journal.append_durable(rec(n))
+            assert encode_record(rec(n)) in disk.durable
+        await journal.close()
+
+
+async def test_the_event_loop_never_waits_for_the_disk(tmp_path: Path) -> None:
+    """Writes and fsyncs run in a worker thread: while one is stuck, the loop goes on."""
+    entered = trio.Event()
+    released = threading.Event()
+
+    class StuckDisk(Disk):
+        def fsync(self, fd: int) -> None:
+            trio.from_thread.run_sync(entered.set)  # raises if run on the loop's own thread
+            released.wait(timeout=5)  # a hung disk (bounded: a regression fails, not hangs)
+            super().fsync(fd)
+
+    journal = Journal(tmp_path / "calls.jsonl", disk=StuckDisk())
+    written = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+
+        async def durable() -> None:
+            await journal.append_durable(rec(1))
+            written.set()
+
+        nursery.start_soon(durable)
+        with trio.fail_after(5):
+            await entered.wait()
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()  # other tasks run while the fsync is stuck
+        assert not written.is_set()
+        released.set()
+        with trio.fail_after(5):
+            await written.wait()
+        await journal.close()
+
+
+# -- the index: every call's last line, across rotation and restart (issue 8, item 7) -------
+
+
+def ended(n: int) -> CallRecord:
+    return apply(rec(n), CallEnded(id="e", reason="completed"), 2000)
+
+
+async def test_the_index_finds_every_kept_call_across_rotations_and_a_restart(
+        tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    live = apply(rec(0), CallAnswered(id="a"))
+    journal = Journal(path, max_bytes=6000, keep_files=2, live_records=lambda: [live])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        await journal.append_durable(live)
+        for n in range(1, 120):
+            journal.append(rec(n))
+            await journal.append_durable(ended(n))
+        await journal.close()
+    assert journal.index.segment >= 3  # rotated at least three times: a file was dropped
+    kept = set()
+    for age in (2, 1, 0):
+        name = path if age == 0 else path.with_name(f"calls.jsonl.{age}")
+        kept |= {line.split(b'"callId":"')[1].split(b'"')[0].decode()
+                 for line in name.read_bytes().splitlines()}
+    assert "call-1" not in kept  # its file was dropped: it is forgotten, memory stays bounded
+    assert "call-1" not in journal.index and journal.index.call_for_provider("p1") is None
+    for call_id in kept:
+        n = int(call_id.split("-")[1])
+        expected = live if n == 0 else ended(n)
+        assert journal.lookup_sync(call_id) == expected
+        assert journal.index.call_for_provider(f"p{n}") == call_id
+    assert len(journal.index) == len(kept)
+
+    restarted = replay_file(path, keep_files=2)  # what the next daemon reads
+    assert set(restarted.live) == {"call-0"} and restarted.files == 3
+    again = Journal(path, keep_files=2, index=restarted.index)
+    for call_id in kept:
+        assert again.lookup_sync(call_id) == journal.lookup_sync(call_id)
+    assert again.index.locate("call-119") == journal.index.locate("call-119")
+
+
+def test_replay_reads_rotated_files_oldest_first(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    path.with_name("calls.jsonl.2").write_bytes(encode_record(rec(1)) + encode_record(rec(2)))
+    path.with_name("calls.jsonl.1").write_bytes(encode_record(ended(1)) + b"garbage\n")
+    path.write_bytes(encode_record(rec(3)))
+    result = replay_file(path, keep_files=3)
+    assert set(result.live) == {"call-2", "call-3"}  # call-1 ended in a newer file
+    assert result.bad_rotated == 1 and result.bad_lines == [] and result.ended == 1
+    journal = Journal(path, index=result.index)
+    assert journal.lookup_sync("call-1") == ended(1)
+    assert result.index.call_for_provider("p2") == "call-2"
+    assert replay_file(path).live.keys() == {"call-3"}  # keep_files=0: calls.jsonl alone
+
+
+async def test_rotation_never_copies_a_call_whose_first_line_is_not_written(
+        tmp_path: Path) -> None:
+    """A call being admitted is live in memory before its line is on disk; if rotation
+    copied it and its own write then failed (full disk), the refused call would come back."""
+    path = tmp_path / "calls.jsonl"
+    written, admitting = rec(1), rec(2)
+    disk = FlakyDisk()
+    journal = Journal(path, max_bytes=2000, keep_files=2, disk=disk,
+                      live_records=lambda: [written, admitting])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        await journal.append_durable(written)
+        for n in range(10, 20):  # enough to rotate
+            await journal.append_durable(ended(n))
+        assert journal.index.segment >= 1
+        disk.full = 1
+        with pytest.raises(JournalError):
+            await journal.append_durable(admitting)
+        await journal.close()
+    assert b"call-2" not in path.read_bytes()
+    assert "call-1" in replay_file(path).live  # a written live call is carried over

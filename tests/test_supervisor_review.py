@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
-from rigs import rig
+from rigs import RecordingDisk, real_time_limit, rig
 
 from voicecall_trio.calls import MAX_ENDED_REMEMBERED, RING_GRACE_S
-from voicecall_trio.events import CallInitiated, CallSpeech
-from voicecall_trio.model import CallRecord, end_record, new_record
-from voicecall_trio.providers.base import InboundDecision
+from voicecall_trio.errors import InvalidInput
+from voicecall_trio.events import CallAnswered, CallInitiated, CallSpeaking, CallSpeech
+from voicecall_trio.model import CallRecord, CallState, apply, end_record, new_record
+from voicecall_trio.providers.base import InboundDecision, RemoteCallState, RemoteStatus
 from voicecall_trio.providers.mock import MockProvider
+from voicecall_trio.store import encode_record, replay_bytes, replay_file
+
+WAIT_S = 20  # real seconds: bounds each test below (a hang fails)
 
 
 class SlowDialMock(MockProvider):
@@ -151,3 +157,204 @@ async def test_ended_calls_kept_in_memory_are_bounded(tmp_path: Path,
         assert len(r.sup.session) == MAX_ENDED_REMEMBERED
         assert record.call_id in r.sup.session  # the newest stay
         assert "old0" not in r.sup.session and r.sup.find(provider_call_id="p-old0") is None
+
+
+# -- issue 8: records that cannot be journaled, ended calls, replays, write-ahead -------------
+
+
+async def test_a_lone_surrogate_in_speak_is_refused_and_changes_nothing(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    async with (
+        real_time_limit(WAIT_S),
+        rig(tmp_path) as r,
+    ):
+        record = await r.sup.initiate("+15555550123", "Hello", "conversation")
+        call = r.sup.live[record.call_id]
+        await call.wait_until(lambda rec: rec.state.connected)
+        before = call.record
+        with pytest.raises(InvalidInput, match="lone surrogate"):
+            await r.sup.speak(record.call_id, "See you \ud83d")
+        with pytest.raises(InvalidInput):
+            await r.sup.continue_call(record.call_id, "\udc00")
+        assert call.record is before and r.sup.session[record.call_id] is before
+        await r.sup.speak(record.call_id, "Still here")  # the call goes on
+        assert r.sup.get_record(record.call_id).transcript[-1].text == "Still here"  # type: ignore[union-attr]
+        await r.sup.end(record.call_id)
+        assert await r.ended(record.call_id) == "hangup-bot"
+        assert (await r.journal_states(record.call_id))[-1] == "hangup-bot"
+    on_disk = replay_file(r.path)
+    assert on_disk.bad_lines == [] and not on_disk.live
+
+
+async def test_a_record_is_encoded_before_it_replaces_the_one_in_memory(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """Whatever text slips past the checks, memory and the journal never disagree."""
+    async with real_time_limit(WAIT_S), rig(tmp_path) as r:
+        record = await r.sup.initiate("+15555550123", "Hello", "conversation")
+        call = r.sup.live[record.call_id]
+        before = call.record
+        queued = r.sup.journal._send.statistics().current_buffer_used
+        poisoned = apply(before, CallSpeaking(id="bad", text="cut \ud83d"))
+        with pytest.raises(InvalidInput, match="cannot be journaled"):
+            r.sup._store(call, poisoned, "call.speaking")
+        assert call.record is before and r.sup.session[record.call_id] is before
+        assert r.sup.journal._send.statistics().current_buffer_used == queued  # no line
+        await r.sup.end(record.call_id)
+        assert (await r.journal_states(record.call_id))[-1] == "hangup-bot"
+
+
+async def test_carrier_transcripts_and_agent_replies_are_repaired_not_stored_raw(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    async def agent(params: dict[str, Any]) -> str:
+        return "Sure \ud83d"  # an agent's reply cut inside an emoji
+
+    async with real_time_limit(WAIT_S), rig(tmp_path, mock={"callerScript": []}) as r:
+        r.sup.set_responder(agent)
+        record = await r.sup.initiate("+15555550123", "Hello", "conversation")
+        call = r.sup.live[record.call_id]
+        await call.wait_until(lambda rec: rec.state.connected)
+        await r.sup.deliver(CallSpeech(id="u1", call_id=record.call_id,
+                                       text="book \udc00 it", is_final=True))
+        done = await call.wait_until(
+            lambda rec: any(e.text.startswith("Sure") for e in rec.transcript))
+        texts = [e.text for e in done.transcript]
+        assert "book \ufffd it" in texts and "Sure \ufffd" in texts
+        await r.sup.end(record.call_id)
+        assert (await r.journal_states(record.call_id))[-1] == "hangup-bot"
+    assert replay_file(r.path).bad_lines == []
+
+
+class DurableBeforeDial(MockProvider):
+    """A carrier that checks, when asked to dial, that the record is already fsynced."""
+
+    disk: RecordingDisk
+    checked: list[bool]
+
+    async def dial(self, record: CallRecord) -> str:
+        durable = [json.loads(line) for line in self.disk.durable.splitlines()]
+        self.checked.append(any(d["callId"] == record.call_id and d["state"] == "initiated"
+                                for d in durable))
+        return await super().dial(record)
+
+
+async def test_the_record_of_an_outbound_call_is_fsynced_before_the_dial(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """DESIGN 6, write-ahead: fails if ``initiate`` only queues the record (``append``)."""
+    disk = RecordingDisk()
+    async with (
+        real_time_limit(WAIT_S),
+        rig(tmp_path, disk=disk, fsync=True, mock_class=DurableBeforeDial,
+            maxConcurrentCalls=3) as r,
+    ):
+        assert isinstance(r.mock, DurableBeforeDial)
+        r.mock.disk, r.mock.checked = disk, []
+        for n in range(3):
+            await r.sup.initiate(f"+1555555012{n}", "Hi", "notify")
+        assert r.mock.checked == [True, True, True]
+
+
+async def test_1200_ended_calls_stay_findable_in_one_run_after_rotation_and_a_restart(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    journal = {"maxBytes": 400_000, "keepFiles": 10}
+    count = MAX_ENDED_REMEMBERED + 200
+    ids = []
+    async with real_time_limit(WAIT_S), rig(tmp_path, journal=journal) as r:
+        for _ in range(count):
+            record = await r.sup.initiate("+15555550123", "Hi", "conversation")
+            await r.sup.end(record.call_id)
+            ids.append(record.call_id)
+        assert len(r.sup.session) == MAX_ENDED_REMEMBERED  # memory stays bounded
+        assert 1 <= r.sup.journal.index.segment < 10  # rotated, nothing dropped yet
+        for call_id in ids:
+            found = await r.sup.lookup(call_id)
+            assert found is not None and found.state is CallState.HANGUP_BOT, call_id
+            await r.sup.end(call_id)  # ending an ended call is a success
+    replayed = replay_file(r.path, keep_files=10)
+    assert replayed.files >= 2 and not replayed.live
+    async with real_time_limit(WAIT_S), rig(tmp_path, replayed, journal=journal) as again:
+        for call_id in ids:
+            found = await again.sup.lookup(call_id)
+            assert found is not None and found.state is CallState.HANGUP_BOT, call_id
+            await again.sup.end(call_id)
+        assert again.mock.dialled == [] and not again.sup.live
+
+
+@pytest.mark.parametrize("where", ["calls.jsonl", "a rotated file"])
+async def test_a_known_carrier_id_is_never_offered_again_after_a_restart(
+    tmp_path: Path, autojump_clock: Any, where: str
+) -> None:
+    journal = {"maxBytes": 20_000, "keepFiles": 3}
+    offer = CallInitiated(id="twilio:CA1:offer", provider_call_id="CA1", direction="inbound",
+                          from_="+15550001111")
+    async with (
+        real_time_limit(WAIT_S),
+        rig(tmp_path, inboundPolicy="open", journal=journal) as r,
+    ):
+        first = await r.sup.offer_inbound(offer)
+        assert first.decision is InboundDecision.ACCEPT and first.record is not None
+        call_id = first.record.call_id
+        await r.sup.end(call_id)
+        await r.ended(call_id)
+        if where == "a rotated file":
+            for n in range(80):  # other calls' lines push it out of calls.jsonl
+                r.sup.journal.append(end_record(new_record(
+                    provider="mock", direction="outbound", from_="+1555", to="+1556",
+                    call_id=f"filler{n}", metadata={"pad": "x" * 300}), "completed"))
+            await r.sup.journal.flush()
+    in_current = call_id.encode() in r.path.read_bytes()
+    assert in_current is (where == "calls.jsonl")
+    replayed = replay_file(r.path, keep_files=3)
+    async with (
+        real_time_limit(WAIT_S),
+        rig(tmp_path, replayed, inboundPolicy="open", journal=journal) as again,
+    ):
+        replay = await again.sup.offer_inbound(offer)  # the same signed offer, replayed
+        assert replay.duplicate and replay.record is not None
+        assert replay.record.call_id == call_id and replay.record.terminal
+        assert not again.sup.live and again.mock.dialled == []
+        assert (await again.sup.offer_inbound(offer)).duplicate
+
+
+async def test_a_replayed_offer_for_a_call_recovered_live_joins_it(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    now_ms = int(trio.current_time() * 1000)
+    live = apply(new_record(provider="mock", direction="inbound", from_="+15550001111",
+                            to="+1556", call_id="in1", provider_call_id="CA9", at=now_ms),
+                 CallAnswered(id="a", timestamp=now_ms))
+    replayed = replay_bytes(encode_record(live))
+
+    class StillLive(MockProvider):
+        async def fetch_state(self, record: CallRecord) -> RemoteCallState:
+            return RemoteCallState(RemoteStatus.LIVE, answered=True)
+
+    async with (
+        real_time_limit(WAIT_S),
+        rig(tmp_path, replayed, inboundPolicy="open", mock_class=StillLive) as r,
+    ):
+        assert set(r.sup.live) == {"in1"}
+        outcome = await r.sup.offer_inbound(CallInitiated(
+            id="o", provider_call_id="CA9", direction="inbound", from_="+15550001111"))
+        assert outcome.duplicate and outcome.record is not None
+        assert outcome.record.call_id == "in1" and set(r.sup.live) == {"in1"}
+
+
+async def test_the_end_of_a_call_is_journaled_even_if_its_record_was_poisoned(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """Defence in depth: should bad text ever reach a record, the terminal line is still
+    written (repaired), so the call is not left live on disk."""
+    async with real_time_limit(WAIT_S), rig(tmp_path) as r:
+        record = await r.sup.initiate("+15555550123", "Hello", "conversation")
+        call = r.sup.live[record.call_id]
+        call.set(apply(call.record, CallSpeaking(id="bad", text="cut \ud83d")))  # a bug's doing
+        await r.sup.end(record.call_id)
+        assert await r.ended(record.call_id) == "hangup-bot"
+        assert (await r.journal_states(record.call_id))[-1] == "hangup-bot"
+    final = replay_file(r.path)
+    assert not final.live and final.bad_lines == []

@@ -16,6 +16,16 @@ have the call, journals the terminal record and frees the concurrency slot.
 
 Carrier events arrive through ``deliver`` (the ``CallDirectory`` protocol); each is applied
 with the pure ``model.apply``; a changed record is journaled and published to subscribers.
+
+A record is encoded for the journal *before* it replaces the one in memory (the same bytes are
+then queued), so a record that cannot be written is refused (``InvalidInput``) and changes
+nothing: memory and disk never disagree. Text from outside (carrier events, the agent's
+replies) is repaired on the way in; text from a client is refused if it is not valid Unicode.
+
+Memory holds the live calls and the last ``MAX_ENDED_REMEMBERED`` ended ones; any other call
+the journal's kept files know is read back through the journal's index (one positioned read
+in a worker thread), so an ended call is always found, and a carrier's call id seen before
+(this run or an earlier one) is never offered as a new call again.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import trio
 
 from . import model, recovery
@@ -59,7 +70,7 @@ from .providers.base import (
     ProviderError,
     RemoteCallState,
 )
-from .store import Journal, JournalError, ReplayResult, decode_record
+from .store import Journal, JournalError, ReplayResult, encode_record
 
 log = logging.getLogger("voicecall.calls")
 
@@ -122,7 +133,6 @@ class Supervisor:
         self.wall_clock = wall_clock
         self.live: dict[str, LiveCall] = {}
         self.session: OrderedDict[str, CallRecord] = OrderedDict()  # ended since start
-        self.previous: dict[str, bytes] = {}  # ended before start (raw journal lines)
         self._by_provider_id: dict[str, str] = {}
         self._offers: OrderedDict[str, InboundOutcome] = OrderedDict()
         self._subscribers: set[Subscriber] = set()
@@ -142,7 +152,6 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if replayed is not None:
-                self.previous.update(replayed.ended_lines)
                 await self._recover(list(replayed.live.values()))
             task_status.started()
             await trio.sleep_forever()
@@ -177,18 +186,32 @@ class Supervisor:
                 return self.find(call_id=cid)
         return None
 
-    def get_record(self, call_id: str) -> CallRecord | None:
-        """Any call this daemon knows: live, ended this run, or ended before (journal)."""
+    async def lookup(self, call_id: str) -> CallRecord | None:
+        """Any call the daemon knows: live, ended recently (memory), or any other call in the
+        journal's kept files (read in a worker thread through the index)."""
         found = self.find(call_id=call_id)
         if found is not None:
             return found
-        line = self.previous.get(call_id)
-        if line is None:
+        return await self.journal.lookup(call_id)
+
+    def get_record(self, call_id: str) -> CallRecord | None:
+        """``lookup`` for synchronous callers (tests, tools): a call only the journal holds
+        costs one positioned read of a (page-cached) line on the calling thread, which never
+        waits for the journal's writer. The daemon's own paths use ``lookup``."""
+        found = self.find(call_id=call_id)
+        if found is not None:
+            return found
+        return self.journal.lookup_sync(call_id, wait=False)
+
+    async def _known_call(self, provider_call_id: str | None) -> CallRecord | None:
+        """The call a carrier's id belongs to, if this daemon ever journaled it."""
+        if not provider_call_id:
             return None
-        try:
-            return decode_record(line)
-        except Exception:
-            return None
+        found = self.find(provider_call_id=provider_call_id)
+        if found is not None:
+            return found
+        call_id = self.journal.index.call_for_provider(provider_call_id)
+        return None if call_id is None else await self.lookup(call_id)
 
     def list_calls(self) -> list[CallRecord]:
         """Active calls, then the calls that ended since the daemon started."""
@@ -224,13 +247,14 @@ class Supervisor:
     # -- state changes: the only writers of call records ----------------------------------
     def _store(self, call: LiveCall, record: CallRecord, event_type: str,
                extra: dict[str, Any] | None = None, *, persist: bool = True) -> None:
+        line = _encode(record) if persist else None  # before anything changes
         before = call.record.state
         call.set(record)
         self.session[record.call_id] = record
         if record.provider_call_id:
             self._by_provider_id[record.provider_call_id] = record.call_id
-        if persist:
-            self.journal.append(record)
+        if line is not None:
+            self.journal.append(record, line)
         payload: dict[str, Any] = {"callId": record.call_id, "type": event_type,
                                    "state": record.state.value}
         if extra:
@@ -287,6 +311,8 @@ class Supervisor:
                     text = await responder(params)
                 except Exception as exc:  # the agent's failure must not end the call
                     log.warning("call %s: agent reply failed: %s", record.call_id, exc)
+            if text is not None:
+                text = clean_text(str(text))  # an agent's text is repaired, never stored raw
             if timer.cancelled_caught:
                 log.warning("call %s: agent reply timed out after %d ms", record.call_id,
                             self.config.response_timeout_ms)
@@ -304,13 +330,20 @@ class Supervisor:
             return
         call.carrier_gone = call.carrier_gone or by_carrier
         record = model.end_record(call.record, reason, self._now_ms())
-        self._store(call, record, "call.ended", {"reason": reason})
+        try:
+            self._store(call, record, "call.ended", {"reason": reason})
+        except InvalidInput as exc:
+            # text is checked or repaired on the way in, so this is a bug; but the end of a
+            # call is always journaled: repaired, rather than lost
+            log.error("call %s: %s; journaling a repaired copy", record.call_id, exc)
+            self._store(call, _repaired(record), "call.ended", {"reason": reason})
 
     def _now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
 
     # -- CallDirectory ------------------------------------------------------------------
     async def deliver(self, event: AnyEvent) -> CallRecord | None:
+        event = clean_event(event)
         call = self._live_for(event)
         if call is None:
             return self.find(call_id=event.call_id, provider_call_id=event.provider_call_id)
@@ -330,14 +363,32 @@ class Supervisor:
         return None
 
     async def offer_inbound(self, event: CallInitiated) -> InboundOutcome:
+        event = clean_event(event)
         key = event.provider_call_id or event.id
         seen = self._offers.get(key)
         if seen is not None:
-            return InboundOutcome(seen.decision, seen.record, duplicate=True)
+            record = seen.record
+            if record is not None:  # as it is now (it may have ended since)
+                record = self.find(call_id=record.call_id) or record
+            return InboundOutcome(seen.decision, record, duplicate=True)
         setting_up = self._offering.get(key)
         if setting_up is not None:  # a duplicate delivery while the first is being set up
             await setting_up.wait()
             return await self.offer_inbound(event)
+        self._offering[key] = trio.Event()
+        try:
+            return await self._offer(key, event)
+        finally:
+            self._offering.pop(key).set()
+
+    async def _offer(self, key: str, event: CallInitiated) -> InboundOutcome:
+        # A carrier id the journal knows (live or ended, this run or before a restart) is a
+        # replay, whatever the policy says now: never a second call, nothing sent.
+        known = await self._known_call(event.provider_call_id)
+        if known is not None:
+            log.info("inbound offer for known call %s (%s): duplicate", known.call_id,
+                     known.state.value)
+            return InboundOutcome(InboundDecision.ACCEPT, known, duplicate=True)
         reason = self._inbound_refusal(event.from_)
         if reason is not None:
             log.info("inbound call from %s refused: %s", _mask(event.from_), reason)
@@ -346,7 +397,7 @@ class Supervisor:
             self._publish({"callId": None, "type": "call.rejected", "from": event.from_,
                            "reason": reason})
             return outcome
-        greeting = self.config.inbound_greeting or DEFAULT_GREETING
+        greeting = clean_text(self.config.inbound_greeting or DEFAULT_GREETING)
         record = model.new_record(
             provider=self.provider.name,
             direction="inbound",
@@ -356,15 +407,11 @@ class Supervisor:
             metadata={"mode": "conversation", "initialMessage": greeting},
         )
         record = model.apply(record, event, self._now_ms())
-        self._offering[key] = trio.Event()
-        try:
-            call = await self._admit_durably(record)
-            started = await self._launch(call, dial=False)
-            outcome = InboundOutcome(InboundDecision.ACCEPT, started)
-            self._remember_offer(key, outcome)  # only once the call really exists
-            return outcome
-        finally:
-            self._offering.pop(key).set()
+        call = await self._admit_durably(record)
+        started = await self._launch(call, dial=False)
+        outcome = InboundOutcome(InboundDecision.ACCEPT, started)
+        self._remember_offer(key, outcome)  # only once the call really exists
+        return outcome
 
     def _remember_offer(self, key: str, outcome: InboundOutcome) -> None:
         self._offers[key] = outcome
@@ -397,6 +444,7 @@ class Supervisor:
             raise InvalidInput(f"Invalid mode {chosen!r}: must be notify or conversation")
         if not message.strip():
             raise InvalidInput("message must not be empty")
+        _check_text(message)
         if not self._accepting:
             raise VoiceCallError("The daemon is shutting down")
         limit = self.config.max_concurrent_calls
@@ -414,14 +462,15 @@ class Supervisor:
         return await self._launch(call, dial=True)
 
     async def _admit_durably(self, record: CallRecord) -> LiveCall:
-        """Count the call (slot, rotation carry-over) before anything awaits, then fsync it."""
+        """Count the call (its slot) before anything awaits, then fsync its record."""
+        line = _encode(record)  # a record that cannot be written is refused before it counts
         call = LiveCall(record)
         self.live[record.call_id] = call
         self.session[record.call_id] = record
         if record.provider_call_id:
             self._by_provider_id[record.provider_call_id] = record.call_id
         try:
-            await self.journal.append_durable(record)
+            await self.journal.append_durable(record, line)
         except BaseException as exc:
             # never written (or unknown): the call does not exist; replay ends any stray line
             self.live.pop(record.call_id, None)
@@ -439,16 +488,16 @@ class Supervisor:
             raise CarrierError(str(error))
         return call.record
 
-    def _live(self, call_id: str) -> LiveCall:
+    async def _live(self, call_id: str) -> LiveCall:
         call = self.live.get(call_id)
         if call is None:
-            if self.get_record(call_id) is not None:
+            if await self.lookup(call_id) is not None:
                 raise CallNotConnected("Call has ended")
             raise CallNotFound()
         return call
 
     async def speak(self, call_id: str, message: str, *, listen: bool | None = None) -> None:
-        call = self._live(call_id)
+        call = await self._live(call_id)
         if listen is None:
             listen = call.record.metadata.get("mode") == "conversation"
         await self._speak(call, message, listen=listen)
@@ -456,6 +505,7 @@ class Supervisor:
     async def _speak(self, call: LiveCall, text: str, *, listen: bool) -> None:
         if not text.strip():
             raise InvalidInput("message must not be empty")
+        _check_text(text)
         if not call.record.state.connected:
             raise CallNotConnected(
                 f"Call is not connected (state {call.record.state.value})"
@@ -468,7 +518,7 @@ class Supervisor:
             raise CarrierError(str(exc)) from None
 
     async def continue_call(self, call_id: str, message: str) -> str:
-        call = self._live(call_id)
+        call = await self._live(call_id)
         if call.continue_waiting:
             raise CallNotConnected("Another continue is already waiting on this call")
         call.continue_waiting = True
@@ -496,7 +546,7 @@ class Supervisor:
         """Hang up a call; ending a call that has already ended is a success."""
         call = self.live.get(call_id)
         if call is None:
-            if self.get_record(call_id) is None:
+            if await self.lookup(call_id) is None:
                 raise CallNotFound()
             return
         self._finish(call, "hangup-bot", by_carrier=False)
@@ -520,7 +570,8 @@ class Supervisor:
                         provider_call_id = await self._dial(call)
                     except ProviderError as exc:
                         log.warning("call %s: dial failed: %s", call.record.call_id, exc)
-                        record = model.with_metadata(call.record, lastError=str(exc))
+                        record = model.with_metadata(call.record,
+                                                     lastError=clean_text(str(exc)))
                         call.set(record)
                         self._finish(call, "failed", by_carrier=True)
                         task_status.started(exc)
@@ -688,9 +739,67 @@ class Supervisor:
 
 
 def _with_provider_id(record: CallRecord, provider_call_id: str) -> CallRecord:
-    import msgspec
+    return msgspec.structs.replace(record, provider_call_id=clean_text(provider_call_id))
 
-    return msgspec.structs.replace(record, provider_call_id=provider_call_id)
+
+def _encode(record: CallRecord) -> bytes:
+    """The record's journal line, or ``InvalidInput`` if it cannot be written."""
+    try:
+        return encode_record(record)
+    except (ValueError, TypeError, msgspec.EncodeError) as exc:
+        raise InvalidInput(f"the call record cannot be journaled: {exc}") from None
+
+
+def _repaired(record: CallRecord) -> CallRecord:
+    """``record`` with every string in it repaired (``clean_text``)."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str):
+            return clean_text(value)
+        if isinstance(value, list | tuple):
+            return [fix(item) for item in value]
+        if isinstance(value, dict):
+            return {fix(key): fix(item) for key, item in value.items()}
+        return value
+
+    return msgspec.convert(fix(msgspec.to_builtins(record)), CallRecord)
+
+
+def valid_text(text: str) -> bool:
+    """Encodable as UTF-8 (no lone surrogate: what a gateway sends when it cuts a UTF-16
+    string inside an emoji)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_text(text: str) -> str:
+    """``text`` with surrogate pairs joined and lone surrogates replaced by U+FFFD."""
+    if valid_text(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _check_text(text: str) -> None:
+    if not valid_text(text):
+        raise InvalidInput("message is not valid Unicode text (it has a lone surrogate)")
+
+
+E = TypeVar("E", bound=CallEvent)
+
+
+def clean_event(event: E) -> E:
+    """The event with every string repaired (carrier input is never stored raw)."""
+    changes: dict[str, str] = {}
+    for name in event.__struct_fields__:
+        value = getattr(event, name)
+        if isinstance(value, str) and not valid_text(value):
+            changes[name] = clean_text(value)
+    return msgspec.structs.replace(event, **changes) if changes else event
 
 
 def _event_type(event: CallEvent) -> str:
@@ -699,8 +808,6 @@ def _event_type(event: CallEvent) -> str:
 
 
 def _event_fields(event: CallEvent) -> dict[str, Any]:
-    import msgspec
-
     out = msgspec.to_builtins(event)
     assert isinstance(out, dict)
     return out

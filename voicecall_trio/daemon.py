@@ -157,17 +157,20 @@ async def _run_bound(
     handle_signals: bool,
     task_status: trio.TaskStatus[DaemonHandle],
 ) -> None:
-    replayed = await trio.to_thread.run_sync(replay_file, config.journal_path)
-    if replayed.bad_lines:
+    # every kept file (calls.jsonl.N .. .1, then calls.jsonl): the index it builds finds
+    # ended calls and known carrier ids across restarts and rotations
+    replayed = await trio.to_thread.run_sync(replay_file, config.journal_path,
+                                             config.journal.keep_files)
+    if replayed.bad_lines or replayed.bad_rotated:
         log.warning("journal %s: %s", config.journal_path, replayed.describe_bad())
     if replayed.lines:
-        log.info("journal replayed: %d lines, %d live call(s), %d ended",
-                 replayed.lines, len(replayed.live), len(replayed.ended_lines))
+        log.info("journal replayed: %d lines in %d file(s), %d live call(s), %d ended",
+                 replayed.lines, replayed.files, len(replayed.live), replayed.ended)
     own_client = http_client is None
     http = http_client or httpx.AsyncClient(timeout=10.0)
     provider = make_provider(config, http)
     journal = Journal(config.journal_path, max_bytes=config.journal.max_bytes,
-                      keep_files=config.journal.keep_files)
+                      keep_files=config.journal.keep_files, index=replayed.index)
     supervisor = Supervisor(config, provider, journal)
     journal.live_records = supervisor.live_records
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal)

@@ -1,4 +1,4 @@
-"""The call journal ``<store>/calls.jsonl``: one writer task, replay, rotation.
+"""The call journal ``<store>/calls.jsonl``: one writer task, replay, rotation, an index.
 
 Every change to a call appends a full snapshot of its record as one JSON line (the seed's
 format), so the last line per ``callId`` is the truth. Durability policy (see
@@ -7,14 +7,25 @@ docs/architecture.md): the writer drains everything queued, writes it in one ``w
 the disk. ``append_durable`` returns only after the fsync that covers the record: the daemon
 uses it for the record of an outbound call before asking the carrier to dial.
 
+A failed write leaves nothing behind: the writer uses ``os.write`` on the raw descriptor (no
+buffer that could flush refused bytes later) and, after any failure, truncates the file back
+to its last good size, so a record reported as not written can never appear afterwards. The
+writer's idea of the size is always the file's.
+
 Rotation keeps the file under ``journal.maxBytes``: the full file moves to ``calls.jsonl.1``
 (older ones shift up to ``journal.keepFiles``) and the new file starts with a snapshot of every
 live call, so replay after rotation still sees them. The swap is done with a hard link and an
 atomic rename: at no moment is there no ``calls.jsonl``.
+
+The ``JournalIndex`` says where the last line of every call in the kept files is (and which
+call a carrier's id belongs to), so an ended call the supervisor no longer holds in memory is
+read back with one positioned read instead of a scan. It is built by replay and kept true by
+the writer: only written lines enter it, and rotation drops the entries of the file it deletes.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -22,7 +33,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 import trio
@@ -40,6 +50,7 @@ class _Head(msgspec.Struct):
 
     callId: str
     state: str
+    providerCallId: str | None = None
 
 
 _head_decoder = msgspec.json.Decoder(_Head)
@@ -50,6 +61,8 @@ _TERMINAL = frozenset(
 
 
 def encode_record(record: CallRecord) -> bytes:
+    """One journal line. Raises (``UnicodeEncodeError``, ``msgspec.EncodeError``) for a
+    record that cannot be written, e.g. text with a lone surrogate."""
     return _encoder.encode(record) + b"\n"
 
 
@@ -65,73 +78,268 @@ def decode_record(line: bytes) -> CallRecord:
         return msgspec.convert(obj, CallRecord)
 
 
+# -- the index ------------------------------------------------------------------------------
+
+_OFFSET_BITS = 40  # a file offset below 1 TiB; the segment number sits above it
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+
+
+class JournalIndex:
+    """Where the last line of each call is, and which call a carrier's id belongs to.
+
+    Files are numbered by *segment*: ``calls.jsonl`` is ``segment``, ``calls.jsonl.k`` is
+    ``segment - k``. Rotation only increments ``segment``, so no entry moves when files shift
+    names. A location is one int (segment and offset packed) to keep the cost per call small.
+    Mutated only by the journal's writer (under its lock); read from any thread.
+    """
+
+    __slots__ = ("_lines", "_providers", "segment")
+
+    def __init__(self) -> None:
+        self.segment = 0
+        self._lines: dict[str, int] = {}
+        self._providers: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._lines
+
+    def note(self, call_id: str, provider_call_id: str | None, offset: int,
+             segment: int | None = None) -> None:
+        """The last line of ``call_id`` now starts at ``offset`` of ``segment`` (current)."""
+        seg = self.segment if segment is None else segment
+        self._lines[call_id] = (seg << _OFFSET_BITS) | offset
+        if provider_call_id:
+            self._providers[provider_call_id] = call_id
+
+    def note_written(self, items: Iterable[_Item], offset: int) -> None:
+        """``items`` were written one after the other from ``offset`` of the current file."""
+        lines, providers = self._lines, self._providers
+        segment = self.segment << _OFFSET_BITS
+        for item in items:
+            call_id = item.call_id
+            if call_id:
+                lines[call_id] = segment | offset
+                if item.provider_call_id:
+                    providers[item.provider_call_id] = call_id
+            offset += len(item.data)
+
+    def locate(self, call_id: str) -> tuple[int, int] | None:
+        """(age, offset): the line is in ``calls.jsonl`` (age 0) or ``calls.jsonl.<age>``."""
+        packed = self._lines.get(call_id)
+        if packed is None:
+            return None
+        return self.segment - (packed >> _OFFSET_BITS), packed & _OFFSET_MASK
+
+    def call_for_provider(self, provider_call_id: str) -> str | None:
+        return self._providers.get(provider_call_id)
+
+    def rotated(self, keep_files: int) -> None:
+        """The current file became ``.1``; files older than ``.keep_files`` are gone, and so
+        are the calls whose last line was in them (a newer line would have moved the entry)."""
+        self.segment += 1
+        oldest = self.segment - keep_files
+        stale = [cid for cid, packed in self._lines.items() if packed >> _OFFSET_BITS < oldest]
+        for call_id in stale:
+            del self._lines[call_id]
+        if stale:
+            self._providers = {pid: cid for pid, cid in self._providers.items()
+                               if cid in self._lines}
+
+
+def read_line(path: Path, offset: int) -> bytes | None:
+    """The line starting at ``offset`` (without its newline); None if the file is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks: list[bytes] = []
+        pos = offset
+        while True:
+            chunk = os.pread(fd, 64 * 1024, pos)
+            if not chunk:
+                break
+            end = chunk.find(b"\n")
+            if end >= 0:
+                chunks.append(chunk[:end])
+                break
+            chunks.append(chunk)
+            pos += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def segment_path(path: Path, age: int) -> Path:
+    return path if age == 0 else path.with_name(f"{path.name}.{age}")
+
+
+# -- replay ---------------------------------------------------------------------------------
+
+
 @dataclass
 class ReplayResult:
     live: dict[str, CallRecord] = field(default_factory=dict)
-    ended_lines: dict[str, bytes] = field(default_factory=dict)  # decoded lazily on lookup
-    bad_lines: list[int] = field(default_factory=list)  # 1-based line numbers
+    index: JournalIndex = field(default_factory=JournalIndex)  # every call, live or ended
+    bad_lines: list[int] = field(default_factory=list)  # 1-based, in calls.jsonl
+    bad_rotated: int = 0  # unreadable lines in calls.jsonl.1..N
     torn_tail: bool = False
     lines: int = 0
+    files: int = 0
+
+    @property
+    def ended(self) -> int:
+        return len(self.index) - len(self.live)
 
     def describe_bad(self) -> str:
         shown = ", ".join(str(n) for n in self.bad_lines[:10])
         more = f" (+{len(self.bad_lines) - 10} more)" if len(self.bad_lines) > 10 else ""
         tail = "; the last line was torn (an interrupted write)" if self.torn_tail else ""
-        return f"skipped {len(self.bad_lines)} unreadable journal line(s): {shown}{more}{tail}"
+        rotated = (f"; {self.bad_rotated} more in rotated files" if self.bad_rotated else "")
+        return (f"skipped {len(self.bad_lines)} unreadable journal line(s): "
+                f"{shown}{more}{tail}{rotated}")
+
+
+class _Scan:
+    """Replay state across files (oldest first): the last line seen per callId."""
+
+    def __init__(self) -> None:
+        # callId -> (segment, offset, line number, the line if not terminal, providerCallId)
+        self.latest: dict[str, tuple[int, int, int, bytes | None, str | None]] = {}
+
+    def feed(self, data: bytes, segment: int, result: ReplayResult, *, current: bool) -> None:
+        lines = data.split(b"\n")
+        torn_candidate = lines[-1] != b""
+        if not torn_candidate:
+            lines.pop()  # the empty string after the final newline
+        result.lines += len(lines)
+        decode_head = _head_decoder.decode
+        latest = self.latest
+        offset = 0
+        last = len(lines)
+        for number, line in enumerate(lines, 1):
+            start = offset
+            offset += len(line) + 1
+            if not line.strip():
+                continue
+            try:
+                head = decode_head(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                if current:
+                    result.bad_lines.append(number)
+                    if torn_candidate and number == last:
+                        result.torn_tail = True
+                else:
+                    result.bad_rotated += 1
+                continue
+            live_line = None if head.state in _TERMINAL else line
+            latest[head.callId] = (segment, start, number if current else 0, live_line,
+                                   head.providerCallId)
+
+    def finish(self, result: ReplayResult) -> ReplayResult:
+        index = result.index
+        for call_id, (segment, offset, number, line, provider_call_id) in self.latest.items():
+            index.note(call_id, provider_call_id, offset, segment)
+            if line is None:
+                continue
+            try:
+                result.live[call_id] = decode_record(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                if number:
+                    result.bad_lines.append(number)
+                else:
+                    result.bad_rotated += 1
+        result.bad_lines.sort()
+        return result
 
 
 def replay_bytes(data: bytes) -> ReplayResult:
     """Last line per callId wins; unreadable lines are skipped and counted, never fatal."""
+    result = ReplayResult(files=1)
+    scan = _Scan()
+    scan.feed(data, 0, result, current=True)
+    return scan.finish(result)
+
+
+def replay_file(path: Path, keep_files: int = 0) -> ReplayResult:
+    """Replay ``calls.jsonl.<keep_files>`` .. ``.1`` then ``calls.jsonl``, oldest first, so
+    the index covers calls that live only in rotated files (one file at a time in memory)."""
     result = ReplayResult()
-    latest: dict[str, tuple[int, bytes, bool]] = {}
-    lines = data.split(b"\n")
-    torn_candidate = bool(lines) and lines[-1] != b""
-    if not torn_candidate:
-        lines.pop()  # the empty string after the final newline
-    result.lines = len(lines)
-    decode_head = _head_decoder.decode
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    scan = _Scan()
+    present = [age for age in range(1, keep_files + 1) if segment_path(path, age).exists()]
+    oldest = max(present, default=0)
+    result.index.segment = oldest
+    for age in sorted(present, reverse=True):
         try:
-            head = decode_head(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            result.bad_lines.append(number)
-            if torn_candidate and number == len(lines):
-                result.torn_tail = True
+            data = segment_path(path, age).read_bytes()
+        except FileNotFoundError:
             continue
-        latest[head.callId] = (number, line, head.state in _TERMINAL)
-    for call_id, (number, line, terminal) in latest.items():
-        if terminal:
-            result.ended_lines[call_id] = line
-            continue
-        try:
-            result.live[call_id] = decode_record(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            result.bad_lines.append(number)
-    result.bad_lines.sort()
-    return result
-
-
-def replay_file(path: Path) -> ReplayResult:
+        scan.feed(data, oldest - age, result, current=False)
+        result.files += 1
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return ReplayResult()
-    return replay_bytes(data)
+        data = b""
+    else:
+        result.files += 1
+    scan.feed(data, oldest, result, current=True)
+    return scan.finish(result)
+
+
+# -- the writer -----------------------------------------------------------------------------
 
 
 class JournalError(OSError):
     """The journal could not be written (disk full, I/O error); the message says why."""
 
 
-class _Item:
-    __slots__ = ("data", "done", "error")
+class Disk:
+    """The system calls the writer makes on ``calls.jsonl``. Tests override these to inject a
+    full disk, short writes or failed fsyncs, or to record what was made durable."""
 
-    def __init__(self, data: bytes, done: trio.Event | None) -> None:
+    def write(self, fd: int, data: memoryview) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+
+class _Item:
+    __slots__ = ("call_id", "data", "done", "error", "provider_call_id")
+
+    def __init__(self, data: bytes, done: trio.Event | None, call_id: str = "",
+                 provider_call_id: str | None = None) -> None:
         self.data = data
         self.done = done
+        self.call_id = call_id
+        self.provider_call_id = provider_call_id
         self.error: OSError | None = None
+
+
+def _item(record: CallRecord, line: bytes | None, done: trio.Event | None) -> _Item:
+    return _Item(encode_record(record) if line is None else line, done, record.call_id,
+                 record.provider_call_id)
+
+
+def _carried_over(records: Iterable[CallRecord], index: JournalIndex) -> list[_Item]:
+    """Snapshots of the live calls for the new file: only calls already written once. A call
+    whose first line is still queued gets it written after the swap, into the new file; and
+    if that write fails (a full disk), no copy of it was made that could bring it back."""
+    items = []
+    for record in records:
+        if record.call_id not in index:
+            continue
+        try:
+            items.append(_item(record, None, None))
+        except (ValueError, msgspec.EncodeError) as exc:  # never stored: cannot happen
+            log.error("journal: call %s cannot be carried over: %s", record.call_id, exc)
+    return items
 
 
 class Journal:
@@ -145,14 +353,18 @@ class Journal:
         keep_files: int = 3,
         live_records: Callable[[], Iterable[CallRecord]] = lambda: (),
         fsync: bool = True,
+        index: JournalIndex | None = None,
+        disk: Disk | None = None,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.keep_files = max(1, keep_files)
         self.live_records = live_records
         self.fsync = fsync
+        self.index = index if index is not None else JournalIndex()
+        self.disk = disk if disk is not None else Disk()
         self._send, self._receive = trio.open_memory_channel[_Item](math.inf)
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
         self._size = 0
         self._closed = False
         self._lock = threading.Lock()  # the writer thread vs. a late synchronous append
@@ -160,14 +372,17 @@ class Journal:
         self.batches = 0
 
     # -- producer side (any task) -------------------------------------------------------
-    def append(self, record: CallRecord) -> None:
-        """Queue a snapshot; returns at once. After shutdown it is written synchronously."""
-        self._enqueue(_Item(encode_record(record), None))
+    def append(self, record: CallRecord, line: bytes | None = None) -> None:
+        """Queue a snapshot (``line``: its encoding, if the caller has it); returns at once.
+        After shutdown it is written synchronously."""
+        self._enqueue(_Item(encode_record(record) if line is None else line, None,
+                            record.call_id, record.provider_call_id))
 
-    async def append_durable(self, record: CallRecord) -> None:
-        """Queue a snapshot and wait until it is on disk (fsynced); JournalError if it is not."""
+    async def append_durable(self, record: CallRecord, line: bytes | None = None) -> None:
+        """Queue a snapshot and wait until it is on disk (fsynced); JournalError if it is not,
+        and then no trace of it is left in the file."""
         done = trio.Event()
-        item = _Item(encode_record(record), done)
+        item = _item(record, line, done)
         self._enqueue(item)
         await done.wait()
         if item.error is not None:
@@ -189,12 +404,48 @@ class Journal:
         # the writer is gone (shutdown or cancellation): never lose a record
         if item.data:
             try:
-                self._write_batch([item.data])
+                self._write_batch([item])
             except OSError as exc:
                 item.error = exc
                 log.error("journal %s: write failed: %s", self.path, exc)
         if item.done is not None:
             item.done.set()
+
+    # -- reading back (the index) -------------------------------------------------------
+    def read_line(self, call_id: str, *, wait: bool = True) -> bytes | None:
+        """The last written line of ``call_id`` (blocking: one positioned read). The lock
+        keeps rotation from renaming files under the read; ``wait=False`` reads without it
+        rather than wait for a write in progress (a race with a rotation then reads some
+        other line, which ``lookup_sync`` rejects by its callId)."""
+        locked = self._lock.acquire(blocking=wait)
+        try:
+            where = self.index.locate(call_id)
+            if where is None:
+                return None
+            age, offset = where
+            return read_line(segment_path(self.path, age), offset)
+        finally:
+            if locked:
+                self._lock.release()
+
+    def lookup_sync(self, call_id: str, *, wait: bool = True) -> CallRecord | None:
+        """The last written record of ``call_id``, from the files (None: unknown or
+        unreadable). Blocking; ``lookup`` runs it in a worker thread."""
+        if call_id not in self.index:
+            return None
+        line = self.read_line(call_id, wait=wait)
+        if not line:
+            return None
+        try:
+            record = decode_record(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return record if record.call_id == call_id else None
+
+    async def lookup(self, call_id: str) -> CallRecord | None:
+        if call_id not in self.index:
+            return None  # most misses cost no thread
+        return await trio.to_thread.run_sync(self.lookup_sync, call_id)
 
     # -- writer task --------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -218,7 +469,13 @@ class Journal:
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
             if leftovers:
-                self._write_batch([item.data for item in leftovers])
+                try:
+                    self._write_batch(leftovers)
+                except OSError as exc:
+                    log.error("journal %s: write of %d record(s) at stop failed: %s",
+                              self.path, len(leftovers), exc)
+                    for item in leftovers:
+                        item.error = exc
                 for item in leftovers:
                     if item.done is not None:
                         item.done.set()
@@ -230,7 +487,7 @@ class Journal:
     async def _write_items(self, batch: list[_Item]) -> None:
         # A failing disk must not end the writer (and with it the daemon): the batch is
         # reported, durable waiters get the error, and later batches are tried again.
-        payload = [item.data for item in batch if item.data]
+        payload = [item for item in batch if item.data]
         error: OSError | None = None
         if payload:
             with trio.CancelScope(shield=True):
@@ -245,7 +502,7 @@ class Journal:
             if item.done is not None:
                 item.done.set()
         if error is None and self._size >= self.max_bytes:
-            live = [encode_record(r) for r in self.live_records()]
+            live = _carried_over(self.live_records(), self.index)
             with trio.CancelScope(shield=True):
                 try:
                     await trio.to_thread.run_sync(self._rotate, live)
@@ -256,76 +513,121 @@ class Journal:
 
     # -- blocking helpers (worker thread) -------------------------------------------------
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        file = _open_private(self.path)
-        self._size = file.tell()
-        if self._size:
-            # a torn last line must not swallow the next record
-            with open(self.path, "rb") as reader:
-                reader.seek(-1, os.SEEK_END)
-                if reader.read(1) != b"\n":
-                    file.write(b"\n")
-                    file.flush()
-                    self._size += 1
-        self._file = file
-
-    def _write_batch(self, payload: list[bytes]) -> None:
         with self._lock:
-            self._write_locked(payload)
+            self._open_locked()
 
-    def _write_locked(self, payload: list[bytes]) -> None:
-        if self._file is None:
-            self._open()
-        assert self._file is not None
-        data = b"".join(payload)
-        self._file.write(data)
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._size += len(data)
-        self.appended += len(payload)
+    def _open_locked(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = _open_private(self.path)
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+        if self._size and os.pread(fd, 1, self._size - 1) != b"\n":
+            # a torn last line must not swallow the next record
+            self._write_all(b"\n")
+
+    def _write_batch(self, items: list[_Item]) -> None:
+        with self._lock:
+            self._write_locked(items)
+
+    def _write_locked(self, items: list[_Item]) -> None:
+        if self._fd is None:
+            self._open_locked()
+        assert self._fd is not None
+        start = self._size
+        self._write_all(b"".join([item.data for item in items]))
+        self.index.note_written(items, start)  # only once written: never a refused line
+        self.appended += len(items)
         self.batches += 1
 
-    def _rotate(self, live: list[bytes]) -> None:
+    def _write_all(self, data: bytes) -> None:
+        """Write and fsync ``data`` at the end, or leave the file as it was and raise."""
+        assert self._fd is not None
+        fd, start = self._fd, self._size
+        try:
+            view = memoryview(data)
+            while view:
+                written = self.disk.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.EIO, "the journal write made no progress")
+                view = view[written:]
+            if self.fsync:
+                self.disk.fsync(fd)
+        except OSError:
+            self._undo(fd, start)
+            raise
+        self._size = start + len(data)
+
+    def _undo(self, fd: int, size: int) -> None:
+        """Cut off whatever part of a failed write reached the file: a record reported as not
+        written must never turn up later (after the disk has room again, or at replay)."""
+        try:
+            self.disk.truncate(fd, size)
+            if self.fsync:
+                self.disk.fsync(fd)
+        except OSError as exc:
+            log.error("journal %s: cannot cut a failed write back to %d bytes: %s",
+                      self.path, size, exc)
+        try:
+            self._size = os.fstat(fd).st_size
+        except OSError:
+            self._size = size
+        if self._size != size:
+            # a fragment stayed: start the next record on a fresh line, and replay skips it
+            try:
+                os.write(fd, b"\n")
+                self._size += 1
+            except OSError:
+                pass
+
+    def _rotate(self, live: list[_Item]) -> None:
         with self._lock:
             self._rotate_locked(live)
 
-    def _rotate_locked(self, live: list[bytes]) -> None:
+    def _rotate_locked(self, live: list[_Item]) -> None:
         path = self.path
+        # the new file is complete and durable before any name changes: a failure here
+        # leaves the files (and the index) as they were
+        tmp = path.with_name(path.name + ".tmp")
+        fd = _open_private(tmp, truncate=True)
+        try:
+            data = memoryview(b"".join(item.data for item in live))
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         for n in range(self.keep_files - 1, 0, -1):
-            older = path.with_name(f"{path.name}.{n}")
+            older = segment_path(path, n)
             if older.exists():
-                os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
-        first = path.with_name(f"{path.name}.1")
+                os.replace(older, segment_path(path, n + 1))
+        first = segment_path(path, 1)
         if first.exists():
             first.unlink()
         os.link(path, first)
-        tmp = path.with_name(path.name + ".tmp")
-        with _open_private(tmp, truncate=True) as out:
-            out.write(b"".join(live))
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        if self._file is not None:
-            self._file.close()
-        self._file = _open_private(path)
-        self._size = self._file.tell()
+        self.index.rotated(self.keep_files)
+        self.index.note_written(live, 0)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = _open_private(path)
+        self._size = os.fstat(self._fd).st_size
         log.info("journal rotated: %s -> %s (%d live calls carried over)", path, first, len(live))
 
     def close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
-def _open_private(path: Path, *, truncate: bool = False) -> BinaryIO:
+def _open_private(path: Path, *, truncate: bool = False) -> int:
     """Open for appending (or rewriting), readable by the owner only: the journal holds phone
     numbers and transcripts, whatever the umask or the mode of an older file."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
     fd = os.open(path, flags, 0o600)
     os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "wb" if truncate else "ab")
+    return fd
 
 
 def _fsync_dir(directory: Path) -> None:

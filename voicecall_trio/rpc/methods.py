@@ -94,7 +94,7 @@ def build_methods(
         p = _params(params, StatusParams)
         if p.call_id is None:
             return {"calls": [record_to_builtins(r) for r in supervisor.list_calls()]}
-        record = supervisor.get_record(p.call_id)
+        record = await supervisor.lookup(p.call_id)
         if record is None:
             return {"found": False}
         return {"found": True, "call": record_to_builtins(record)}
