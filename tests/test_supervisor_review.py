@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -14,7 +15,14 @@ from rigs import RecordingDisk, real_time_limit, rig
 from voicecall_trio.calls import MAX_ENDED_REMEMBERED, RING_GRACE_S
 from voicecall_trio.errors import InvalidInput
 from voicecall_trio.events import CallAnswered, CallInitiated, CallSpeaking, CallSpeech
-from voicecall_trio.model import CallRecord, CallState, apply, end_record, new_record
+from voicecall_trio.model import (
+    CallRecord,
+    CallState,
+    TranscriptEntry,
+    apply,
+    end_record,
+    new_record,
+)
 from voicecall_trio.providers.base import InboundDecision, RemoteCallState, RemoteStatus
 from voicecall_trio.providers.mock import MockProvider
 from voicecall_trio.store import encode_record, replay_bytes, replay_file
@@ -196,7 +204,9 @@ async def test_a_record_is_encoded_before_it_replaces_the_one_in_memory(
         call = r.sup.live[record.call_id]
         before = call.record
         queued = r.sup.journal._send.statistics().current_buffer_used
-        poisoned = apply(before, CallSpeaking(id="bad", text="cut \ud83d"))
+        # model.apply repairs text itself, so build the poisoned record past it
+        poisoned = msgspec.structs.replace(before, transcript=(
+            *before.transcript, TranscriptEntry(0, "bot", "cut \ud83d")))
         with pytest.raises(InvalidInput, match="cannot be journaled"):
             r.sup._store(call, poisoned, "call.speaking")
         assert call.record is before and r.sup.session[record.call_id] is before
