@@ -1,6 +1,6 @@
 """A fake Twilio call's status: moving it (``initiated`` ... ``completed``), the status callbacks
 each move owes (per ``StatusCallbackEvent``), and ending a call exactly once, with its final
-callback sent in the background. The one place a call's ``status`` changes.
+callback sent in the background. Once a call exists, only this layer changes its ``status``.
 """
 
 from __future__ import annotations
