@@ -2,12 +2,24 @@
 
 Everything here talks only to loopback. ``FakeTwilio`` / ``FakeTelnyx`` are local carrier
 simulators; ``running_daemon`` starts a whole daemon inside the caller's trio run;
-``serve_asgi`` serves any ASGI app on 127.0.0.1 with an ephemeral port.
+``serve_asgi`` serves any ASGI app on 127.0.0.1 with an ephemeral port. ``FakeDirectory``
+(a ``CallDirectory`` in memory) and ``FakeProvider`` (a ``Provider`` that records and obeys)
+are the small pieces carrier, gate and front tests compose instead of writing their own.
 """
 
 from .daemon import RunningDaemon, running_daemon
+from .directory import FakeDirectory
 from .fake_telnyx import FakeTelnyx
 from .fake_twilio import FakeTwilio
+from .provider import FakeProvider
 from .server import serve_asgi
 
-__all__ = ["FakeTelnyx", "FakeTwilio", "RunningDaemon", "running_daemon", "serve_asgi"]
+__all__ = [
+    "FakeDirectory",
+    "FakeProvider",
+    "FakeTelnyx",
+    "FakeTwilio",
+    "RunningDaemon",
+    "running_daemon",
+    "serve_asgi",
+]
