@@ -18,36 +18,29 @@ from voicecall_trio import front as front_module
 from voicecall_trio.config import build_config
 from voicecall_trio.front import HttpFront
 from voicecall_trio.providers.base import WebhookRequest, WebhookResponse
+from voicecall_trio.testing.directory import FakeDirectory
+from voicecall_trio.testing.provider import FakeProvider
 from voicecall_trio.web import WebhookGate, create_app_for
 
 WAIT_S = 10
 
 
-class FakeProvider:
-    name = "fake"
-    signature_headers = ("x-sig",)
-
-    def __init__(self) -> None:
-        self.seen: list[WebhookRequest] = []
-        self.hold: trio.Event | None = None  # set by a test to keep handlers waiting
-
-    async def handle_webhook(self, request: WebhookRequest, directory: Any) -> WebhookResponse:
-        self.seen.append(request)
-        if self.hold is not None:
-            await self.hold.wait()
-        if request.body == b"boom":
-            raise RuntimeError("carrier module bug")
-        if request.body == b"big":
-            return WebhookResponse(200, b"x" * 65536)
-        return WebhookResponse(200, b"<Response>" + request.body + b"</Response>", "text/xml",
-                               {"X-Extra": "1"})
+def echo(request: WebhookRequest) -> WebhookResponse:
+    """The carrier module: each body back inside ``<Response>``; ``boom`` is a bug in it and
+    ``big`` a 64 KiB answer."""
+    if request.body == b"boom":
+        raise RuntimeError("carrier module bug")
+    if request.body == b"big":
+        return WebhookResponse(200, b"x" * 65536)
+    return WebhookResponse(200, b"<Response>" + request.body + b"</Response>", "text/xml",
+                           {"X-Extra": "1"})
 
 
 @asynccontextmanager
 async def serving(provider: FakeProvider, *, keep_alive_s: float = 30.0
                   ) -> AsyncIterator[tuple[HttpFront, int, trio.Event]]:
     config = build_config({"webhookSecurity": {"maxBodyBytes": 100, "maxInFlightPerIp": 2}}, {})
-    gate = WebhookGate(config, provider, directory=None)  # type: ignore[arg-type]
+    gate = WebhookGate(config, provider, directory=FakeDirectory())
     hc = HypercornConfig()
     hc.accesslog = None
     hc.graceful_timeout = 2.0
@@ -113,7 +106,7 @@ async def connect(port: int) -> Client:
 
 
 async def test_webhooks_are_answered_in_place_on_a_kept_connection() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (front, port, _):
         client = await connect(port)
         for n in range(3):
@@ -130,7 +123,7 @@ async def test_webhooks_are_answered_in_place_on_a_kept_connection() -> None:
 
 
 async def test_pipelined_requests_are_answered_in_order() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(webhook(b"first") + webhook(b"second") + webhook(b"x"))
@@ -140,7 +133,7 @@ async def test_pipelined_requests_are_answered_in_order() -> None:
 
 
 async def test_other_requests_go_to_hypercorn_with_the_bytes_already_read() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (front, port, _):
         client = await connect(port)
         await client.stream.send_all(webhook())
@@ -160,7 +153,7 @@ async def test_other_requests_go_to_hypercorn_with_the_bytes_already_read() -> N
 
 
 async def test_a_chunked_webhook_is_handed_over_and_reaches_the_carrier_whole() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (front, port, _):
         client = await connect(port)
         await client.stream.send_all(
@@ -172,7 +165,7 @@ async def test_a_chunked_webhook_is_handed_over_and_reaches_the_carrier_whole() 
 
 
 async def test_refusals_are_the_gates_and_leave_the_connection_usable() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(webhook(b"unsigned", sig=False))
@@ -188,7 +181,7 @@ async def test_refusals_are_the_gates_and_leave_the_connection_usable() -> None:
 
 
 async def test_an_oversized_body_is_refused_unread_and_the_connection_closed() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(webhook(b"x" * 101))
@@ -199,7 +192,7 @@ async def test_an_oversized_body_is_refused_unread_and_the_connection_closed() -
 
 
 async def test_an_unsigned_oversized_body_is_not_read_either() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\n"
@@ -211,7 +204,7 @@ async def test_an_unsigned_oversized_body_is_not_read_either() -> None:
 
 
 async def test_a_client_that_stops_reading_is_dropped(autojump_clock: Any) -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):
         client = await connect(port)
         sent = 300  # 300 x 64 KiB of answers: far more than the socket buffers hold
@@ -230,7 +223,7 @@ async def test_a_client_that_stops_reading_is_dropped(autojump_clock: Any) -> No
 
 
 async def test_garbage_gets_a_4xx_and_the_server_carries_on() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nX-Sig: s\r\n"
@@ -251,7 +244,7 @@ async def test_garbage_gets_a_4xx_and_the_server_carries_on() -> None:
 
 
 async def test_requests_in_flight_per_address_are_capped() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     provider.hold = trio.Event()
     async with serving(provider) as (_, port, _):
         first, second, third = [await connect(port) for _ in range(3)]
@@ -269,7 +262,7 @@ async def test_requests_in_flight_per_address_are_capped() -> None:
 
 
 async def test_idle_connections_are_closed_after_the_keep_alive_timeout() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider, keep_alive_s=0.2) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(webhook())
@@ -278,7 +271,7 @@ async def test_idle_connections_are_closed_after_the_keep_alive_timeout() -> Non
 
 
 async def test_stop_closes_idle_connections_and_lets_busy_ones_finish() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, stop):
         idle = await connect(port)
         await idle.stream.send_all(webhook(b"warm"))
@@ -338,7 +331,7 @@ STALLED_HEADS = {
 @pytest.mark.parametrize("raw", STALLED_HEADS.values(), ids=STALLED_HEADS.keys())
 async def test_a_handed_over_request_that_stalls_is_closed_at_its_deadline(
         raw: bytes, short_timeouts: None) -> None:
-    async with serving(FakeProvider(), keep_alive_s=30.0) as (front, port, _):
+    async with serving(FakeProvider(echo), keep_alive_s=30.0) as (front, port, _):
         client = await connect(port)
         await client.stream.send_all(raw)
         elapsed = await closed_within(client, 5 * SHORT_REQUEST_S)
@@ -346,7 +339,7 @@ async def test_a_handed_over_request_that_stalls_is_closed_at_its_deadline(
 
 
 async def test_a_slowloris_body_does_not_extend_the_deadline(short_timeouts: None) -> None:
-    async with serving(FakeProvider()) as (_, port, _):
+    async with serving(FakeProvider(echo)) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
                                      b"Transfer-Encoding: chunked\r\n\r\nffff\r\n")
@@ -364,7 +357,7 @@ async def test_a_slowloris_body_does_not_extend_the_deadline(short_timeouts: Non
 
 async def test_a_handed_over_keep_alive_connection_closes_when_idle(short_timeouts: None
                                                                      ) -> None:
-    async with serving(FakeProvider(), keep_alive_s=SHORT_KEEP_ALIVE_S) as (front, port, _):
+    async with serving(FakeProvider(echo), keep_alive_s=SHORT_KEEP_ALIVE_S) as (front, port, _):
         client = await connect(port)
         for _ in range(2):  # served by Quart, then kept alive
             await client.stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -375,7 +368,7 @@ async def test_a_handed_over_keep_alive_connection_closes_when_idle(short_timeou
 
 
 async def test_a_request_being_handled_has_no_deadline(short_timeouts: None) -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     provider.hold = trio.Event()
     async with serving(provider) as (_, port, _):
         client = await connect(port)
@@ -391,7 +384,7 @@ async def test_a_request_being_handled_has_no_deadline(short_timeouts: None) -> 
 
 
 async def test_pending_junk_does_not_take_the_carriers_slots() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):  # maxInFlightPerIp: 2
         junk = [await connect(port) for _ in range(4)]
         for n, client in enumerate(junk):  # a signature header, a body that never finishes
@@ -437,7 +430,7 @@ def test_a_recurring_warning_is_one_line_a_minute_with_a_count(
 async def test_at_the_cap_the_oldest_idle_connection_is_shed(monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     monkeypatch.setattr(front_module, "MAX_CONNECTIONS", 4)
-    async with serving(FakeProvider()) as (front, port, _):
+    async with serving(FakeProvider(echo)) as (front, port, _):
         idle = [await connect(port) for _ in range(3)]
         await idle[0].stream.send_all(webhook())  # kept alive after an answer
         assert (await idle[0].response())[0] == 200
@@ -459,7 +452,7 @@ async def test_at_the_cap_the_oldest_idle_connection_is_shed(monkeypatch: pytest
 async def test_at_the_cap_busy_connections_are_never_shed(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
     monkeypatch.setattr(front_module, "MAX_CONNECTIONS", 2)
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     provider.hold = trio.Event()
     async with serving(provider) as (front, port, _):
         busy = [await connect(port) for _ in range(2)]
@@ -479,7 +472,7 @@ async def test_at_the_cap_busy_connections_are_never_shed(monkeypatch: pytest.Mo
 
 
 async def test_an_unknown_transfer_encoding_is_a_400_not_a_501() -> None:
-    async with serving(FakeProvider()) as (_, port, _):
+    async with serving(FakeProvider(echo)) as (_, port, _):
         client = await connect(port)
         await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
                                      b"Transfer-Encoding: gzip, chunked\r\n\r\n")
@@ -493,7 +486,7 @@ async def test_an_unknown_transfer_encoding_is_a_400_not_a_501() -> None:
     b"GET /healthz HTTP/1.1\r\nHost: x\nX-A: b\r\n\n",
 ])
 async def test_a_head_that_cannot_be_simple_is_answered_at_once(raw: bytes) -> None:
-    async with serving(FakeProvider()) as (_, port, _):  # the request timeout stays 10 s
+    async with serving(FakeProvider(echo)) as (_, port, _):  # the request timeout stays 10 s
         client = await connect(port)
         await client.stream.send_all(raw)
         with trio.fail_after(2):
@@ -503,7 +496,7 @@ async def test_a_head_that_cannot_be_simple_is_answered_at_once(raw: bytes) -> N
 
 
 async def test_pipelined_http10_keep_alive_webhooks_are_both_answered() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (_, port, _):
         client = await connect(port)
         one = (b"POST /voice/webhook HTTP/1.0\r\nHost: x\r\nX-Sig: s\r\n"
@@ -526,7 +519,7 @@ async def test_pipelined_http10_keep_alive_webhooks_are_both_answered() -> None:
 ])
 async def test_expect_100_continue_is_refused_before_the_go_ahead(extra: str, status: int
                                                                   ) -> None:
-    async with serving(FakeProvider()) as (_, port, _):
+    async with serving(FakeProvider(echo)) as (_, port, _):
         client = await connect(port)
         length = "" if "Content-Length" in extra or "chunked" in extra else \
             "Content-Length: 5\r\n"
@@ -537,7 +530,7 @@ async def test_expect_100_continue_is_refused_before_the_go_ahead(extra: str, st
 
 
 async def test_expect_100_continue_at_the_in_flight_limit_is_a_429_first() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     provider.hold = trio.Event()
     async with serving(provider) as (_, port, _):
         busy = [await connect(port) for _ in range(2)]
@@ -556,7 +549,7 @@ async def test_expect_100_continue_at_the_in_flight_limit_is_a_429_first() -> No
 
 
 async def test_expect_100_continue_then_the_body_is_answered() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(echo)
     async with serving(provider) as (front, port, _):
         client = await connect(port)
         head = webhook(b"a=1")[:-3]
@@ -576,7 +569,7 @@ async def test_an_early_413_on_a_chunked_body_logs_no_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
     """Clients that send a chunked body over the cap and reset the connection at once: the
     413 races Hypercorn's close (a race: before the fix about half the runs logged one)."""
-    async with serving(FakeProvider()) as (front, port, _):
+    async with serving(FakeProvider(echo)) as (front, port, _):
         for size in (8, 20, 50, 200, 1000) * 20:
             sock = trio.socket.socket()
             await sock.connect(("127.0.0.1", port))
@@ -596,7 +589,7 @@ async def test_an_early_413_on_a_chunked_body_logs_no_traceback(
 
 
 async def test_a_chunked_webhook_with_expect_gets_its_100_when_it_is_not_refused() -> None:
-    async with serving(FakeProvider()) as (front, port, _):
+    async with serving(FakeProvider(echo)) as (front, port, _):
         client = await connect(port)
         await client.stream.send_all(b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\n"
                                      b"Transfer-Encoding: chunked\r\n"
@@ -639,7 +632,7 @@ class H2Client:
 
 
 async def test_h2_connections_have_the_same_deadlines(short_timeouts: None) -> None:
-    async with serving(FakeProvider(), keep_alive_s=SHORT_KEEP_ALIVE_S) as (_, port, _):
+    async with serving(FakeProvider(echo), keep_alive_s=SHORT_KEEP_ALIVE_S) as (_, port, _):
         idle = H2Client(await trio.open_tcp_stream("127.0.0.1", port))
         idle.conn.send_headers(1, [(":method", "GET"), (":path", "/healthz"),
                                    (":scheme", "http"), (":authority", "x")], end_stream=True)

@@ -16,16 +16,14 @@ import trio
 
 from voicecall_trio.config import VoiceCallConfig
 from voicecall_trio.errors import ConfigError
-from voicecall_trio.events import AnyEvent, CallInitiated
-from voicecall_trio.model import CallRecord, CallState, apply, new_record
+from voicecall_trio.model import CallRecord, CallState, new_record
 from voicecall_trio.providers.base import (
-    InboundDecision,
-    InboundOutcome,
     ProviderError,
     RemoteStatus,
     WebhookRequest,
 )
 from voicecall_trio.providers.telnyx import TelnyxProvider
+from voicecall_trio.testing.directory import FakeDirectory
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 if not (VECTORS / "telnyx_test_key.json").is_file():
@@ -40,61 +38,10 @@ NOW = 1_736_850_000
 API_KEY = "KEY_TEST_secret"
 BASE = "https://telnyx.test/v2"
 FROM, CALLER = "+15005550006", "+14155551234"
+INBOUND = {"initialMessage": "Hello there"}  # the metadata of an accepted inbound call
 
 
 # -- fakes ---------------------------------------------------------------------------------
-
-
-class FakeDirectory:
-    """Just enough of the supervisor: records, model.apply, an inbound policy."""
-
-    def __init__(self, policy: str = "open") -> None:
-        self.policy = policy
-        self.records: dict[str, CallRecord] = {}
-        self.delivered: list[AnyEvent] = []
-        self.offers: list[CallInitiated] = []
-        self._offered: dict[str, InboundOutcome] = {}
-
-    def add(self, record: CallRecord) -> CallRecord:
-        self.records[record.call_id] = record
-        return record
-
-    def find(
-        self, *, call_id: str | None = None, provider_call_id: str | None = None
-    ) -> CallRecord | None:
-        if call_id is not None:
-            return self.records.get(call_id)
-        for record in self.records.values():
-            if provider_call_id and record.provider_call_id == provider_call_id:
-                return record
-        return None
-
-    async def deliver(self, event: AnyEvent) -> CallRecord | None:
-        self.delivered.append(event)
-        record = self.find(call_id=event.call_id) or self.find(
-            provider_call_id=event.provider_call_id
-        )
-        if record is None:
-            return None
-        self.records[record.call_id] = apply(record, event)
-        return self.records[record.call_id]
-
-    async def offer_inbound(self, event: CallInitiated) -> InboundOutcome:
-        self.offers.append(event)
-        assert event.provider_call_id
-        if event.provider_call_id in self._offered:
-            first = self._offered[event.provider_call_id]
-            return InboundOutcome(first.decision, first.record, duplicate=True)
-        if self.policy == "open":
-            record = self.add(new_record(provider="telnyx", direction="inbound",
-                                         from_=event.from_, to=event.to,
-                                         provider_call_id=event.provider_call_id,
-                                         metadata={"initialMessage": "Hello there"}))
-            outcome = InboundOutcome(InboundDecision.ACCEPT, record)
-        else:
-            outcome = InboundOutcome(InboundDecision.REJECT, None)
-        self._offered[event.provider_call_id] = outcome
-        return outcome
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -301,7 +248,7 @@ async def test_speak_retries_429_and_timeouts(
 async def test_speak_with_listen_starts_transcription_once(
     api: FakeApi, provider: TelnyxProvider
 ) -> None:
-    directory = FakeDirectory()
+    directory = FakeDirectory(metadata=INBOUND)
     record = outbound_record(directory)
     await provider.speak(record, "First", listen=True)
     await provider.speak(record, "Second", listen=True)
@@ -339,7 +286,7 @@ async def test_fetch_state(
 
 async def test_run_reports_ready(provider: TelnyxProvider) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(provider.run, FakeDirectory())
+        await nursery.start(provider.run, FakeDirectory(metadata=INBOUND))
         nursery.cancel_scope.cancel()
 
 
@@ -355,7 +302,7 @@ def test_bad_public_key_is_a_config_error(api: FakeApi) -> None:
 async def test_inbound_open_delivered_twice_is_answered_once(
     api: FakeApi, provider: TelnyxProvider
 ) -> None:
-    directory = FakeDirectory("open")
+    directory = FakeDirectory(metadata=INBOUND)
     for event_id in ("ev-in-1", "ev-in-1"):  # Telnyx redelivers (new attempt, same event)
         response = await provider.handle_webhook(
             signed(inbound_offer(event_id) + b" " * len(directory.offers)), directory)
@@ -375,7 +322,7 @@ async def test_inbound_open_delivered_twice_is_answered_once(
 async def test_inbound_disabled_is_rejected_once_never_answered(
     api: FakeApi, provider: TelnyxProvider
 ) -> None:
-    directory = FakeDirectory("disabled")
+    directory = FakeDirectory(accept=False)
     for i in range(2):
         body = inbound_offer() + b" " * i  # a second, distinct delivery of the same event
         assert (await provider.handle_webhook(signed(body), directory)).status == 200
@@ -388,7 +335,7 @@ async def test_inbound_disabled_is_rejected_once_never_answered(
 async def test_identical_signed_delivery_has_no_second_effect(
     api: FakeApi, provider: TelnyxProvider
 ) -> None:
-    directory = FakeDirectory()
+    directory = FakeDirectory(metadata=INBOUND)
     record = outbound_record(directory)
     request = signed(envelope("call.answered", "ev-1", call_control_id="v3:out-1"))
     assert (await provider.handle_webhook(request, directory)).status == 200
@@ -400,7 +347,7 @@ async def test_identical_signed_delivery_has_no_second_effect(
 async def test_call_found_by_client_state_then_ccid(
     api: FakeApi, provider: TelnyxProvider
 ) -> None:
-    directory = FakeDirectory()
+    directory = FakeDirectory(metadata=INBOUND)
     record = outbound_record(directory)
     foreign = b64('{"tenant":"acme"}')
     body = envelope("call.hangup", "ev-h", call_control_id="v3:out-1", client_state=foreign,
@@ -413,7 +360,7 @@ async def test_call_found_by_client_state_then_ccid(
 
 
 async def test_unknown_call_is_ignored_with_200(api: FakeApi, provider: TelnyxProvider) -> None:
-    directory = FakeDirectory()
+    directory = FakeDirectory(metadata=INBOUND)
     response = await provider.handle_webhook(signed(envelope("call.answered", "x")), directory)
     assert response.status == 200 and directory.delivered == []
 
@@ -423,7 +370,7 @@ async def test_failed_answer_still_200_and_ends_the_call(
 ) -> None:
     api.respond = lambda r: httpx.Response(422, json={"errors": [{"code": "90018",
                                                                   "title": "Call ended"}]})
-    directory = FakeDirectory("open")
+    directory = FakeDirectory(metadata=INBOUND)
     response = await provider.handle_webhook(signed(inbound_offer()), directory)
     assert response.status == 200
     (record,) = directory.records.values()
@@ -438,7 +385,7 @@ async def test_failed_reject_is_logged_and_200(
 ) -> None:
     api.respond = lambda r: httpx.Response(422, json={"errors": [{"code": "90015",
                                                                   "title": "Bad"}]})
-    response = await provider.handle_webhook(signed(inbound_offer()), FakeDirectory("disabled"))
+    response = await provider.handle_webhook(signed(inbound_offer()), FakeDirectory(accept=False))
     assert response.status == 200
     assert any("Telnyx 90015" in r.getMessage() for r in caplog.records)
     assert all(API_KEY not in r.getMessage() for r in caplog.records)
@@ -468,7 +415,7 @@ def _tamper(body: bytes) -> bytes:
 async def test_bad_signatures_are_401(
     api: FakeApi, provider: TelnyxProvider, make_request: Callable[[bytes], WebhookRequest]
 ) -> None:
-    directory = FakeDirectory("open")
+    directory = FakeDirectory(metadata=INBOUND)
     response = await provider.handle_webhook(make_request(inbound_offer()), directory)
     assert response.status == 401
     assert directory.offers == [] and api.requests == []
@@ -478,13 +425,13 @@ async def test_missing_headers_are_401_before_parsing(
     api: FakeApi, provider: TelnyxProvider
 ) -> None:
     request = WebhookRequest("POST", "/", "", {}, b"garbage")
-    assert (await provider.handle_webhook(request, FakeDirectory())).status == 401
+    assert (await provider.handle_webhook(request, FakeDirectory(metadata=INBOUND))).status == 401
 
 
 async def test_missing_public_key_fails_closed(api: FakeApi) -> None:
     config = make_config(telnyx={"apiKey": API_KEY, "connectionId": "c", "apiBaseUrl": BASE})
     provider, _ = make_provider(api, config)
-    directory = FakeDirectory("open")
+    directory = FakeDirectory(metadata=INBOUND)
     response = await provider.handle_webhook(signed(inbound_offer()), directory)
     assert response.status == 401
     assert directory.offers == [] and api.requests == []
@@ -494,7 +441,7 @@ async def test_skip_signature_verification_accepts_unsigned(api: FakeApi) -> Non
     config = make_config(skipSignatureVerification=True,
                          telnyx={"apiKey": API_KEY, "connectionId": "c", "apiBaseUrl": BASE})
     provider, _ = make_provider(api, config)
-    directory = FakeDirectory("open")
+    directory = FakeDirectory(metadata=INBOUND)
     request = WebhookRequest("POST", "/", "", {}, inbound_offer())
     assert (await provider.handle_webhook(request, directory)).status == 200
     assert api.paths() == ["/v2/calls/v3:in-1/actions/answer"]
@@ -504,7 +451,7 @@ async def test_skip_signature_verification_accepts_unsigned(api: FakeApi) -> Non
 async def test_signed_garbage_is_400(
     api: FakeApi, provider: TelnyxProvider, body: bytes
 ) -> None:
-    directory = FakeDirectory()
+    directory = FakeDirectory(metadata=INBOUND)
     assert (await provider.handle_webhook(signed(body), directory)).status == 400
     assert directory.delivered == [] and api.requests == []
 
@@ -515,7 +462,7 @@ async def test_header_names_are_case_insensitive(
     request = signed(inbound_offer())
     headers = {k.title(): v for k, v in request.headers.items()}
     request = WebhookRequest("POST", "/", "", headers, request.body)
-    assert (await provider.handle_webhook(request, FakeDirectory())).status == 200
+    assert (await provider.handle_webhook(request, FakeDirectory(metadata=INBOUND))).status == 200
 
 
 async def test_tunnel_url_gets_the_webhook_path(api: FakeApi, provider: TelnyxProvider) -> None:

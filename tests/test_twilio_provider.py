@@ -14,18 +14,14 @@ import trio
 
 from voicecall_trio.config import build_config
 from voicecall_trio.events import (
-    AnyEvent,
     CallAnswered,
     CallEnded,
-    CallInitiated,
     CallSpeaking,
     CallSpeech,
     CallSpoken,
 )
-from voicecall_trio.model import CallRecord, apply, new_record
+from voicecall_trio.model import CallRecord, new_record
 from voicecall_trio.providers.base import (
-    InboundDecision,
-    InboundOutcome,
     ProviderError,
     RemoteStatus,
     WebhookRequest,
@@ -33,6 +29,7 @@ from voicecall_trio.providers.base import (
 )
 from voicecall_trio.providers.twilio import TwilioProvider
 from voicecall_trio.providers.twilio_signature import compute_signature
+from voicecall_trio.testing.directory import FakeDirectory
 
 TOKEN = "test-auth-token-0123456789abcdef"
 SID = "AC00000000000000000000000000000000"
@@ -41,57 +38,6 @@ CALL_SID = "CA11111111111111111111111111111111"
 
 
 # -- fakes ------------------------------------------------------------------------------------
-
-
-class FakeDirectory:
-    """The supervisor as a carrier sees it: records, model.apply, an inbound policy."""
-
-    def __init__(self, *, accept: bool = True, deliver_delay: float = 0) -> None:
-        self.records: dict[str, CallRecord] = {}
-        self.delivered: list[AnyEvent] = []
-        self.offers: list[CallInitiated] = []
-        self.accept = accept
-        self.deliver_delay = deliver_delay
-
-    def add(self, record: CallRecord) -> CallRecord:
-        self.records[record.call_id] = record
-        return record
-
-    def find(
-        self, *, call_id: str | None = None, provider_call_id: str | None = None
-    ) -> CallRecord | None:
-        if call_id is not None:
-            return self.records.get(call_id)
-        for record in self.records.values():
-            if provider_call_id and record.provider_call_id == provider_call_id:
-                return record
-        return None
-
-    async def deliver(self, event: AnyEvent) -> CallRecord | None:
-        if self.deliver_delay:
-            await trio.sleep(self.deliver_delay)
-        self.delivered.append(event)
-        record = self.find(call_id=event.call_id) if event.call_id else None
-        record = record or self.find(provider_call_id=event.provider_call_id)
-        if record is None:
-            return None
-        record = self.records[record.call_id] = apply(record, event)
-        return record
-
-    async def offer_inbound(self, event: CallInitiated) -> InboundOutcome:
-        self.offers.append(event)
-        existing = self.find(provider_call_id=event.provider_call_id)
-        if existing is not None:
-            return InboundOutcome(InboundDecision.ACCEPT, existing, duplicate=True)
-        if not self.accept:
-            return InboundOutcome(InboundDecision.REJECT, None)
-        record = new_record(provider="twilio", direction="inbound", from_=event.from_,
-                            to=event.to, provider_call_id=event.provider_call_id,
-                            metadata={"mode": "conversation"})
-        return InboundOutcome(InboundDecision.ACCEPT, self.add(record))
-
-    def kinds(self) -> list[str]:
-        return [type(e).__name__ for e in self.delivered]
 
 
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -9,25 +9,17 @@ import trio.testing
 
 from voicecall_trio.config import build_config
 from voicecall_trio.providers.base import WebhookRequest, WebhookResponse
+from voicecall_trio.testing.directory import FakeDirectory
+from voicecall_trio.testing.provider import FakeProvider
 from voicecall_trio.web import create_app
 
 
-class FakeProvider:
-    name = "fake"
-    speaks_initial_message = False
-    signature_headers = ("x-sig",)
-
-    def __init__(self, gate: trio.Event | None = None) -> None:
-        self.seen: list[WebhookRequest] = []
-        self.gate = gate
-
-    async def handle_webhook(self, request: WebhookRequest, directory: Any) -> WebhookResponse:
-        self.seen.append(request)
-        if self.gate is not None:
-            await self.gate.wait()
-        if request.body == b"boom":
-            raise RuntimeError("carrier module bug")
-        return WebhookResponse(200, b"<Response/>", "text/xml", {"X-Extra": "1"})
+def answer(request: WebhookRequest) -> WebhookResponse:
+    """The carrier module: an empty TwiML document with a header of its own; ``boom`` is a bug
+    in it."""
+    if request.body == b"boom":
+        raise RuntimeError("carrier module bug")
+    return WebhookResponse(200, b"<Response/>", "text/xml", {"X-Extra": "1"})
 
 
 async def call(app: Any, method: str, path: str, *, headers: dict[str, str] | None = None,
@@ -61,11 +53,11 @@ async def call(app: Any, method: str, path: str, *, headers: dict[str, str] | No
 def make(provider: FakeProvider, **overrides: Any) -> Any:
     config = build_config({"webhookSecurity": {"maxBodyBytes": 100, "maxInFlightPerIp": 2},
                            **overrides}, {})
-    return create_app(config, provider, directory=None)  # type: ignore[arg-type]
+    return create_app(config, provider, directory=FakeDirectory())
 
 
 async def test_a_signed_post_reaches_the_carrier_with_everything_it_needs() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(answer)
     status, body, headers = await call(make(provider), "POST", "/voice/webhook",
                                        headers={"X-Sig": "abc", "Host": "voice.example.com"},
                                        chunks=(b"a=1&", b"b=2"), query=b"callId=c1")
@@ -77,21 +69,21 @@ async def test_a_signed_post_reaches_the_carrier_with_everything_it_needs() -> N
 
 
 async def test_missing_signature_is_401_before_the_body_is_read() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(answer)
     status, _, headers = await call(make(provider), "POST", "/voice/webhook",
                                     chunks=(b"x" * 50,))
     assert status == 401 and headers["_reads"] == "0" and not provider.seen
 
 
 async def test_skip_signature_verification_lets_unsigned_requests_through() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(answer)
     status, _, _ = await call(make(provider, skipSignatureVerification=True), "POST",
                               "/voice/webhook")
     assert status == 200 and provider.seen
 
 
 async def test_bodies_over_the_cap_are_413_declared_or_streamed() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(answer)
     app = make(provider)
     declared, _, headers = await call(app, "POST", "/voice/webhook",
                                       headers={"X-Sig": "a", "Content-Length": "101"})
@@ -102,7 +94,7 @@ async def test_bodies_over_the_cap_are_413_declared_or_streamed() -> None:
 
 
 async def test_wrong_method_path_and_carrier_failure() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(answer)
     app = make(provider)
     assert (await call(app, "GET", "/voice/webhook"))[0] == 405
     assert (await call(app, "POST", "/voice/webhook-evil", headers={"X-Sig": "a"}))[0] == 404
@@ -115,7 +107,7 @@ async def test_wrong_method_path_and_carrier_failure() -> None:
 
 async def test_per_ip_in_flight_limit_answers_429() -> None:
     gate = trio.Event()
-    provider = FakeProvider(gate)
+    provider = FakeProvider(answer, hold=gate)
     app = make(provider)
     results: list[int] = []
 
@@ -133,7 +125,7 @@ async def test_per_ip_in_flight_limit_answers_429() -> None:
 
 
 async def test_requests_whose_body_never_completes_take_no_in_flight_slot() -> None:
-    provider = FakeProvider()
+    provider = FakeProvider(answer)
     app = make(provider)  # maxInFlightPerIp: 2
     never = trio.Event()
 

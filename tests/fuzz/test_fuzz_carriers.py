@@ -33,12 +33,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from voicecall_trio.config import build_config
-from voicecall_trio.events import AnyEvent, CallInitiated
+from voicecall_trio.events import AnyEvent
 from voicecall_trio.model import CallRecord, apply, new_record
 from voicecall_trio.providers import telnyx_signature, telnyx_webhooks, twilio_webhooks
 from voicecall_trio.providers.base import (
-    InboundDecision,
-    InboundOutcome,
     WebhookRequest,
 )
 from voicecall_trio.providers.telnyx import TelnyxProvider
@@ -49,6 +47,7 @@ from voicecall_trio.providers.twilio_signature import (
     form_params,
     verify_request,
 )
+from voicecall_trio.testing.directory import FakeDirectory
 
 TOKEN = "fuzz-twilio-auth-token-0123456789"
 PUBLIC = "https://voice.example.com/voice/webhook"
@@ -340,46 +339,22 @@ def test_telnyx_valid_signature_any_timestamp(body: bytes, timestamp: str) -> No
 
 # -- shell targets: handle_webhook over an in-memory directory ------------------------------
 
-class FuzzDirectory:
-    """The supervisor as a carrier sees it: one live outbound call, model.apply, an open
-    inbound policy. It checks each record it stores can be encoded."""
+class FuzzDirectory(FakeDirectory):
+    """The shared in-memory directory holding one live outbound call, on the examples' clock
+    (an open inbound policy). It checks each record it stores can be encoded and carries only
+    the daemon's times."""
 
     def __init__(self) -> None:
         record = new_record(provider="fuzz", direction="outbound", from_="+15550001111",
                             to="+15550002222", call_id="c1", at=DAEMON_MS - 1000,
                             metadata={"mode": "conversation", "initialMessage": "Hello"})
-        self.records: dict[str, CallRecord] = {"c1": record}
+        super().__init__(record, provider="fuzz", clock=lambda: DAEMON_MS,
+                         ids=lambda: f"in{len(self.records)}")
 
-    def find(self, *, call_id: str | None = None, provider_call_id: str | None = None
-             ) -> CallRecord | None:
-        if call_id is not None:
-            return self.records.get(call_id)
-        return next((r for r in self.records.values()
-                     if provider_call_id and r.provider_call_id == provider_call_id), None)
-
-    def _store(self, record: CallRecord) -> CallRecord:
+    def store(self, record: CallRecord) -> CallRecord:
         msgspec.json.encode(record).decode("utf-8")
         assert record.answered_at in (None, DAEMON_MS) and record.ended_at in (None, DAEMON_MS)
-        self.records[record.call_id] = record
-        return record
-
-    async def deliver(self, event: AnyEvent) -> CallRecord | None:
-        record = self.find(call_id=event.call_id) if event.call_id else None
-        record = record or self.find(provider_call_id=event.provider_call_id)
-        if record is None:
-            return None
-        return self._store(apply(record, event, DAEMON_MS))
-
-    async def offer_inbound(self, event: CallInitiated) -> InboundOutcome:
-        existing = self.find(provider_call_id=event.provider_call_id)
-        if existing is not None:
-            return InboundOutcome(InboundDecision.ACCEPT, existing, duplicate=True)
-        record = new_record(provider="fuzz", direction="inbound", from_=event.from_,
-                            to=event.to, provider_call_id=event.provider_call_id,
-                            call_id=f"in{len(self.records)}", at=DAEMON_MS,
-                            metadata={"mode": "conversation"})
-        return InboundOutcome(InboundDecision.ACCEPT, self._store(apply(record, event,
-                                                                        DAEMON_MS)))
+        return super().store(record)
 
 
 def _rest(request: httpx.Request) -> httpx.Response:

@@ -22,28 +22,22 @@ from hypothesis import strategies as st
 from voicecall_trio.config import build_config
 from voicecall_trio.front import HttpFront
 from voicecall_trio.providers.base import WebhookRequest, WebhookResponse
+from voicecall_trio.testing.directory import FakeDirectory
+from voicecall_trio.testing.provider import FakeProvider
 from voicecall_trio.web import WebhookGate, create_app_for
 
 BOUND_S = 5.0  # every example's connection must be done by then (deadlines below are 0.5 s)
 
 
-class Carrier:
-    name = "fuzz"
-    signature_headers = ("x-sig",)
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def handle_webhook(self, request: WebhookRequest, directory: Any) -> WebhookResponse:
-        self.bodies.append(request.body)
-        return WebhookResponse(200, b"ok")
+def ok(request: WebhookRequest) -> WebhookResponse:
+    return WebhookResponse(200, b"ok")
 
 
 async def exchange(raw: bytes) -> tuple[bytes, list[bytes]]:
     """Everything the server sent back for ``raw``, and the bodies the carrier saw."""
-    carrier = Carrier()
+    carrier = FakeProvider(ok, name="fuzz")
     config = build_config({"webhookSecurity": {"maxBodyBytes": 4096}}, {})
-    gate = WebhookGate(config, carrier, directory=None)  # type: ignore[arg-type]
+    gate = WebhookGate(config, carrier, directory=FakeDirectory())
     hc = HypercornConfig()
     hc.accesslog = None
     hc.graceful_timeout = 0.5
@@ -69,7 +63,7 @@ async def exchange(raw: bytes) -> tuple[bytes, list[bytes]]:
                 pass
             await stream.aclose()
         stop.set()
-    return received, carrier.bodies
+    return received, [request.body for request in carrier.seen]
 
 
 def reference_bodies(raw: bytes) -> list[bytes]:
