@@ -1,4 +1,4 @@
-"""The Telnyx shell over httpx.MockTransport, with a tiny CallDirectory of our own."""
+"""The Telnyx shell over httpx.MockTransport, with the kit's in-memory FakeDirectory."""
 
 from __future__ import annotations
 
