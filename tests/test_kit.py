@@ -1,11 +1,14 @@
-"""The shared test kit's small pieces (FakeDirectory, FakeProvider) do what their docs say."""
+"""The shared test kit: its small pieces do what their docs say, and compose in memory."""
 
 from __future__ import annotations
 
+import httpx
+import msgspec
 import pytest
 import trio
 import trio.testing
 
+from voicecall_trio.config import build_config
 from voicecall_trio.events import CallAnswered, CallEnded, CallInitiated
 from voicecall_trio.model import CallRecord, CallState, new_record
 from voicecall_trio.providers.base import (
@@ -15,9 +18,15 @@ from voicecall_trio.providers.base import (
     WebhookRequest,
     WebhookResponse,
 )
-from voicecall_trio.testing import FakeDirectory, FakeProvider
+from voicecall_trio.providers.telnyx import TelnyxProvider
+from voicecall_trio.providers.twilio import TwilioProvider
+from voicecall_trio.testing import FakeDirectory, FakeProvider, FakeTelnyx, FakeTwilio
+from voicecall_trio.testing.fake_telnyx import Callee as TelnyxCallee
+from voicecall_trio.testing.fake_twilio import Callee
+from voicecall_trio.web import create_app
 
 AT = 1_800_000_000_000
+VIRTUAL_BOUND_S = 120  # on the autojump clock: a call that hangs fails instead of waiting forever
 
 
 def offer(ccid: str = "CA1", event_id: str = "ev-offer") -> CallInitiated:
@@ -129,3 +138,73 @@ async def test_fake_provider_holds_webhooks_until_released() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(provider.run, FakeDirectory())  # ready at once
         nursery.cancel_scope.cancel()
+
+
+async def test_a_twilio_call_runs_in_memory_on_the_autojump_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """FakeTwilio, the real Twilio shell and the real webhook gate, wired in memory: no socket,
+    so the fake's ringing and speaking take virtual time only."""
+    fake = FakeTwilio(time_scale=1.0, default_callee=Callee(script=("Tomorrow at nine",)))
+    config = build_config({
+        "provider": "twilio", "fromNumber": "+15550001111",
+        "twilio": {"accountSid": fake.account_sid, "authToken": fake.auth_token,
+                   "apiBaseUrl": "http://twilio.test"},
+        "publicUrl": "https://voice.example.com/voice/webhook",
+    }, {})
+    record = new_record(provider="twilio", direction="outbound", from_="+15550001111",
+                        to="+15550002222", metadata={"mode": "conversation",
+                                                     "initialMessage": "Your package arrived."})
+    directory = FakeDirectory(record)
+    async with httpx.AsyncClient(transport=fake.transport()) as http:
+        provider = TwilioProvider(config, http)
+        app = create_app(config, provider, directory)
+        with trio.fail_after(VIRTUAL_BOUND_S):
+            async with fake.in_memory("http://twilio.test", deliver_to=app):
+                start = trio.current_time()
+                sid = await provider.dial(record)
+                placed = directory.add(msgspec.structs.replace(  # as the supervisor records it
+                    directory.records[record.call_id], provider_call_id=sid))
+                call = fake.calls[sid]
+                await call.wait_for(lambda c: c.replies == ["Tomorrow at nine"])
+                assert trio.current_time() - start >= 2.0  # Callee.ring_s, on the virtual clock
+                await provider.hangup(placed)
+                await call.done.wait()
+    assert call.said[0] == "Your package arrived." and call.ended_by == "rest"
+    final = directory.records[record.call_id]
+    assert final.terminal and [t.text for t in final.transcript][-1] == "Tomorrow at nine"
+    assert all(d.ok for d in fake.deliveries) and fake.deliveries[0].kind == "status"
+
+
+async def test_a_telnyx_call_runs_in_memory_on_the_autojump_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeTelnyx(callee=TelnyxCallee(answer_delay=3.0, script=("Yes, that works.",)))
+    record = new_record(provider="telnyx", direction="outbound", from_="+15550001111",
+                        to="+15550002222", metadata={"initialMessage": "Hi"})
+    directory = FakeDirectory(record)
+    config = build_config({
+        "provider": "telnyx", "fromNumber": "+15550001111",
+        "telnyx": {"apiKey": fake.api_key, "connectionId": fake.connection_id,
+                   "publicKey": fake.public_key, "apiBaseUrl": "http://telnyx.test/v2"},
+        "publicUrl": "https://voice.example.com/voice/webhook",
+    }, {})
+    async with httpx.AsyncClient(transport=fake.transport()) as http:
+        provider = TelnyxProvider(config, http)
+        app = create_app(config, provider, directory)
+        with trio.fail_after(VIRTUAL_BOUND_S):
+            async with fake.in_memory("http://telnyx.test", deliver_to=app):
+                assert fake.url == "http://telnyx.test/v2"
+                start = trio.current_time()
+                ccid = await provider.dial(record)
+                placed = directory.add(msgspec.structs.replace(
+                    directory.records[record.call_id], provider_call_id=ccid))
+                await fake.wait_delivery("call.answered", ccid)
+                assert trio.current_time() - start >= 3.0  # answer_delay, on the virtual clock
+                await provider.speak(placed, "Hi", listen=True)
+                await fake.wait_delivery("call.transcription", ccid)
+                await provider.hangup(placed)
+                await fake.wait_delivery("call.hangup", ccid)
+    final = directory.records[record.call_id]
+    assert final.terminal and [t.text for t in final.transcript][-1] == "Yes, that works."
+    assert all(d.status == 200 for d in fake.deliveries)

@@ -1,14 +1,17 @@
-"""Serve an ASGI app on loopback with an ephemeral port, for simulators and tests."""
+"""Run a carrier simulator: its ASGI app on loopback with an ephemeral port, or in memory."""
 
 from __future__ import annotations
 
 import logging
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 import trio
+
+MEMORY_PEER = ("203.0.113.10", 443)  # the carrier's address as an in-memory webhook shows it
 
 
 async def serve_asgi(
@@ -40,7 +43,11 @@ class BackgroundService:
     """A carrier simulator's life: serve ``self._asgi`` on loopback until ``stop()``.
 
     ``async with service:`` (or ``await nursery.start(service.run)``) runs it in a nursery of
-    its own, so tests and benchmarks hold it like any resource. Subclasses set ``_asgi``,
+    its own, so tests and benchmarks hold it like any resource. ``async with
+    service.in_memory():`` runs it without a socket: the REST API is reached through
+    ``service.transport()`` and webhooks go out through the injected client (give it a
+    transport into the daemon's ASGI app), so nothing waits on the network and a test can run
+    on the autojump clock. Subclasses set ``_asgi``,
     ``_host``, ``_port``, ``_stop`` and ``_http`` (an injected client, or None), and say how to
     make their own client and what to record once listening.
     """
@@ -85,6 +92,39 @@ class BackgroundService:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def transport(self) -> httpx.ASGITransport:
+        """The REST API in memory, for the daemon's ``httpx.AsyncClient(transport=...)``."""
+        return httpx.ASGITransport(app=self._asgi)
+
+    @asynccontextmanager
+    async def in_memory(self, base_url: str = "http://carrier.test", *, deliver_to: Any = None
+                        ) -> AsyncIterator[Self]:
+        """Run without listening; ``base_url`` stands for the server's address (any URL works
+        through ``transport()``). ``deliver_to``: an ASGI app (the daemon's webhook endpoint)
+        that every webhook is handed to in memory, whatever its URL; without it webhooks go
+        out through the injected or a default client. Stops, as ``stop()`` does, when the
+        block ends."""
+        own_http = self._http is None
+        http = self._http or (
+            self._new_http_client() if deliver_to is None else httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=deliver_to, client=MEMORY_PEER), timeout=10.0))
+        self._http = http
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._listening(base_url)
+                try:
+                    yield self
+                finally:
+                    self._stop.set()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            if own_http:
+                with trio.CancelScope(shield=True):
+                    await http.aclose()
+                self._http = None
 
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
