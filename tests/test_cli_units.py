@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +62,22 @@ def test_help_shows_placeholders_verbatim(capsys: pytest.CaptureFixture[str]) ->
     out = " ".join(capsys.readouterr().out.split())
     assert "<store>/voicecall.sock" in out
     assert "config.{toml,json,json5}" in out
+
+
+def test_serve_hands_its_socket_to_the_daemon_not_to_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    from voicecall_trio import daemon
+
+    seen: list[Any] = []
+    monkeypatch.setattr(daemon, "configure_logging", lambda: None)
+    monkeypatch.setattr(daemon, "serve_forever",
+                        lambda cfg, on_ready=None, **kwargs: seen.append(kwargs))
+    monkeypatch.delenv("VOICECALL_SOCKET", raising=False)
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    assert cli.main(["serve", "--config", str(config), "--socket", "~/vc.sock"]) == 0
+    assert seen == [{"socket_path": Path(os.path.expanduser("~/vc.sock"))}]
+    assert "VOICECALL_SOCKET" not in os.environ
+    assert cli.main(["serve", "--config", str(config)]) == 0
+    assert seen[-1] == {"socket_path": None}  # the config's (or VOICECALL_SOCKET's) socket

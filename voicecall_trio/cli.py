@@ -113,15 +113,16 @@ def serve(*, config: str | None = None, socket: str | None = None) -> int:
     socket
         Control socket path (default <store>/voicecall.sock).
     """
+    from pathlib import Path
+
     from .config import load_config
     from .daemon import DaemonStartError, configure_logging, serve_forever
 
     configure_logging()
     cfg = load_config(config)
-    if socket:
-        os.environ["VOICECALL_SOCKET"] = socket
+    socket_path = Path(os.path.expanduser(socket)) if socket else None
     try:
-        serve_forever(cfg)
+        serve_forever(cfg, socket_path=socket_path)
     except DaemonStartError as exc:
         raise Failed(exc.message) from None
     except KeyboardInterrupt:
@@ -472,32 +473,19 @@ def expose(*, mode: Literal["funnel", "serve", "off"] = "funnel", config: str | 
     config
         Config file (serve.port, serve.path).
     """
-    import shutil
-    import subprocess
-
+    from . import tunnel
     from .config import load_config
 
     cfg = load_config(config)
-    tailscale = shutil.which("tailscale")
+    tailscale = tunnel.find_tailscale()
     if tailscale is None:
-        raise Failed("tailscale is not installed (https://tailscale.com/download); "
-                     "or expose the webhook another way and set publicUrl")
-    path = cfg.serve.path
-    target = f"http://127.0.0.1:{cfg.serve.port}{path}"
-    if mode == "off":
-        commands = [[tailscale, kind, "--set-path", path, "off"] for kind in ("funnel", "serve")]
-    else:
-        commands = [[tailscale, mode, "--bg", "--yes", "--set-path", path, target]]
-    for command in commands:
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0 and mode != "off":
-            raise Failed(f"{' '.join(command[1:])} failed: {done.stderr.strip()}")
+        raise Failed(tunnel.NOT_INSTALLED)
+    failure = tunnel.apply_tailscale(tailscale, mode, port=cfg.serve.port, path=cfg.serve.path)
+    if failure is not None:
+        raise Failed(failure)
     if mode == "serve":
-        print("note: Tailscale Serve is private to your tailnet; Twilio/Telnyx cannot reach it. "
-              "Use --mode funnel for carrier webhooks.", file=sys.stderr)
-    status = subprocess.run([tailscale, "funnel" if mode != "serve" else "serve", "status"],
-                            capture_output=True, text=True)
-    print(status.stdout.strip() or f"{mode}: done")
+        print(tunnel.SERVE_IS_PRIVATE, file=sys.stderr)
+    print(tunnel.tailscale_status(tailscale, mode))
     return EXIT_OK
 
 
