@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from voicecall_trio import cli
+from voicecall_trio.cli import app, calls
 
 
 def test_fast_binding_matches_the_command_signatures() -> None:
-    bound = cli._fast_bind(["continue", "--call-id", "abc", "--message", "hi", "--json"])
-    assert bound == (cli.continue_, {"call_id": "abc", "message": "hi", "json": True})
-    assert cli._fast_bind(["status", "--call-id=x"]) == (cli.status, {"call_id": "x"})
+    bound = app.bind(["continue", "--call-id", "abc", "--message", "hi", "--json"])
+    assert bound == (calls.continue_, {"call_id": "abc", "message": "hi", "json": True})
+    assert app.bind(["status", "--call-id=x"]) == (calls.status, {"call_id": "x"})
     # anything unusual goes to cyclopts, which explains it
     for argv in (["call", "--message"], ["status", "--bogus"], ["--help"], ["call", "--to", "+1"],
                  ["tool", "{}"], ["call", "--message", "x", "--mode", "notify"]):
-        assert cli._fast_bind(argv) is None, argv
+        assert app.bind(argv) is None, argv
 
 
 def test_tool_errors_are_json_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,3 +84,20 @@ def test_serve_hands_its_socket_to_the_daemon_not_to_the_environment(
     assert "VOICECALL_SOCKET" not in os.environ
     assert cli.main(["serve", "--config", str(config)]) == 0
     assert seen[-1] == {"socket_path": None}  # the config's (or VOICECALL_SOCKET's) socket
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    """scripts/bench.py, demo.py and soak.py start the CLI as ``python -m voicecall_trio.cli``."""
+    done = subprocess.run([sys.executable, "-m", "voicecall_trio.cli", "status", "--socket",
+                           "/tmp/definitely-not-here.sock"], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == cli.EXIT_UNREACHABLE
+    assert "/tmp/definitely-not-here.sock" in done.stderr
+
+
+def test_watch_knows_the_models_terminal_states() -> None:
+    """watch keeps the set as strings (model imports msgspec, the CLI must not): same set."""
+    from voicecall_trio.cli.watch import TERMINAL_STATES
+    from voicecall_trio.model import TERMINAL_STATES as MODEL_TERMINAL
+
+    assert {str(state.value) for state in MODEL_TERMINAL} == TERMINAL_STATES
