@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 
-from .app import COMMANDS, bind, run_cyclopts
 from .outcome import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, guard
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "entry", "main"]
@@ -26,6 +25,10 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "entry", 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``voicecall`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    # the table (and every command module) loads here, not on import, so that a pure part
+    # such as journal_stats or binder can be imported alone
+    from .app import COMMANDS, bind, run_cyclopts
+
     args = sys.argv[1:] if argv is None else list(argv)
     fast = bind(args)
     if fast is not None:
