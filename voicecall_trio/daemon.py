@@ -28,6 +28,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -108,13 +109,20 @@ def lock_store(store: Path) -> IO[bytes]:
 async def run_daemon(
     config: VoiceCallConfig,
     *,
+    socket_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     http_client: httpx.AsyncClient | None = None,
     handle_signals: bool = True,
     task_status: trio.TaskStatus[DaemonHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Run the daemon until cancelled or signalled; report its handle once it is ready.
+
+    ``socket_path`` (``voicecall serve --socket``) wins over the config's socket
+    (``VOICECALL_SOCKET``, ``control.socketPath``, ``<store>/voicecall.sock``).
+    """
     env = dict(os.environ if environ is None else environ)
-    socket_path = config.socket_path(env)
+    if socket_path is None:
+        socket_path = config.socket_path(env)
     if config.skip_signature_verification:
         log.warning("skipSignatureVerification is on: webhooks are NOT verified "
                     "(local testing only; never expose this daemon)")
@@ -355,13 +363,14 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def serve_forever(config: VoiceCallConfig, on_ready: Callable[[DaemonHandle], None] | None = None
-                  ) -> None:
-    """The blocking entry point of ``voicecall serve``."""
+def serve_forever(config: VoiceCallConfig, on_ready: Callable[[DaemonHandle], None] | None = None,
+                  *, socket_path: Path | None = None) -> None:
+    """The blocking entry point of ``voicecall serve`` (``socket_path``: its ``--socket``)."""
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            handle: DaemonHandle = await nursery.start(run_daemon, config)
+            handle: DaemonHandle = await nursery.start(
+                partial(run_daemon, config, socket_path=socket_path))
             if on_ready is not None:
                 on_ready(handle)
 
