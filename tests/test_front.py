@@ -652,3 +652,38 @@ def test_max_connections_must_be_positive() -> None:
     assert build_config({}, {}).serve.max_connections == front_module.MAX_CONNECTIONS
     with pytest.raises(ConfigError, match=r"serve\.maxConnections"):
         build_config({"serve": {"maxConnections": 0}}, {})
+
+
+async def test_an_h2_peer_that_never_opens_its_window_holds_no_slot_and_no_connection(
+        short_timeouts: None) -> None:
+    """Review finding: h2 streams whose answers can never be sent (the peer advertises a zero
+    window) kept their webhook slots and their connection for ever, so signed webhooks from
+    that address got 429 and the cap filled with dead connections. The slot is released
+    before the answer goes out, and an answer still going out runs against the request
+    timeout."""
+    import h2.settings
+
+    async with serving(FakeProvider(echo)) as (front, port, _):
+        stuck = H2Client(await trio.open_tcp_stream("127.0.0.1", port))
+        stuck.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        for _ in range(3):  # more than maxInFlightPerIp (2) in these tests
+            stream_id = stuck.conn.get_next_available_stream_id()
+            stuck.conn.send_headers(stream_id, [
+                (":method", "POST"), (":path", "/voice/webhook"), (":scheme", "http"),
+                (":authority", "x"), ("x-sig", "s")])
+            stuck.conn.send_data(stream_id, b"a=1", end_stream=True)
+        healthz = stuck.conn.get_next_available_stream_id()
+        stuck.conn.send_headers(healthz, [(":method", "GET"), (":path", "/healthz"),
+                                          (":scheme", "http"), (":authority", "x")],
+                                end_stream=True)
+        await stuck.flush()
+        with trio.fail_after(WAIT_S):
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the answers are stuck now
+        assert front.handed_over == 1 and front.gate.in_flight == {}
+        client = await connect(port)
+        await client.stream.send_all(webhook())
+        assert (await client.response())[0] == 200  # not 429
+        assert await closed_within(Client(stuck.stream), 4 * SHORT_REQUEST_S) < 3 * SHORT_REQUEST_S
+        with trio.fail_after(WAIT_S):
+            await trio.testing.wait_all_tasks_blocked(0.05)
+        assert front.open_connections == 1  # only the fast-path client is left

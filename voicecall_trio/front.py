@@ -447,6 +447,7 @@ class _Connection:
             return response, False
         finally:
             gate.leave(self.remote)
+            self.busy = False  # sending the answer is not "being handled": it may be shed
 
     async def _refuse_before_continue(self, method: str, path: str,
                                       headers: dict[str, str]) -> bool:

@@ -33,12 +33,13 @@ class Front(Protocol):
 class _Exchange:
     """One request of a handed-over connection (HTTP/1.x or one h2 stream)."""
 
-    __slots__ = ("receiving", "since", "upgraded")
+    __slots__ = ("answering_since", "receiving", "since", "upgraded")
 
     def __init__(self, since: float) -> None:
         self.since = since  # when its first byte arrived
         self.receiving = True  # until its body (or WebSocket handshake) is complete
         self.upgraded = False  # a WebSocket was accepted (101 sent)
+        self.answering_since: float | None = None  # the response has started going out
 
 
 class Handed:
@@ -50,7 +51,10 @@ class Handed:
 
     - a WebSocket accepted: none (the stream route owns the timeouts of an upgraded stream);
     - a request whose body is still arriving: ``request_timeout_s`` after its first byte;
-    - a request being handled (body complete, response not finished): none;
+    - a request being handled (body complete, no response started yet): none;
+    - a response started but not finished: the request timeout from its start (a peer that
+      never reads it, such as an h2 stream whose window stays shut, must not hold the
+      connection, its app task and a webhook slot for ever);
     - a request answered before its body was complete: the request timeout from its first
       byte, until the next request begins (only then has Hypercorn read that body);
     - bytes of a next request (or h2 frames) with no request for them yet: the request
@@ -75,14 +79,22 @@ class Handed:
     def deadline(self) -> float:
         front = self.front
         if self.exchanges:
-            receiving = [e.since for e in self.exchanges if e.receiving]
-            if any(e.upgraded for e in self.exchanges) or not receiving:
-                return math.inf
-            return min(receiving) + front.request_timeout_s
+            started = self._timed_since()
+            return math.inf if started is None else started + front.request_timeout_s
         arriving = self._arriving()
         if arriving is not None:
             return arriving + front.request_timeout_s
         return self.idle_since + front.keep_alive_s
+
+    def _timed_since(self) -> float | None:
+        """When the oldest exchange that runs against the request timeout began: one still
+        arriving, or one whose answer is going out; None if none does (an app at work on a
+        complete request, or an accepted WebSocket, which has no deadline)."""
+        if any(e.upgraded for e in self.exchanges):
+            return None
+        started = [e.since for e in self.exchanges if e.receiving]
+        started += [e.answering_since for e in self.exchanges if e.answering_since is not None]
+        return min(started, default=None)
 
     def _arriving(self) -> float | None:
         """When the oldest request still arriving that no app holds began, if any."""
@@ -94,10 +106,10 @@ class Handed:
 
     def phase(self) -> tuple[int, float]:
         if self.exchanges:
-            receiving = [e.since for e in self.exchanges if e.receiving]
-            if any(e.upgraded for e in self.exchanges) or not receiving:
-                return BUSY, 0.0
-            return RECEIVING, min(receiving)
+            # a request still arriving, or an answer still going out, may be shed; only
+            # an app at work on a complete request (or an accepted WebSocket) may not
+            started = self._timed_since()
+            return (BUSY, 0.0) if started is None else (RECEIVING, started)
         arriving = self._arriving()
         if arriving is not None:
             return RECEIVING, arriving
@@ -135,6 +147,8 @@ class Handed:
             kind = message["type"]
             if kind == "websocket.accept":
                 exchange.upgraded = True
+            elif kind == "http.response.start" and exchange.answering_since is None:
+                exchange.answering_since = trio.current_time()
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False):
                 self._finish(exchange)

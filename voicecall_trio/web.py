@@ -157,12 +157,15 @@ class WebhookEndpoint:
             await _reply(send, TOO_MANY)
             return
         try:
-            await self._handle(scope, send, headers, body, remote)
+            response = await self._handle(scope, headers, body, remote)
         finally:
+            # released before the answer is sent, as on the fast path: a peer that never
+            # reads its answer (an h2 stream with a zero window) must not keep the slot
             self.gate.leave(remote)
+        await _reply(send, response)
 
-    async def _handle(self, scope: Scope, send: Send, headers: dict[str, str], body: bytes,
-                      remote: str) -> None:
+    async def _handle(self, scope: Scope, headers: dict[str, str], body: bytes,
+                      remote: str) -> WebhookResponse:
         request = WebhookRequest(
             method="POST",
             path=scope["path"],
@@ -173,7 +176,7 @@ class WebhookEndpoint:
             scheme=scope.get("scheme", "http"),
             host=headers.get("host", ""),
         )
-        await _reply(send, await self.gate.respond(request))
+        return await self.gate.respond(request)
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
