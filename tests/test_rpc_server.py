@@ -6,6 +6,7 @@ import socket
 from typing import Any
 
 import trio
+import trio.testing
 
 from voicecall_trio.testing import running_daemon
 
@@ -116,3 +117,99 @@ def test_the_sync_client_copes_with_replies_it_cannot_use() -> None:
             client.call("voicecall.speak", {"callId": "c", "message": "\ud83d"})
         assert refused.value.code == -32602
     thread.join(10)
+
+
+def test_the_sync_client_says_a_reply_is_over_the_line_limit_instead_of_waiting() -> None:
+    """Review finding: a reply over 1 MiB was dropped by the client's line splitter, which
+    then waited for ever for a reply that would never come (`voicecall status` hung)."""
+    import tempfile
+
+    import pytest
+
+    from voicecall_trio.rpc.client import SyncClient
+    from voicecall_trio.rpc.protocol import RpcError
+
+    path = tempfile.mkdtemp(prefix="vcsync", dir="/tmp") + "/s.sock"
+    huge = b'{"jsonrpc":"2.0","id":1,"result":"' + b"x" * (1024 * 1024 + 10) + b'"}\n'
+    thread = _one_shot_server(path, [huge])
+    with SyncClient(path) as client, pytest.raises(RpcError, match="1 MiB"):
+        client.call("voicecall.status", timeout=10)
+    thread.join(10)
+
+
+async def test_a_message_longer_than_a_transcript_line_is_refused_naming_it() -> None:
+    """Review finding: a million-character message was accepted, and its record then made
+    every status reply too big to send. A message is at most 4,096 characters."""
+    from voicecall_trio.events import MAX_TEXT_CHARS
+    from voicecall_trio.rpc.protocol import RpcError
+
+    async with running_daemon(FAST) as daemon:
+        for method, params in (("voicecall.initiate", {"to": "+15555550123"}),
+                               ("voicecall.speak", {"callId": "x"}),
+                               ("voicecall.continue", {"callId": "x"})):
+            try:
+                await daemon.rpc(method, {**params, "message": "a" * (MAX_TEXT_CHARS + 1)})
+            except RpcError as exc:
+                assert exc.code == -32602 and "message" in exc.message, exc.message
+            else:
+                raise AssertionError(f"{method} took an over-long message")
+        result = await daemon.rpc("voicecall.initiate",
+                                   {"to": "+15555550123", "message": "a" * MAX_TEXT_CHARS})
+        assert result["initiated"] is True
+        assert (await daemon.rpc("voicecall.status", {}))["calls"]
+
+
+async def test_a_client_that_leaves_stops_the_reading_of_what_it_sent() -> None:
+    """Review finding: once a peer was gone, the server still answered every line of the
+    batch it had read, each reply encoded and thrown away without a checkpoint: with big
+    replies, seconds of a frozen event loop per client."""
+    from voicecall_trio.rpc.server import RpcServer
+
+    answered = 0
+
+    async def big(params: dict[str, Any], conn: Any) -> Any:
+        nonlocal answered
+        answered += 1
+        return "x" * 200_000
+
+    server = RpcServer({"voicecall.status": big})
+    client, served = trio.testing.memory_stream_pair()
+    line = b'{"jsonrpc":"2.0","id":1,"method":"voicecall.status"}\n'
+    await client.send_all(line * 1000)
+    await client.aclose()  # gone without reading a byte
+    with trio.fail_after(10):
+        await server.handle_stream(served)
+    assert answered <= 2, answered
+
+
+async def test_connections_beyond_the_limit_are_closed_as_they_arrive(
+        tmp_path: Any) -> None:
+    """Review finding: control-socket connections were uncapped and could eat the
+    descriptors the HTTP front keeps in reserve."""
+    from voicecall_trio.rpc import server as server_module
+    from voicecall_trio.rpc.server import RpcServer
+
+    async def health(params: dict[str, Any], conn: Any) -> Any:
+        return {"ok": True}
+
+    path = tmp_path / "s.sock"
+    server = RpcServer({"daemon.health": health})
+    held: list[trio.SocketStream] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, path)
+        for _ in range(server_module.MAX_CONNECTIONS):
+            held.append(await trio.open_unix_socket(str(path)))
+        with trio.fail_after(10):
+            while server.connections < server_module.MAX_CONNECTIONS:
+                await trio.sleep(0.01)  # each connection's task starts in its own time
+            extra = await trio.open_unix_socket(str(path))
+            assert await extra.receive_some() == b""  # closed at once
+            await held.pop().aclose()
+            while server.connections >= server_module.MAX_CONNECTIONS:
+                await trio.sleep(0.01)
+            again = await trio.open_unix_socket(str(path))
+            await again.send_all(b'{"jsonrpc":"2.0","id":1,"method":"daemon.health"}\n')
+            assert b'"ok":true' in await again.receive_some()
+        for stream in [*held, extra, again]:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()

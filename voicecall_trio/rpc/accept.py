@@ -53,9 +53,17 @@ async def accept_loop(
     handler: Callable[[trio.abc.Stream], Awaitable[object]],
     nursery: trio.Nursery,
     failures: FailureLog | None = None,
+    *,
+    max_connections: int | None = None,
+    open_connections: Callable[[], int] = lambda: 0,
 ) -> None:
-    """Accept connections forever, each served by ``handler`` in ``nursery``."""
+    """Accept connections forever, each served by ``handler`` in ``nursery``.
+
+    With ``max_connections``, a connection beyond it is closed at once (one log line a
+    minute): clients of the socket are local, but a leaky gateway or a crowd of ``watch``
+    processes must not eat the descriptors the HTTP front keeps in reserve for it."""
     failures = failures if failures is not None else FailureLog()
+    refusals = FailureLog()
     while True:
         try:
             stream = await listener.accept()
@@ -68,5 +76,12 @@ async def accept_loop(
                             count, errno.errorcode.get(exc.errno or 0, "?"),
                             os.strerror(exc.errno or 0), ACCEPT_RETRY_S)
             await trio.sleep(ACCEPT_RETRY_S)
+            continue
+        if max_connections is not None and open_connections() >= max_connections:
+            count = refusals.record(trio.current_time())
+            if count is not None:
+                log.warning("rpc: %d connection(s) refused: already %d open (the limit)",
+                            count, max_connections)
+            await trio.aclose_forcefully(stream)
             continue
         nursery.start_soon(handler, stream)

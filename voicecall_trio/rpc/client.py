@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 from .protocol import (
+    INTERNAL_ERROR,
     LineSplitter,
     LineTooLong,
     Notification,
@@ -113,6 +114,10 @@ class SyncClient:
             if not data:
                 raise DaemonUnreachable(self.path, "the daemon closed the connection")
             for item in self._splitter.feed(data):
-                if not isinstance(item, LineTooLong):
-                    self._lines.append(item)
+                if isinstance(item, LineTooLong):
+                    # the rest of that line is dropped and its reply would never come:
+                    # say so rather than wait for ever
+                    raise RpcError(INTERNAL_ERROR, "the daemon's reply is over the 1 MiB "
+                                   "line limit")
+                self._lines.append(item)
         return parse_line(self._lines.popleft())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import trio
@@ -17,6 +17,7 @@ import trio
 from .. import __version__
 from ..calls import Supervisor
 from ..errors import InvalidInput
+from ..events import MAX_TEXT_CHARS
 from ..model import record_to_builtins
 from ..providers.base import InboundDecision
 from .protocol import INVALID_PARAMS, RpcError
@@ -27,15 +28,20 @@ log = logging.getLogger("voicecall.rpc")
 P = TypeVar("P")
 
 
+# What the bot may be asked to say at once, as long as one transcript line may be: a
+# million-character message would be accepted, then make every status reply too big to send.
+Message = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+
+
 class InitiateParams(msgspec.Struct, rename="camel"):
-    message: str
+    message: Message
     to: str | None = None
     mode: Literal["notify", "conversation"] | None = None
 
 
 class CallMessageParams(msgspec.Struct, rename="camel"):
     call_id: str
-    message: str
+    message: Message
 
 
 class CallIdParams(msgspec.Struct, rename="camel"):
@@ -141,9 +147,14 @@ def build_methods(
         async def respond(request: dict[str, Any]) -> str | None:
             result = await conn.request("agent.respond", request)
             if isinstance(result, dict):
-                text = result.get("text")
-                return text if isinstance(text, str) else None
-            return result if isinstance(result, str) else None
+                result = result.get("text")
+            if not isinstance(result, str):
+                return None
+            if len(result) > MAX_TEXT_CHARS:
+                log.warning("agent reply of %d characters cut to %d", len(result),
+                            MAX_TEXT_CHARS)
+                result = result[:MAX_TEXT_CHARS]
+            return result
 
         agents[conn] = respond
         supervisor.set_responder(respond)

@@ -64,6 +64,10 @@ log = logging.getLogger("voicecall.rpc")
 MAX_PENDING_PER_CONNECTION = 32
 # Requests with a task of their own, across all connections: bounds tasks and queued replies.
 MAX_IN_FLIGHT = 256
+# Connections to the control socket at once; more are closed as they arrive. A gateway, a few
+# CLI commands and `watch` processes need a handful; this stays well inside the descriptors
+# the HTTP front keeps in reserve (front.FD_RESERVE).
+MAX_CONNECTIONS = 64
 # A send with no progress for this long means the peer has stopped reading: drop it.
 SEND_STALL_TIMEOUT_S = 20.0
 # Sends go out in pieces of this size, each with its own stall deadline, so a big reply to a
@@ -212,7 +216,9 @@ class RpcServer:
         try:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started()
-                await accept_loop(listener, self.handle_stream, nursery)
+                await accept_loop(listener, self.handle_stream, nursery,
+                                  max_connections=MAX_CONNECTIONS,
+                                  open_connections=lambda: self.connections)
         finally:
             _unlink_quietly(path)
 
@@ -252,6 +258,10 @@ class RpcServer:
             if not data:
                 return
             for item in splitter.feed(data):
+                if conn.broken:
+                    # the peer is gone or stopped reading: answering the rest of what it
+                    # sent would only burn the CPU (a send to a broken peer never waits)
+                    return
                 if isinstance(item, LineTooLong):
                     log.info("rpc: dropped a line over the 1 MiB limit")
                     await conn.send(encode_error(None, INVALID_REQUEST,
