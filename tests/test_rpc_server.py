@@ -200,13 +200,13 @@ async def test_connections_beyond_the_limit_are_closed_as_they_arrive(
         for _ in range(server_module.MAX_CONNECTIONS):
             held.append(await trio.open_unix_socket(str(path)))
         with trio.fail_after(10):
-            while server.connections < server_module.MAX_CONNECTIONS:
-                await trio.sleep(0.01)  # each connection's task starts in its own time
+            await trio.testing.wait_all_tasks_blocked(0.05)  # every connection is served
+            assert server.connections == server_module.MAX_CONNECTIONS
             extra = await trio.open_unix_socket(str(path))
             assert await extra.receive_some() == b""  # closed at once
             await held.pop().aclose()
-            while server.connections >= server_module.MAX_CONNECTIONS:
-                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked(0.05)  # its task has ended
+            assert server.connections == server_module.MAX_CONNECTIONS - 1
             again = await trio.open_unix_socket(str(path))
             await again.send_all(b'{"jsonrpc":"2.0","id":1,"method":"daemon.health"}\n')
             assert b'"ok":true' in await again.receive_some()
