@@ -99,7 +99,7 @@ def build_methods(
     async def status(params: dict[str, Any], conn: Connection) -> Any:
         p = _params(params, StatusParams)
         if p.call_id is None:
-            return {"calls": [record_to_builtins(r) for r in supervisor.list_calls()]}
+            return _call_list(supervisor.list_calls(), supervisor.active_count)
         record = await supervisor.lookup(p.call_id)
         if record is None:
             return {"found": False}
@@ -183,6 +183,30 @@ def build_methods(
         "daemon.health": health,
         "agent.register": register,
     }
+
+
+# The list form of status must fit one reply line (1 MiB) with room to spare: with hundreds
+# of long calls in memory it would not, and a client cannot read a longer line.
+LIST_BUDGET_BYTES = 768 * 1024
+
+
+def _call_list(records: list[Any], active: int) -> dict[str, Any]:
+    """``{calls}``: the active calls, then as many of the most recent ended ones as fit the
+    budget, in their order; ``omitted`` counts the ended calls left out (each is still
+    found by ``callId``)."""
+    sizes = [len(msgspec.json.encode(record)) for record in records]
+    kept = set(range(active))
+    budget = LIST_BUDGET_BYTES - sum(sizes[:active])
+    for index in range(len(records) - 1, active - 1, -1):  # newest ended first
+        if sizes[index] > budget:
+            break
+        budget -= sizes[index]
+        kept.add(index)
+    result: dict[str, Any] = {"calls": [record_to_builtins(records[i])
+                                        for i in range(len(records)) if i in kept]}
+    if len(kept) < len(records):
+        result["omitted"] = len(records) - len(kept)
+    return result
 
 
 async def _forward_events(
