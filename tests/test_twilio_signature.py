@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from voicecall_trio.config import build_config
-from voicecall_trio.providers.base import WebhookRequest
-from voicecall_trio.providers.twilio_signature import (
+from voicecall_trio.providers import WebhookRequest
+from voicecall_trio.providers.twilio.signature import (
     UrlPolicy,
     algorithm_of,
     body_sha256,

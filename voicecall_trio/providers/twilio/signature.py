@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from .forms import form_pairs
+from ..forms import form_pairs
 
 if TYPE_CHECKING:
-    from ..config import VoiceCallConfig
-    from .base import WebhookRequest
+    from ...config import VoiceCallConfig
+    from .. import WebhookRequest
 
 Algorithm = Literal["HMAC_SHA1", "HMAC_SHA256"]
 Params = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]

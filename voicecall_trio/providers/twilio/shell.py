@@ -1,6 +1,6 @@
 """The Twilio carrier: the async shell over the pure Twilio modules.
 
-``twilio_signature`` verifies, ``twilio_webhooks`` parses, ``twiml`` and ``twilio_rest``
+``signature`` verifies, ``webhooks`` parses, ``twiml`` and ``rest``
 build; this class only sends REST specs through the injected ``httpx.AsyncClient`` and
 turns webhooks into events delivered through the ``CallDirectory``.
 
@@ -45,11 +45,10 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ..config import VoiceCallConfig
-from ..events import CallAnswered, CallSpeaking, CallSpoken
-from ..model import CallRecord
-from . import twiml
-from .base import (
+from ...config import VoiceCallConfig
+from ...events import CallAnswered, CallSpeaking, CallSpoken
+from ...model import CallRecord
+from .. import (
     CallDirectory,
     InboundDecision,
     ProviderError,
@@ -59,8 +58,9 @@ from .base import (
     WebhookResponse,
     plain,
 )
-from .rest import RestClient
-from .twilio_rest import (
+from ..rest import RestClient
+from . import twiml
+from .rest import (
     call_sid_of,
     create_call,
     fetch_call,
@@ -70,14 +70,14 @@ from .twilio_rest import (
     update_twiml,
     with_query,
 )
-from .twilio_signature import (
+from .signature import (
     SIGNATURE_HEADER,
     SignatureCheck,
     UrlPolicy,
     reconstruct_for,
     verify_request,
 )
-from .twilio_webhooks import (
+from .webhooks import (
     RequestKind,
     TwilioWebhook,
     WebhookParseError,

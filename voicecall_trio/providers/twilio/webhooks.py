@@ -33,7 +33,7 @@ from email.utils import parsedate_to_datetime
 
 import msgspec
 
-from ..events import (
+from ...events import (
     MAX_ID_CHARS,
     MAX_TEXT_CHARS,
     AnyEvent,
@@ -49,7 +49,7 @@ from ..events import (
     carrier_timestamp_ms,
     finite_or_none,
 )
-from .forms import first_values, form_pairs
+from ..forms import first_values, form_pairs
 
 STATUS_END_REASONS: dict[str, EndReason] = {
     "completed": "completed",

@@ -1,6 +1,6 @@
 """Twilio REST requests as ``RestRequest`` specs, and readers for what Twilio answers.
 
-No I/O here: ``RestClient`` (providers/rest.py) sends the specs. Only the call-creating
+No I/O here: ``RestClient`` (``providers/rest.py``) sends the specs. Only the call-creating
 request is not idempotent, so a failed dial is never repeated by a retry (a second real
 phone call is the worst bug a phone daemon can have). A hangup of a call Twilio no longer
 knows (404) counts as done.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
-from .base import RemoteCallState, RemoteStatus
-from .rest_spec import RestRequest, RestResponse
-from .twilio_webhooks import STATUS_END_REASONS
+from .. import RemoteCallState, RemoteStatus
+from ..rest_spec import RestRequest, RestResponse
+from .webhooks import STATUS_END_REASONS
 
 API_VERSION = "2010-04-01"
 STATUS_CALLBACK_EVENTS = ["initiated", "ringing", "answered", "completed"]
