@@ -44,11 +44,11 @@ from voicecall_trio.providers.telnyx.shell import TelnyxProvider
 from voicecall_trio.providers.twilio import webhooks as twilio_webhooks
 from voicecall_trio.providers.twilio.shell import TwilioProvider
 from voicecall_trio.providers.twilio.signature import (
-    UrlPolicy,
     compute_signature,
     form_params,
     verify_request,
 )
+from voicecall_trio.providers.twilio.signed_url import UrlPolicy
 from voicecall_trio.testing.directory import FakeDirectory
 
 TOKEN = "fuzz-twilio-auth-token-0123456789"

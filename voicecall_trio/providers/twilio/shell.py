@@ -48,13 +48,8 @@ from .rest import (
     parse_fetch,
     update_twiml,
 )
-from .signature import (
-    SIGNATURE_HEADER,
-    SignatureCheck,
-    UrlPolicy,
-    reconstruct_for,
-    verify_request,
-)
+from .signature import SIGNATURE_HEADER, SignatureCheck, verify_request
+from .signed_url import UrlPolicy, reconstruct_for
 from .webhooks import (
     RequestKind,
     TwilioWebhook,
