@@ -250,7 +250,7 @@ def build_signed_requests(url: str, count: int, host: str) -> list[bytes]:
     """Distinct, correctly signed Twilio status callbacks (so no replay-cache shortcut)."""
     from urllib.parse import urlencode, urlsplit
 
-    from voicecall_trio.providers.twilio_signature import compute_signature
+    from voicecall_trio.providers.twilio.signature import compute_signature
 
     path = urlsplit(url).path + "?type=status"
     run = os.urandom(6).hex()  # distinct per run, so no request hits the replay cache

@@ -25,8 +25,8 @@ import pytest
 import trio
 import trio.lowlevel
 
-from voicecall_trio.providers.telnyx import TelnyxProvider
-from voicecall_trio.providers.twilio_signature import compute_signature, form_params
+from voicecall_trio.providers.telnyx.shell import TelnyxProvider
+from voicecall_trio.providers.twilio.signature import compute_signature, form_params
 from voicecall_trio.testing import RunningDaemon, running_daemon
 from voicecall_trio.testing.fake_telnyx import Callee as TelnyxCallee
 from voicecall_trio.testing.fake_telnyx import FakeTelnyx

@@ -22,7 +22,7 @@ import trio
 from conftest import VOICECALL, MakeDaemon, RpcConnection, clean_env
 
 from voicecall_trio import front as front_module
-from voicecall_trio.providers.twilio_signature import compute_signature
+from voicecall_trio.providers.twilio.signature import compute_signature
 from voicecall_trio.testing import running_daemon
 
 TOKEN = "abuse-twilio-auth-token-0123456789"

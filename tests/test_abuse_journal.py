@@ -21,7 +21,7 @@ import pytest
 import trio
 from rigs import FlakyDisk
 
-from voicecall_trio.providers.telnyx import TelnyxProvider
+from voicecall_trio.providers.telnyx.shell import TelnyxProvider
 from voicecall_trio.rpc.protocol import RpcError
 from voicecall_trio.store import replay_file
 from voicecall_trio.testing import RunningDaemon, running_daemon

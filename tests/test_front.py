@@ -17,7 +17,7 @@ from hypercorn.config import Config as HypercornConfig
 from voicecall_trio import front as front_module
 from voicecall_trio.config import build_config
 from voicecall_trio.front import HttpFront
-from voicecall_trio.providers.base import WebhookRequest, WebhookResponse
+from voicecall_trio.providers import WebhookRequest, WebhookResponse
 from voicecall_trio.testing.directory import FakeDirectory
 from voicecall_trio.testing.provider import FakeProvider
 from voicecall_trio.web import WebhookGate, create_app_for

@@ -11,15 +11,15 @@ import trio.testing
 from voicecall_trio.config import build_config
 from voicecall_trio.events import CallAnswered, CallEnded, CallInitiated
 from voicecall_trio.model import CallRecord, CallState, new_record
-from voicecall_trio.providers.base import (
+from voicecall_trio.providers import (
     InboundDecision,
     RemoteCallState,
     RemoteStatus,
     WebhookRequest,
     WebhookResponse,
 )
-from voicecall_trio.providers.telnyx import TelnyxProvider
-from voicecall_trio.providers.twilio import TwilioProvider
+from voicecall_trio.providers.telnyx.shell import TelnyxProvider
+from voicecall_trio.providers.twilio.shell import TwilioProvider
 from voicecall_trio.testing import FakeDirectory, FakeProvider, FakeTelnyx, FakeTwilio
 from voicecall_trio.testing.fake_telnyx import Callee as TelnyxCallee
 from voicecall_trio.testing.fake_twilio import Callee

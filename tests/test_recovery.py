@@ -6,7 +6,7 @@ import pytest
 
 from voicecall_trio.events import CallAnswered
 from voicecall_trio.model import CallRecord, apply, new_record
-from voicecall_trio.providers.base import RemoteCallState, RemoteStatus
+from voicecall_trio.providers import RemoteCallState, RemoteStatus
 from voicecall_trio.recovery import after_carrier, before_carrier
 
 NOW_S = 10_000.0

@@ -19,7 +19,7 @@ from voicecall_trio.errors import (
 )
 from voicecall_trio.events import CallAnswered, CallInitiated
 from voicecall_trio.model import CallState, apply, new_record
-from voicecall_trio.providers.base import InboundDecision
+from voicecall_trio.providers import InboundDecision
 from voicecall_trio.store import replay_bytes, replay_file
 
 

@@ -23,7 +23,7 @@ from voicecall_trio.model import (
     end_record,
     new_record,
 )
-from voicecall_trio.providers.base import InboundDecision, RemoteCallState, RemoteStatus
+from voicecall_trio.providers import InboundDecision, RemoteCallState, RemoteStatus
 from voicecall_trio.providers.mock import MockProvider
 from voicecall_trio.store import encode_record, replay_bytes, replay_file
 

@@ -26,8 +26,8 @@ import trio
 from voicecall_trio.calls import DEFAULT_GREETING
 from voicecall_trio.events import CallAnswered
 from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, apply, new_record
-from voicecall_trio.providers.telnyx import TelnyxProvider
-from voicecall_trio.providers.telnyx_rest import command_id
+from voicecall_trio.providers.telnyx.rest import command_id
+from voicecall_trio.providers.telnyx.shell import TelnyxProvider
 from voicecall_trio.rpc.protocol import RpcError
 from voicecall_trio.store import encode_record
 from voicecall_trio.testing import RunningDaemon, running_daemon

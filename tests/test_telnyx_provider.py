@@ -17,12 +17,12 @@ import trio
 from voicecall_trio.config import VoiceCallConfig
 from voicecall_trio.errors import ConfigError
 from voicecall_trio.model import CallRecord, CallState, new_record
-from voicecall_trio.providers.base import (
+from voicecall_trio.providers import (
     ProviderError,
     RemoteStatus,
     WebhookRequest,
 )
-from voicecall_trio.providers.telnyx import TelnyxProvider
+from voicecall_trio.providers.telnyx.shell import TelnyxProvider
 from voicecall_trio.testing.directory import FakeDirectory
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"

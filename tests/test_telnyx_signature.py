@@ -11,7 +11,7 @@ from typing import Any
 import nacl.signing
 import pytest
 
-from voicecall_trio.providers.telnyx_signature import (
+from voicecall_trio.providers.telnyx.signature import (
     ED25519_SPKI_PREFIX,
     ReplayCache,
     load_public_key,

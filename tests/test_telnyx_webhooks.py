@@ -21,7 +21,7 @@ from voicecall_trio.events import (
     CallSpeech,
     CallSpoken,
 )
-from voicecall_trio.providers.telnyx_webhooks import (
+from voicecall_trio.providers.telnyx.webhooks import (
     TelnyxParseError,
     bind_events,
     decode_client_state,

@@ -23,8 +23,8 @@ import httpx
 import pytest
 import trio
 
-from voicecall_trio.providers.twilio import TwilioProvider
-from voicecall_trio.providers.twilio_signature import compute_signature, form_params, validate
+from voicecall_trio.providers.twilio.shell import TwilioProvider
+from voicecall_trio.providers.twilio.signature import compute_signature, form_params, validate
 from voicecall_trio.rpc.protocol import RpcError
 from voicecall_trio.testing import RunningDaemon, running_daemon, serve_asgi
 from voicecall_trio.testing.fake_twilio import (

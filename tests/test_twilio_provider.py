@@ -21,14 +21,14 @@ from voicecall_trio.events import (
     CallSpoken,
 )
 from voicecall_trio.model import CallRecord, new_record
-from voicecall_trio.providers.base import (
+from voicecall_trio.providers import (
     ProviderError,
     RemoteStatus,
     WebhookRequest,
     WebhookResponse,
 )
-from voicecall_trio.providers.twilio import TwilioProvider
-from voicecall_trio.providers.twilio_signature import compute_signature
+from voicecall_trio.providers.twilio.shell import TwilioProvider
+from voicecall_trio.providers.twilio.signature import compute_signature
 from voicecall_trio.testing.directory import FakeDirectory
 
 TOKEN = "test-auth-token-0123456789abcdef"

@@ -9,18 +9,20 @@ from typing import Any
 import pytest
 
 from voicecall_trio.config import build_config
-from voicecall_trio.providers.base import WebhookRequest
-from voicecall_trio.providers.twilio_signature import (
-    UrlPolicy,
+from voicecall_trio.providers import WebhookRequest
+from voicecall_trio.providers.twilio.signature import (
     algorithm_of,
     body_sha256,
     compute_signature,
     port_variants,
-    reconstruct_urls,
     signed_string,
-    tunnel_vouches_for,
     validate,
     verify_request,
+)
+from voicecall_trio.providers.twilio.signed_url import (
+    UrlPolicy,
+    reconstruct_urls,
+    tunnel_vouches_for,
 )
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"

@@ -20,7 +20,7 @@ from voicecall_trio.events import (
     CallRinging,
     CallSpeech,
 )
-from voicecall_trio.providers.twilio_webhooks import (
+from voicecall_trio.providers.twilio.webhooks import (
     STATUS_END_REASONS,
     RequestKind,
     WebhookParseError,

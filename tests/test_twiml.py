@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicecall_trio.providers import twiml
+from voicecall_trio.providers.twilio import twiml
 
 
 def _root(document: str) -> ET.Element:

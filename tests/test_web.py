@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from voicecall_trio.config import build_config
-from voicecall_trio.providers.base import WebhookRequest, WebhookResponse
+from voicecall_trio.providers import WebhookRequest, WebhookResponse
 from voicecall_trio.testing.directory import FakeDirectory
 from voicecall_trio.testing.provider import FakeProvider
 from voicecall_trio.web import create_app

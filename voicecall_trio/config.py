@@ -257,7 +257,7 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
                 "(or set skipSignatureVerification for local testing only)"
             )
         if config.telnyx.public_key:
-            from .providers.telnyx_signature import load_public_key
+            from .providers.telnyx.signature import load_public_key
 
             try:
                 load_public_key(config.telnyx.public_key)

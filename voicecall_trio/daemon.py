@@ -70,17 +70,9 @@ class DaemonHandle:
 
 
 def make_provider(config: VoiceCallConfig, http: httpx.AsyncClient) -> Provider:
-    if config.provider == "twilio":
-        from .providers.twilio import TwilioProvider
+    from .providers import make_provider as make
 
-        return TwilioProvider(config, http)
-    if config.provider == "telnyx":
-        from .providers.telnyx import TelnyxProvider
-
-        return TelnyxProvider(config, http)
-    from .providers.mock import MockProvider
-
-    return MockProvider(config)
+    return make(config, http)
 
 
 def lock_store(store: Path) -> IO[bytes]:

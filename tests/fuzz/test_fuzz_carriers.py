@@ -1,7 +1,7 @@
 """Fuzzing both carriers' webhook boundary: parsing, verification and the provider shells.
 
 Pure targets feed hostile bytes, headers and timestamps to the sans-IO cores
-(``twilio_webhooks``, ``twilio_signature``, ``telnyx_webhooks``, ``telnyx_signature``); shell
+(``twilio.webhooks``, ``twilio.signature``, ``telnyx.webhooks``, ``telnyx.signature``); shell
 targets feed whole ``WebhookRequest`` values to ``TwilioProvider.handle_webhook`` and
 ``TelnyxProvider.handle_webhook`` over an in-memory call directory and a mock REST transport
 (no sockets). What must hold for every example:
@@ -35,18 +35,20 @@ from hypothesis import strategies as st
 from voicecall_trio.config import build_config
 from voicecall_trio.events import AnyEvent
 from voicecall_trio.model import CallRecord, apply, new_record
-from voicecall_trio.providers import telnyx_signature, telnyx_webhooks, twilio_webhooks
-from voicecall_trio.providers.base import (
+from voicecall_trio.providers import (
     WebhookRequest,
 )
-from voicecall_trio.providers.telnyx import TelnyxProvider
-from voicecall_trio.providers.twilio import TwilioProvider
-from voicecall_trio.providers.twilio_signature import (
-    UrlPolicy,
+from voicecall_trio.providers.telnyx import signature as telnyx_signature
+from voicecall_trio.providers.telnyx import webhooks as telnyx_webhooks
+from voicecall_trio.providers.telnyx.shell import TelnyxProvider
+from voicecall_trio.providers.twilio import webhooks as twilio_webhooks
+from voicecall_trio.providers.twilio.shell import TwilioProvider
+from voicecall_trio.providers.twilio.signature import (
     compute_signature,
     form_params,
     verify_request,
 )
+from voicecall_trio.providers.twilio.signed_url import UrlPolicy
 from voicecall_trio.testing.directory import FakeDirectory
 
 TOKEN = "fuzz-twilio-auth-token-0123456789"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from voicecall_trio.config import build_config
 from voicecall_trio.front import HttpFront
-from voicecall_trio.providers.base import WebhookRequest, WebhookResponse
+from voicecall_trio.providers import WebhookRequest, WebhookResponse
 from voicecall_trio.testing.directory import FakeDirectory
 from voicecall_trio.testing.provider import FakeProvider
 from voicecall_trio.web import WebhookGate, create_app_for

@@ -1,145 +1,32 @@
-"""What a carrier must offer the call supervisor, and what the supervisor offers a carrier.
+"""Compatibility path: the provider protocols now live in ``voicecall_trio.providers``.
 
-A provider is split like an httpx transport: pure parsing/verification/building lives in
-its own sans-IO modules; the class implementing ``Provider`` is the thin async shell that
-sends REST requests through an injected ``httpx.AsyncClient`` and turns webhook requests
-into ``events`` delivered through a ``CallDirectory``.
-
-Contract for the initial message: once a call is answered, the initial message
-(``record.metadata["initialMessage"]``) must be spoken. Carriers that speak it from their
-first webhook answer (Twilio TwiML) set ``speaks_initial_message = True``; for the others the
-supervisor calls ``speak`` itself when the call is answered.
+Kept only for modules outside the providers package that are being reworked in parallel
+(``calls.py``, ``recovery.py``, ``web.py``, ``front.py``, ``rpc/methods.py``); new code imports
+from ``voicecall_trio.providers``. Delete once nothing imports it.
 """
 
-from __future__ import annotations
+from . import (
+    CallDirectory,
+    InboundDecision,
+    InboundOutcome,
+    Provider,
+    ProviderError,
+    RemoteCallState,
+    RemoteStatus,
+    WebhookRequest,
+    WebhookResponse,
+    plain,
+)
 
-import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    import trio
-
-    from ..events import AnyEvent, CallInitiated, EndReason
-    from ..model import CallRecord
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookRequest:
-    """A carrier's HTTP request, as the web layer received it (no framework objects)."""
-
-    method: str
-    path: str
-    query_string: str  # raw, without the leading "?"
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes
-    remote_addr: str = ""
-    scheme: str = "http"
-    host: str = ""  # the Host header as received
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookResponse:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-class InboundDecision(enum.Enum):
-    ACCEPT = "accept"
-    REJECT = "reject"
-
-
-@dataclass(frozen=True, slots=True)
-class InboundOutcome:
-    decision: InboundDecision
-    record: CallRecord | None  # the new call when accepted (or when it already existed)
-    duplicate: bool = False  # this offer was seen before: do nothing at the carrier again
-
-
-class RemoteStatus(enum.Enum):
-    """What the carrier says about a call after a daemon restart."""
-
-    LIVE = "live"
-    ENDED = "ended"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteCallState:
-    status: RemoteStatus
-    end_reason: EndReason | None = None
-    answered: bool = False
-
-
-class CallDirectory(Protocol):
-    """The supervisor, as a carrier sees it."""
-
-    def find(
-        self, *, call_id: str | None = None, provider_call_id: str | None = None
-    ) -> CallRecord | None: ...
-
-    async def deliver(self, event: AnyEvent) -> CallRecord | None:
-        """Apply a carrier event; returns the call's record after it (None: no such call)."""
-        ...
-
-    async def offer_inbound(self, event: CallInitiated) -> InboundOutcome:
-        """Apply the inbound policy to a new call; idempotent per provider call id."""
-        ...
-
-
-class ProviderError(Exception):
-    """The carrier refused or failed a request; ``message`` is safe to show a user."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-class Provider(Protocol):
-    name: str
-    speaks_initial_message: bool
-    # headers a webhook must carry; without one the web layer answers 401 before the body
-    signature_headers: tuple[str, ...]
-
-    def set_public_url(self, url: str | None) -> None:
-        """The public URL changed (a tunnel reported it); carriers build callback URLs on it."""
-        ...
-
-    @property
-    def public_url(self) -> str | None:
-        """The public URL in force: ``publicUrl``, or what a tunnel reported."""
-        ...
-
-    async def run(self, directory: CallDirectory, *, task_status: trio.TaskStatus[None]) -> None:
-        """Background work owned by the daemon (the mock's simulated callees); report ready."""
-        ...
-
-    async def dial(self, record: CallRecord) -> str:
-        """Ask the carrier to place ``record``; return the carrier's call id. Never retried."""
-        ...
-
-    async def hangup(self, record: CallRecord) -> None:
-        """Hang up; a call the carrier no longer knows counts as hung up."""
-        ...
-
-    async def speak(self, record: CallRecord, text: str, *, listen: bool) -> None:
-        """Say ``text`` on a live call; with ``listen`` also collect the callee's next words."""
-        ...
-
-    async def fetch_state(self, record: CallRecord) -> RemoteCallState:
-        """The carrier's view of a call, for reconciliation after a restart."""
-        ...
-
-    async def handle_webhook(
-        self, request: WebhookRequest, directory: CallDirectory
-    ) -> WebhookResponse:
-        """Verify, parse and act on one webhook; never raises for bad input."""
-        ...
-
-
-def plain(status: int, text: str) -> WebhookResponse:
-    return WebhookResponse(status, text.encode())
+__all__ = [
+    "CallDirectory",
+    "InboundDecision",
+    "InboundOutcome",
+    "Provider",
+    "ProviderError",
+    "RemoteCallState",
+    "RemoteStatus",
+    "WebhookRequest",
+    "WebhookResponse",
+    "plain",
+]

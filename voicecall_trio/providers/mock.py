@@ -34,7 +34,7 @@ from ..events import (
     CallSpoken,
 )
 from ..model import CallRecord
-from .base import (
+from . import (
     CallDirectory,
     InboundDecision,
     InboundOutcome,

@@ -17,7 +17,7 @@ import httpx
 import msgspec
 import trio
 
-from .base import ProviderError
+from . import ProviderError
 from .rest_spec import RestRequest, RestResponse
 
 __all__ = ["RETRY_STATUSES", "RestClient", "RestRequest", "RestResponse"]

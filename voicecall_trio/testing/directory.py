@@ -25,10 +25,10 @@ import trio
 
 from ..events import AnyEvent, CallInitiated
 from ..model import CallRecord, apply, new_record
-from ..providers.base import InboundDecision, InboundOutcome
+from ..providers import InboundDecision, InboundOutcome
 
 if TYPE_CHECKING:
-    from ..providers.base import CallDirectory
+    from ..providers import CallDirectory
 
 __all__ = ["FakeDirectory"]
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..model import CallRecord
-from ..providers.base import (
+from ..providers import (
     CallDirectory,
     RemoteCallState,
     RemoteStatus,
@@ -28,7 +28,7 @@ from ..providers.base import (
 )
 
 if TYPE_CHECKING:
-    from ..providers.base import Provider
+    from ..providers import Provider
 
 __all__ = ["FakeProvider", "Reply", "empty_twiml"]
 

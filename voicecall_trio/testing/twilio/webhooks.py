@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import trio
 
-from ...providers.twilio_signature import compute_signature, port_variants
+from ...providers.twilio.signature import compute_signature, port_variants
 from .base import FakeTwilioBase, _origin
 from .values import (
     API_VERSION,

@@ -1,6 +1,6 @@
 """Twilio REST requests as ``RestRequest`` specs, and readers for what Twilio answers.
 
-No I/O here: ``RestClient`` (providers/rest.py) sends the specs. Only the call-creating
+No I/O here: ``RestClient`` (``providers/rest.py``) sends the specs. Only the call-creating
 request is not idempotent, so a failed dial is never repeated by a retry (a second real
 phone call is the worst bug a phone daemon can have). A hangup of a call Twilio no longer
 knows (404) counts as done.
@@ -9,11 +9,12 @@ knows (404) counts as done.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
-from .base import RemoteCallState, RemoteStatus
-from .rest_spec import RestRequest, RestResponse
-from .twilio_webhooks import STATUS_END_REASONS
+from .. import RemoteCallState, RemoteStatus
+from ..rest_spec import RestRequest, RestResponse
+from .urls import answer_url, status_url
+from .webhooks import STATUS_END_REASONS
 
 API_VERSION = "2010-04-01"
 STATUS_CALLBACK_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -23,14 +24,6 @@ _MAX_ERROR_CHARS = 300
 def calls_path(account_sid: str, call_sid: str | None = None) -> str:
     base = f"/{API_VERSION}/Accounts/{quote(account_sid, safe='')}/Calls"
     return f"{base}/{quote(call_sid, safe='')}.json" if call_sid else f"{base}.json"
-
-
-def with_query(url: str, **items: str) -> str:
-    """Append our query parameters to a webhook URL (which may already have a query)."""
-    extra = urlencode(items)
-    if not extra:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{extra}"
 
 
 def create_call(
@@ -43,13 +36,12 @@ def create_call(
     ring_timeout_ms: int,
 ) -> RestRequest:
     """POST Calls.json: Twilio fetches ``Url`` on answer and reports progress to us."""
-    url = with_query(webhook_url, callId=call_id)
     form: Mapping[str, str | list[str]] = {
         "To": to,
         "From": from_,
-        "Url": url,
+        "Url": answer_url(webhook_url, call_id),
         "Method": "POST",
-        "StatusCallback": with_query(webhook_url, callId=call_id, type="status"),
+        "StatusCallback": status_url(webhook_url, call_id),
         "StatusCallbackMethod": "POST",
         "StatusCallbackEvent": list(STATUS_CALLBACK_EVENTS),
         "Timeout": str(max(1, round(ring_timeout_ms / 1000))),

@@ -18,9 +18,9 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from .base import RemoteCallState, RemoteStatus
-from .rest_spec import RestRequest, RestResponse
-from .telnyx_webhooks import encode_client_state
+from .. import RemoteCallState, RemoteStatus
+from ..rest_spec import RestRequest, RestResponse
+from .webhooks import encode_client_state
 
 # Fixed namespace so command ids are stable across processes and restarts.
 COMMAND_NAMESPACE = uuid.UUID("5b0d1c52-6f0e-4a47-9a8e-7f3e2c1d9a10")

@@ -42,7 +42,7 @@ from typing import Any
 
 import msgspec
 
-from ..events import (
+from ...events import (
     MAX_ID_CHARS,
     MAX_TEXT_CHARS,
     AnyEvent,

@@ -1,4 +1,4 @@
-"""The Telnyx carrier: a thin async shell over the sans-IO ``telnyx_*`` modules.
+"""The Telnyx carrier: a thin async shell over the sans-IO modules of ``providers.telnyx``.
 
 REST goes through ``RestClient`` (Bearer API key, retries only for idempotent actions, each
 with a deterministic ``command_id``). Webhooks are verified first and fail closed: without
@@ -25,12 +25,11 @@ import httpx
 import nacl.signing
 import trio
 
-from ..config import VoiceCallConfig
-from ..errors import ConfigError
-from ..events import CallError, CallInitiated, CallSpeaking
-from ..model import CallRecord, CallState
-from . import telnyx_rest as api
-from .base import (
+from ...config import VoiceCallConfig
+from ...errors import ConfigError
+from ...events import CallError, CallInitiated, CallSpeaking
+from ...model import CallRecord, CallState
+from .. import (
     CallDirectory,
     InboundDecision,
     ProviderError,
@@ -40,8 +39,9 @@ from .base import (
     WebhookResponse,
     plain,
 )
-from .rest import RestClient, RestRequest, RestResponse
-from .telnyx_signature import (
+from ..rest import RestClient, RestRequest, RestResponse
+from . import rest as api
+from .signature import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     ReplayCache,
@@ -50,7 +50,7 @@ from .telnyx_signature import (
     parse_timestamp,
     verify,
 )
-from .telnyx_webhooks import TelnyxParseError, TelnyxWebhook, bind_events, parse_webhook
+from .webhooks import TelnyxParseError, TelnyxWebhook, bind_events, parse_webhook
 
 log = logging.getLogger("voicecall.telnyx")
 

@@ -1,10 +1,9 @@
 """Twilio voice webhooks -> our events. Pure: the body and query in, a ``TwilioWebhook`` out.
 
 Our own query parameters say what a request is for, because we wrote them into the URLs
-we gave Twilio: ``callId`` (our call), ``type`` (``status`` | ``gather`` | ``hold``; absent
-for the TwiML fetch) and ``turn`` (the Gather's turn token). Requests to the bare webhook
-URL (the number's Voice URL in the console) are inbound offers, or status callbacks when
-Twilio marks them ``CallbackSource=call-progress-events``.
+we gave Twilio (``urls`` holds that grammar: ``callId``, ``type``, ``turn``, ``said``).
+Requests to the bare webhook URL (the number's Voice URL in the console) are inbound offers,
+or status callbacks when Twilio marks them ``CallbackSource=call-progress-events``.
 
 Event ids are built from the webhook content only, so a redelivered webhook yields the
 same ids and the call model ignores it (``twilio:<CallSid>:<CallStatus>[:<SequenceNumber>]``
@@ -33,7 +32,7 @@ from email.utils import parsedate_to_datetime
 
 import msgspec
 
-from ..events import (
+from ...events import (
     MAX_ID_CHARS,
     MAX_TEXT_CHARS,
     AnyEvent,
@@ -49,7 +48,9 @@ from ..events import (
     carrier_timestamp_ms,
     finite_or_none,
 )
-from .forms import first_values, form_pairs
+from ..forms import form_pairs
+from . import urls
+from .urls import Callback, parse_callback
 
 STATUS_END_REASONS: dict[str, EndReason] = {
     "completed": "completed",
@@ -118,10 +119,6 @@ def read_params(body: bytes, content_type: str = "") -> dict[str, str]:
     return out
 
 
-def read_query(query_string: str) -> dict[str, str]:
-    return first_values(query_string)
-
-
 def machine_result(answered_by: str) -> str:
     """Twilio's AnsweredBy -> ``human`` | ``machine`` | ``unknown``."""
     if answered_by == "human":
@@ -141,10 +138,10 @@ def _timestamp_ms(value: str | None) -> int:
         return 0
 
 
-def _kind(query: Mapping[str, str], params: Mapping[str, str]) -> RequestKind:
-    kind = query.get("type", "")
+def _kind(callback: Callback, params: Mapping[str, str]) -> RequestKind:
+    kind = callback.type
     if kind:
-        if kind == "amd":
+        if kind == urls.AMD:
             return RequestKind.STATUS
         try:
             return RequestKind(kind)
@@ -237,22 +234,22 @@ def parse_webhook(
             params.setdefault(key, value)
     else:
         params = read_params(body, content_type)
-    query = read_query(query_string)
+    callback = parse_callback(query_string)
     sid = params.get("CallSid", "").strip()
     if not sid:
         raise WebhookParseError("missing CallSid")
     if len(sid) > MAX_ID_CHARS:
         raise WebhookParseError("CallSid too long")
     sid = carrier_text(sid, MAX_ID_CHARS)
-    call_id = query.get("callId") or None
-    kind = _kind(query, params)
+    call_id = callback.call_id
+    kind = _kind(callback, params)
     events: list[AnyEvent] = []
     offer: CallInitiated | None = None
     status = params.get("CallStatus")
     if kind is RequestKind.STATUS:
         events += _status_events(sid, call_id, params)
     elif kind is RequestKind.GATHER:
-        events += _gather_events(sid, call_id, query.get("turn") or None, params, body)
+        events += _gather_events(sid, call_id, callback.turn, params, body)
     elif kind is RequestKind.FETCH:
         if call_id is None and params.get("Direction") == "inbound":
             offer = CallInitiated(id=f"twilio:{sid}:inbound", provider_call_id=sid,
@@ -273,7 +270,7 @@ def parse_webhook(
     return TwilioWebhook(
         kind=kind, call_sid=sid, call_id=call_id, status=status,
         direction=params.get("Direction"), from_=_party(params, "From"),
-        to=_party(params, "To"), turn=query.get("turn") or None,
-        said=query.get("said") or None, answered_by=answered_by, error=error,
+        to=_party(params, "To"), turn=callback.turn,
+        said=callback.said, answered_by=answered_by, error=error,
         events=tuple(events), inbound_offer=offer, params=params,
     )
