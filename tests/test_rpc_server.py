@@ -213,3 +213,33 @@ async def test_connections_beyond_the_limit_are_closed_as_they_arrive(
         for stream in [*held, extra, again]:
             await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_daemon_request_refused_with_a_null_id_fails_instead_of_waiting() -> None:
+    """The daemon asks its peer (as it asks a registered agent) and the peer cannot read
+    the request, so it answers `id: null`: the daemon's request fails with that error (it
+    used to match no request, and waited for ever)."""
+    import json
+
+    from voicecall_trio.rpc.protocol import RpcError
+    from voicecall_trio.rpc.server import RpcServer
+
+    async def ask(params: dict[str, Any], conn: Any) -> Any:
+        try:
+            return await conn.request("agent.respond", {"transcript": "hi"})
+        except RpcError as exc:
+            return {"refused": exc.code}
+
+    server = RpcServer({"ask": ask})
+    client, served = trio.testing.memory_stream_pair()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, served)
+            await client.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ask"}\n')
+            asked = json.loads(await client.receive_some())
+            assert asked["method"] == "agent.respond" and asked["id"] == "daemon-1"
+            await client.send_all(b'{"jsonrpc":"2.0","id":null,"error":'
+                                  b'{"code":-32700,"message":"Parse error"}}\n')
+            reply = json.loads(await client.receive_some())
+            assert reply == {"jsonrpc": "2.0", "id": 1, "result": {"refused": -32700}}
+            await client.aclose()
