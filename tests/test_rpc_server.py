@@ -243,3 +243,74 @@ async def test_a_daemon_request_refused_with_a_null_id_fails_instead_of_waiting(
             reply = json.loads(await client.receive_some())
             assert reply == {"jsonrpc": "2.0", "id": 1, "result": {"refused": -32700}}
             await client.aclose()
+
+
+async def test_a_trio_client_call_the_daemon_cannot_read_fails_instead_of_waiting() -> None:
+    """Issue 9 item 5: the daemon answers a request line over 1 MiB with an error whose id
+    is null; the trio client matched replies by id only, so that call waited for ever. The
+    call it belongs to now fails with the daemon's error, and the others go on."""
+    from voicecall_trio.rpc.aclient import TrioClient
+    from voicecall_trio.rpc.protocol import INVALID_REQUEST, RpcError
+    from voicecall_trio.rpc.server import RpcServer
+
+    release = trio.Event()
+
+    async def slow(params: dict[str, Any], conn: Any) -> Any:
+        await release.wait()
+        return {"success": True}
+
+    async def health(params: dict[str, Any], conn: Any) -> Any:
+        return {"ok": True}
+
+    server = RpcServer({"voicecall.speak": slow, "daemon.health": health})
+    client_end, server_end = trio.testing.memory_stream_pair()
+    client = TrioClient(client_end)
+    outcome: dict[str, Any] = {}
+
+    async def pending_speak() -> None:
+        outcome["speak"] = await client.call("voicecall.speak", {"message": "hi"})
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, server_end)
+            await nursery.start(client.run)
+            nursery.start_soon(pending_speak)
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                await client.call("voicecall.speak", {"message": "x" * (1024 * 1024 + 1)})
+            except RpcError as exc:
+                assert exc.code == INVALID_REQUEST and "1 MiB" in exc.message
+            else:
+                raise AssertionError("a request over the line limit got a result")
+            assert await client.call("daemon.health") == {"ok": True}
+            release.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome["speak"] == {"success": True}
+            await client.aclose()
+
+
+async def test_a_trio_client_call_answered_with_a_null_id_error_fails() -> None:
+    """A peer that cannot read our request answers with `id: null`: the one call pending
+    gets that error."""
+    from voicecall_trio.rpc.aclient import TrioClient
+    from voicecall_trio.rpc.protocol import RpcError
+
+    client_end, daemon_end = trio.testing.memory_stream_pair()
+    client = TrioClient(client_end)
+
+    async def daemon() -> None:
+        await daemon_end.receive_some()
+        await daemon_end.send_all(b'{"jsonrpc":"2.0","id":null,"error":'
+                                  b'{"code":-32700,"message":"Parse error"}}\n')
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            nursery.start_soon(daemon)
+            try:
+                await client.call("daemon.health")
+            except RpcError as exc:
+                assert exc.code == -32700
+            else:
+                raise AssertionError("no error")
+            await client.aclose()
