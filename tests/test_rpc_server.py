@@ -314,3 +314,35 @@ async def test_a_trio_client_call_answered_with_a_null_id_error_fails() -> None:
             else:
                 raise AssertionError("no error")
             await client.aclose()
+
+
+def test_the_sync_client_queues_notifications_drops_stale_replies_and_fails_on_a_refusal(
+) -> None:
+    """What the sync client's peer decides, through a real socket: a notification met
+    while waiting is kept for ``notifications()``, a reply to an earlier id is dropped,
+    and a null-id refusal ends the call it belongs to instead of leaving it waiting."""
+    import tempfile
+
+    import pytest
+
+    from voicecall_trio.rpc.client import SyncClient
+    from voicecall_trio.rpc.protocol import RpcError
+
+    path = tempfile.mkdtemp(prefix="vcsync", dir="/tmp") + "/s.sock"
+    thread = _one_shot_server(path, [
+        b'{"jsonrpc":"2.0","method":"voicecall.event","params":{"type":"call.ended"}}\n'
+        b'{"jsonrpc":"2.0","id":1,"result":"first"}\n',
+        b'{"jsonrpc":"2.0","id":1,"result":"stale"}\n'
+        b'{"jsonrpc":"2.0","id":2,"result":"second"}\n',
+        b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"line exceeds"}}\n',
+    ])
+    with SyncClient(path) as client:
+        assert client.call("a", timeout=10) == "first"
+        assert client.call("b", timeout=10) == "second"
+        with pytest.raises(RpcError) as refused:
+            client.call("c", timeout=10)
+        assert refused.value.code == -32600
+        assert "could not read the request" in refused.value.message
+        note = next(client.notifications())
+        assert note.method == "voicecall.event" and note.params == {"type": "call.ended"}
+    thread.join(10)

@@ -300,31 +300,35 @@ class RpcServer:
                 self._slots.release()
 
     async def _answer(self, conn: Connection, message: Request | Notification) -> None:
-        msg_id = message.id if isinstance(message, Request) else None
         handler = self.methods.get(message.method)
+        error: tuple[int, str, Any]
         try:
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {message.method}")
             result = await handler(message.params, conn)
         except RpcError as exc:
-            reply = conn.peer.send_error(msg_id, exc.code, exc.message, exc.data)
+            error = (exc.code, exc.message, exc.data)
         except VoiceCallError as exc:
-            reply = conn.peer.send_error(msg_id, exc.rpc_code, exc.message)
+            error = (exc.rpc_code, exc.message, None)
         except Exception:
             log.exception("rpc: %s failed", message.method)
-            reply = conn.peer.send_error(msg_id, INTERNAL_ERROR, "Internal error")
+            error = (INTERNAL_ERROR, "Internal error", None)
         else:
             if not isinstance(message, Request):
                 return  # a notification gets no reply
             try:
-                reply = conn.peer.send_result(msg_id, result)
+                reply = conn.peer.send_result(message.id, result)
             except (TypeError, ValueError) as exc:  # e.g. text that is not valid Unicode
                 log.error("rpc: the result of %s could not be encoded (%s); "
                           "answered -32603", message.method, exc.__class__.__name__)
-                reply = conn.peer.send_error(msg_id, INTERNAL_ERROR,
-                                             "Internal error: the result could not be encoded")
+                error = (INTERNAL_ERROR, "Internal error: the result could not be encoded",
+                         None)
+            else:
+                await conn.send(reply)
+                return
+        # encoded only when it is sent: the peer counts lines over the limit it encodes
         if isinstance(message, Request):
-            await conn.send(reply)
+            await conn.send(conn.peer.send_error(message.id, *error))
 
 
 def _unlink_quietly(path: Path) -> None:
