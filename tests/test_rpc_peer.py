@@ -10,6 +10,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from voicecall_trio.rpc.peer import MAX_EXPECTED_REFUSALS, Peer, Refuse, Reply, Unmatched
 from voicecall_trio.rpc.protocol import (
@@ -266,3 +268,53 @@ def test_expected_refusals_are_bounded() -> None:
     for _ in range(MAX_EXPECTED_REFUSALS + 10):
         peer.send_result(1, BIG)  # a peer that never answers lines over its limit
     assert len(peer._refusals) == MAX_EXPECTED_REFUSALS
+
+
+# -- a property: every waiter is answered at most once, and none is lost --------------------
+
+STEPS = st.lists(st.one_of(
+    st.tuples(st.just("request"), st.booleans()),  # over the limit?
+    st.tuples(st.just("forget"), st.integers(0, 7)),
+    st.tuples(st.just("reply"), st.integers(0, 7)),  # the k-th id issued (maybe twice)
+    st.tuples(st.just("stray"), st.sampled_from([
+        NULL_ERROR, b"garbage\n", b'{"jsonrpc":"2.0","method":"n"}\n',
+        b'{"jsonrpc":"2.0","id":"zz","result":1}\n', b"x" * (SMALL + 5) + b"\n",
+    ])),
+), max_size=40)
+
+
+@given(STEPS, st.integers(1, 50))
+def test_every_waiter_gets_at_most_one_reply_and_none_is_lost(
+        steps: list[tuple[str, Any]], chunk: int) -> None:
+    peer = Peer[str](max_line=SMALL)
+    issued: list[int | str] = []
+    names: dict[int | str, str] = {}
+    forgotten: set[str] = set()
+    replied: list[str] = []
+
+    def feed(line: bytes) -> None:
+        for start in range(0, len(line), chunk):
+            for action in peer.receive_data(line[start:start + chunk]):
+                if isinstance(action, Reply):
+                    assert action.waiter == names[action.id]
+                    assert action.response.id in (action.id, None)
+                    assert action.waiter not in forgotten
+                    replied.append(action.waiter)
+
+    for step, arg in steps:
+        if step == "request":
+            msg_id, _ = peer.send_request("m", BIG if arg else {}, f"w{len(issued)}")
+            names[msg_id] = f"w{len(issued)}"
+            issued.append(msg_id)
+        elif step == "forget" and arg < len(issued):
+            peer.forget(issued[arg])
+            forgotten.add(names[issued[arg]])
+        elif step == "reply" and arg < len(issued):
+            feed(encode_result(issued[arg], "ok"))
+        elif step == "stray":
+            feed(arg)
+    left = peer.close()
+    assert len(replied) == len(set(replied))  # at most one reply each
+    assert not set(left) & (set(replied) | forgotten)
+    assert set(left) | set(replied) | forgotten == set(names.values())  # none lost
+    assert peer.pending == 0 and peer.next_action() is None
