@@ -213,3 +213,136 @@ async def test_connections_beyond_the_limit_are_closed_as_they_arrive(
         for stream in [*held, extra, again]:
             await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_daemon_request_refused_with_a_null_id_fails_instead_of_waiting() -> None:
+    """The daemon asks its peer (as it asks a registered agent) and the peer cannot read
+    the request, so it answers `id: null`: the daemon's request fails with that error (it
+    used to match no request, and waited for ever)."""
+    import json
+
+    from voicecall_trio.rpc.protocol import RpcError
+    from voicecall_trio.rpc.server import RpcServer
+
+    async def ask(params: dict[str, Any], conn: Any) -> Any:
+        try:
+            return await conn.request("agent.respond", {"transcript": "hi"})
+        except RpcError as exc:
+            return {"refused": exc.code}
+
+    server = RpcServer({"ask": ask})
+    client, served = trio.testing.memory_stream_pair()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, served)
+            await client.send_all(b'{"jsonrpc":"2.0","id":1,"method":"ask"}\n')
+            asked = json.loads(await client.receive_some())
+            assert asked["method"] == "agent.respond" and asked["id"] == "daemon-1"
+            await client.send_all(b'{"jsonrpc":"2.0","id":null,"error":'
+                                  b'{"code":-32700,"message":"Parse error"}}\n')
+            reply = json.loads(await client.receive_some())
+            assert reply == {"jsonrpc": "2.0", "id": 1, "result": {"refused": -32700}}
+            await client.aclose()
+
+
+async def test_a_trio_client_call_the_daemon_cannot_read_fails_instead_of_waiting() -> None:
+    """Issue 9 item 5: the daemon answers a request line over 1 MiB with an error whose id
+    is null; the trio client matched replies by id only, so that call waited for ever. The
+    call it belongs to now fails with the daemon's error, and the others go on."""
+    from voicecall_trio.rpc.aclient import TrioClient
+    from voicecall_trio.rpc.protocol import INVALID_REQUEST, RpcError
+    from voicecall_trio.rpc.server import RpcServer
+
+    release = trio.Event()
+
+    async def slow(params: dict[str, Any], conn: Any) -> Any:
+        await release.wait()
+        return {"success": True}
+
+    async def health(params: dict[str, Any], conn: Any) -> Any:
+        return {"ok": True}
+
+    server = RpcServer({"voicecall.speak": slow, "daemon.health": health})
+    client_end, server_end = trio.testing.memory_stream_pair()
+    client = TrioClient(client_end)
+    outcome: dict[str, Any] = {}
+
+    async def pending_speak() -> None:
+        outcome["speak"] = await client.call("voicecall.speak", {"message": "hi"})
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, server_end)
+            await nursery.start(client.run)
+            nursery.start_soon(pending_speak)
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                await client.call("voicecall.speak", {"message": "x" * (1024 * 1024 + 1)})
+            except RpcError as exc:
+                assert exc.code == INVALID_REQUEST and "1 MiB" in exc.message
+            else:
+                raise AssertionError("a request over the line limit got a result")
+            assert await client.call("daemon.health") == {"ok": True}
+            release.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome["speak"] == {"success": True}
+            await client.aclose()
+
+
+async def test_a_trio_client_call_answered_with_a_null_id_error_fails() -> None:
+    """A peer that cannot read our request answers with `id: null`: the one call pending
+    gets that error."""
+    from voicecall_trio.rpc.aclient import TrioClient
+    from voicecall_trio.rpc.protocol import RpcError
+
+    client_end, daemon_end = trio.testing.memory_stream_pair()
+    client = TrioClient(client_end)
+
+    async def daemon() -> None:
+        await daemon_end.receive_some()
+        await daemon_end.send_all(b'{"jsonrpc":"2.0","id":null,"error":'
+                                  b'{"code":-32700,"message":"Parse error"}}\n')
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            nursery.start_soon(daemon)
+            try:
+                await client.call("daemon.health")
+            except RpcError as exc:
+                assert exc.code == -32700
+            else:
+                raise AssertionError("no error")
+            await client.aclose()
+
+
+def test_the_sync_client_queues_notifications_drops_stale_replies_and_fails_on_a_refusal(
+) -> None:
+    """What the sync client's peer decides, through a real socket: a notification met
+    while waiting is kept for ``notifications()``, a reply to an earlier id is dropped,
+    and a null-id refusal ends the call it belongs to instead of leaving it waiting."""
+    import tempfile
+
+    import pytest
+
+    from voicecall_trio.rpc.client import SyncClient
+    from voicecall_trio.rpc.protocol import RpcError
+
+    path = tempfile.mkdtemp(prefix="vcsync", dir="/tmp") + "/s.sock"
+    thread = _one_shot_server(path, [
+        b'{"jsonrpc":"2.0","method":"voicecall.event","params":{"type":"call.ended"}}\n'
+        b'{"jsonrpc":"2.0","id":1,"result":"first"}\n',
+        b'{"jsonrpc":"2.0","id":1,"result":"stale"}\n'
+        b'{"jsonrpc":"2.0","id":2,"result":"second"}\n',
+        b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"line exceeds"}}\n',
+    ])
+    with SyncClient(path) as client:
+        assert client.call("a", timeout=10) == "first"
+        assert client.call("b", timeout=10) == "second"
+        with pytest.raises(RpcError) as refused:
+            client.call("c", timeout=10)
+        assert refused.value.code == -32600
+        assert "could not read the request" in refused.value.message
+        note = next(client.notifications())
+        assert note.method == "voicecall.event" and note.params == {"type": "call.ended"}
+    thread.join(10)

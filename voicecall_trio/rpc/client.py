@@ -1,12 +1,14 @@
 """A blocking JSON-RPC client over the Unix socket, on the stdlib only.
 
 The CLI uses it so that ``voicecall status`` starts without importing trio, quart or httpx.
-Notifications that arrive while waiting for a reply are queued for ``notifications()``.
+Notifications that arrive while waiting for a reply are queued for ``notifications()``. The
+books (ids, the pending call, what each line read asks for) are kept by ``peer.Peer``, which is
+stdlib-only too. A call never waits for a reply that cannot come: a reply it cannot read, one
+over the line limit, or a refusal with a null id ends it with ``RpcError``.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 from collections import deque
@@ -16,17 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-from .protocol import (
-    INTERNAL_ERROR,
-    LineSplitter,
-    LineTooLong,
-    Notification,
-    ProtocolError,
-    Response,
-    RpcError,
-    encode_request,
-    parse_line,
-)
+from .peer import Action, Peer, Refuse, Reply
+from .protocol import INTERNAL_ERROR, Notification, RpcError
 
 
 class DaemonUnreachable(Exception):
@@ -41,8 +34,7 @@ class DaemonUnreachable(Exception):
 class SyncClient:
     def __init__(self, path: Path | str, *, connect_timeout: float = 2.0) -> None:
         self.path = os.fspath(path)
-        self._ids = itertools.count(1)
-        self._splitter = LineSplitter()
+        self._peer = Peer[None]()
         self._pending: deque[Notification] = deque()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(connect_timeout)
@@ -61,7 +53,6 @@ class SyncClient:
             self._sock.close()
             raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
         self._sock.settimeout(None)
-        self._lines: deque[bytes] = deque()
 
     def __enter__(self) -> SyncClient:
         return self
@@ -74,29 +65,30 @@ class SyncClient:
 
     def call(self, method: str, params: dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
-        msg_id = next(self._ids)
-        line = encode_request(msg_id, method, params or {})  # RpcError for invalid text
+        msg_id, line = self._peer.send_request(method, params or {}, None)  # RpcError: text
         self._sock.settimeout(timeout)
         try:
             self._sock.sendall(line)
             while True:
-                message = self._next_message()
-                if isinstance(message, Response) and message.id == msg_id:
-                    if message.error is not None:
-                        raise RpcError.from_reply(message.error)
-                    return message.result
-                if isinstance(message, Notification):
-                    self._pending.append(message)
-                elif isinstance(message, ProtocolError):
+                action = self._next_action()
+                if isinstance(action, Reply):  # the one call pending is this one
+                    reply = action.response
+                    if reply.id is None:  # a refusal: the daemon could not read the line
+                        code = reply.error.get("code", -32603) if reply.error else -32603
+                        raise RpcError(code, "the daemon could not read the request")
+                    if reply.error is not None:
+                        raise RpcError.from_reply(reply.error)
+                    return reply.result
+                if isinstance(action, Notification):
+                    self._pending.append(action)
+                elif isinstance(action, Refuse):
                     # a reply line that is not JSON-RPC (or not UTF-8): it cannot be matched
                     # to this call, and waiting for another would hang
-                    raise RpcError(message.code, "the daemon's reply could not be read")
-                elif isinstance(message, Response) and message.id is None:
-                    code = message.error.get("code", -32603) if message.error else -32603
-                    raise RpcError(code, "the daemon could not read the request")
+                    raise RpcError(action.error.code, "the daemon's reply could not be read")
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise DaemonUnreachable(self.path, f"connection lost: {exc}") from None
         finally:
+            self._peer.forget(msg_id)
             self._sock.settimeout(None)
 
     def notifications(self) -> Iterator[Notification]:
@@ -104,20 +96,18 @@ class SyncClient:
         while True:
             while self._pending:
                 yield self._pending.popleft()
-            message = self._next_message()
-            if isinstance(message, Notification):
-                yield message
+            action = self._next_action()
+            if isinstance(action, Notification):
+                yield action
 
-    def _next_message(self) -> Any:
-        while not self._lines:
+    def _next_action(self) -> Action[None]:
+        while (action := self._peer.next_action()) is None:
             data = self._sock.recv(65536)
             if not data:
                 raise DaemonUnreachable(self.path, "the daemon closed the connection")
-            for item in self._splitter.feed(data):
-                if isinstance(item, LineTooLong):
-                    # the rest of that line is dropped and its reply would never come:
-                    # say so rather than wait for ever
-                    raise RpcError(INTERNAL_ERROR, "the daemon's reply is over the 1 MiB "
-                                   "line limit")
-                self._lines.append(item)
-        return parse_line(self._lines.popleft())
+            self._peer.feed(data)
+        if isinstance(action, Refuse) and action.too_long:
+            # the rest of that line is dropped and its reply would never come: say so
+            # rather than wait for ever
+            raise RpcError(INTERNAL_ERROR, "the daemon's reply is over the 1 MiB line limit")
+        return action

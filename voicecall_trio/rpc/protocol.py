@@ -3,7 +3,8 @@
 ``LineSplitter`` turns a byte stream into lines and enforces the 1 MiB line limit without
 ever buffering more than that; ``parse_line`` turns one line into a ``Request``,
 ``Notification``, ``Response`` or a ``ProtocolError`` that already knows the error reply to
-send. Both the server and the clients (sync and trio) use it, so they cannot disagree.
+send. ``peer.Peer`` keeps a connection's books (ids, pending requests) on top of this codec;
+the server and both clients (sync and trio) use it, so they cannot disagree.
 
 Text is checked here, at the boundary. JSON can spell a lone UTF-16 surrogate (``"\\ud83d"``,
 what a gateway sends when it cuts a string inside an emoji); Python decodes it into a ``str``

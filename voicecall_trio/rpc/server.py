@@ -27,7 +27,6 @@ agent must not keep more than the limit of its own requests waiting on its repli
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -38,22 +37,14 @@ import trio
 
 from ..errors import VoiceCallError
 from .accept import accept_loop
+from .peer import Peer, Refuse, Reply
 from .protocol import (
     INTERNAL_ERROR,
-    INVALID_REQUEST,
     METHOD_NOT_FOUND,
-    LineSplitter,
-    LineTooLong,
     Notification,
-    ProtocolError,
     Request,
     Response,
     RpcError,
-    encode_error,
-    encode_notification,
-    encode_request,
-    encode_result,
-    parse_line,
 )
 from .unix import open_unix_listener
 
@@ -88,8 +79,9 @@ class Connection:
         self._send_lock = trio.Lock()
         self.closed = trio.Event()
         self.broken = False  # a send failed: the peer is gone
-        self._ids = itertools.count(1)
-        self._waiting: dict[int | str, trio.MemorySendChannel[Response]] = {}
+        # the connection's books: ids of the daemon's own requests (``agent.respond``), the
+        # replies they wait for, and what each line read asks for
+        self.peer = Peer[trio.MemorySendChannel[Response]](id_prefix="daemon-")
         self._in_flight = 0
         # at most one subscription per connection, however often a client asks: each would
         # otherwise be a task and a channel that outlive the request
@@ -126,7 +118,7 @@ class Connection:
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         try:
-            line = encode_notification(method, params)
+            line = self.peer.send_notification(method, params)
         except (TypeError, ValueError) as exc:  # e.g. text that is not valid Unicode
             log.warning("rpc: a %s notification could not be encoded (%s); not sent",
                         method, exc.__class__.__name__)
@@ -152,31 +144,24 @@ class Connection:
 
     async def request(self, method: str, params: dict[str, Any]) -> Any:
         """Ask the peer (e.g. a registered agent) and wait for its reply."""
-        msg_id = f"daemon-{next(self._ids)}"
         send, receive = trio.open_memory_channel[Response](1)
-        self._waiting[msg_id] = send
+        msg_id, line = self.peer.send_request(method, params, send)
         try:
-            if not await self.send(encode_request(msg_id, method, params)):
+            if not await self.send(line):
                 raise RpcError(INTERNAL_ERROR, "the connection is gone")
             try:
                 reply = await receive.receive()
             except trio.EndOfChannel:
                 raise RpcError(INTERNAL_ERROR, "the connection closed before replying") from None
         finally:
-            self._waiting.pop(msg_id, None)
+            self.peer.forget(msg_id)
         if reply.error is not None:
             raise RpcError.from_reply(reply.error)
         return reply.result
 
-    def route_response(self, message: Response) -> None:
-        waiter = self._waiting.pop(message.id, None) if message.id is not None else None
-        if waiter is not None:
-            waiter.send_nowait(message)
-
     def close_requests(self) -> None:
-        for waiter in self._waiting.values():
+        for waiter in self.peer.close():
             waiter.close()
-        self._waiting.clear()
 
 
 Handler = Callable[[dict[str, Any], Connection], Awaitable[Any]]
@@ -248,7 +233,7 @@ class RpcServer:
                 await trio.aclose_forcefully(stream)
 
     async def _read_loop(self, conn: Connection) -> None:
-        splitter = LineSplitter()
+        peer = conn.peer
         while not conn.broken:
             try:
                 data = await conn.stream.receive_some(65536)
@@ -257,33 +242,29 @@ class RpcServer:
                 return
             if not data:
                 return
-            for item in splitter.feed(data):
+            peer.feed(data)
+            while (action := peer.next_action()) is not None:
                 if conn.broken:
                     # the peer is gone or stopped reading: answering the rest of what it
                     # sent would only burn the CPU (a send to a broken peer never waits)
                     return
-                if isinstance(item, LineTooLong):
-                    log.info("rpc: dropped a line over the 1 MiB limit")
-                    await conn.send(encode_error(None, INVALID_REQUEST,
-                                                 "Invalid Request: line exceeds 1 MiB"))
-                    continue
-                message = parse_line(item)
-                if isinstance(message, ProtocolError):
-                    log.info("rpc: %s", message.message)
-                    await conn.send(message.reply())
-                elif isinstance(message, Request | Notification):
-                    inline = message.method in self.inline
+                if isinstance(action, Request | Notification):
+                    inline = action.method in self.inline
                     await self._admit(conn, spawned=not inline)  # may stop reading a while
                     if inline:
-                        await self._dispatch(conn, message, spawned=False)
+                        await self._dispatch(conn, action, spawned=False)
                     else:
-                        conn.nursery.start_soon(self._dispatch, conn, message, True)
-                elif isinstance(message, Response):
-                    await self.on_response(conn, message)
-
-    async def on_response(self, conn: Connection, message: Response) -> None:
-        """A reply to a request the daemon sent on this connection (``agent.respond``)."""
-        conn.route_response(message)
+                        conn.nursery.start_soon(self._dispatch, conn, action, True)
+                elif isinstance(action, Reply):
+                    # a reply to a request the daemon sent on this connection
+                    action.waiter.send_nowait(action.response)
+                elif isinstance(action, Refuse):
+                    if action.too_long:
+                        log.info("rpc: dropped a line over the 1 MiB limit")
+                    else:
+                        log.info("rpc: %s", action.error.message)
+                    await conn.send(action.error.reply())
+                # Unmatched: a late reply, for a request the daemon has given up on
 
     async def _admit(self, conn: Connection, *, spawned: bool) -> None:
         """Wait for room for one more request: on this connection, and (for a request with a
@@ -319,31 +300,35 @@ class RpcServer:
                 self._slots.release()
 
     async def _answer(self, conn: Connection, message: Request | Notification) -> None:
-        msg_id = message.id if isinstance(message, Request) else None
         handler = self.methods.get(message.method)
+        error: tuple[int, str, Any]
         try:
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {message.method}")
             result = await handler(message.params, conn)
         except RpcError as exc:
-            reply = encode_error(msg_id, exc.code, exc.message, exc.data)
+            error = (exc.code, exc.message, exc.data)
         except VoiceCallError as exc:
-            reply = encode_error(msg_id, exc.rpc_code, exc.message)
+            error = (exc.rpc_code, exc.message, None)
         except Exception:
             log.exception("rpc: %s failed", message.method)
-            reply = encode_error(msg_id, INTERNAL_ERROR, "Internal error")
+            error = (INTERNAL_ERROR, "Internal error", None)
         else:
             if not isinstance(message, Request):
                 return  # a notification gets no reply
             try:
-                reply = encode_result(msg_id, result)
+                reply = conn.peer.send_result(message.id, result)
             except (TypeError, ValueError) as exc:  # e.g. text that is not valid Unicode
                 log.error("rpc: the result of %s could not be encoded (%s); "
                           "answered -32603", message.method, exc.__class__.__name__)
-                reply = encode_error(msg_id, INTERNAL_ERROR,
-                                     "Internal error: the result could not be encoded")
+                error = (INTERNAL_ERROR, "Internal error: the result could not be encoded",
+                         None)
+            else:
+                await conn.send(reply)
+                return
+        # encoded only when it is sent: the peer counts lines over the limit it encodes
         if isinstance(message, Request):
-            await conn.send(reply)
+            await conn.send(conn.peer.send_error(message.id, *error))
 
 
 def _unlink_quietly(path: Path) -> None:
