@@ -27,6 +27,10 @@ demo:
 serve *ARGS:
     .venv/bin/voicecall serve {{ARGS}}
 
+# minutes of mixed load and abusive clients on a real daemon (--write records it)
+soak *ARGS:
+    ./scripts/soak {{ARGS}}
+
 # measure the budgets and rewrite docs/benchmarks.md
 bench *ARGS:
     ./scripts/bench {{ARGS}}
