@@ -227,3 +227,13 @@ def test_dtmf_metadata_is_bounded() -> None:
         r = apply(r, CallDtmf(id=f"d{i}", digits="0123456789"), at=DAEMON_MS)
     assert len(r.metadata["dtmf"]) == model.MAX_DTMF_CHARS
     assert r.metadata["dtmf"].endswith("0123456789")
+
+
+def test_the_end_reasons_are_the_terminal_states_defined_once() -> None:
+    from typing import get_args
+
+    from voicecall_trio.events import END_REASONS, EndReason
+    from voicecall_trio.states import TERMINAL_STATE_NAMES
+
+    assert set(get_args(EndReason)) == TERMINAL_STATE_NAMES == END_REASONS
+    assert {s.value for s in model.TERMINAL_STATES} == TERMINAL_STATE_NAMES

@@ -41,6 +41,7 @@ from .events import (
     carrier_text,
     valid_unicode,
 )
+from .states import CONNECTED_STATE_NAMES, LIVE_STATE_NAMES, TERMINAL_STATE_NAMES
 
 MAX_REMEMBERED_EVENT_IDS = 256
 MAX_DTMF_CHARS = 256  # the digits a call's metadata keeps (the latest ones)
@@ -76,22 +77,9 @@ class CallState(enum.StrEnum):
         return self in CONNECTED_STATES
 
 
-TERMINAL_STATES: frozenset[CallState] = frozenset(
-    {
-        CallState.COMPLETED,
-        CallState.HANGUP_USER,
-        CallState.HANGUP_BOT,
-        CallState.TIMEOUT,
-        CallState.ERROR,
-        CallState.FAILED,
-        CallState.NO_ANSWER,
-        CallState.BUSY,
-        CallState.VOICEMAIL,
-    }
-)
-CONNECTED_STATES: frozenset[CallState] = frozenset(
-    {CallState.ANSWERED, CallState.ACTIVE, CallState.SPEAKING, CallState.LISTENING}
-)
+TERMINAL_STATES: frozenset[CallState] = frozenset(CallState(n) for n in TERMINAL_STATE_NAMES)
+CONNECTED_STATES: frozenset[CallState] = frozenset(CallState(n) for n in CONNECTED_STATE_NAMES)
+assert {s.value for s in CallState} == set(LIVE_STATE_NAMES) | TERMINAL_STATE_NAMES
 
 _S = CallState
 # Allowed moves between live states. Any live state may also move to any terminal state;
