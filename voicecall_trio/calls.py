@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -59,7 +58,6 @@ from .events import (
     CallInitiated,
     CallSpeaking,
     CallSpeech,
-    CallSpoken,
     EndReason,
 )
 from .model import CallRecord
@@ -97,7 +95,6 @@ class LiveCall:
         self.continue_waiting = False
         self.nursery: trio.Nursery | None = None  # the call's own nursery, while it runs
         self.reply_scope: trio.CancelScope | None = None
-        self.spoken = 0  # how many utterances the carrier reported finished (CallSpoken)
 
     def set(self, record: CallRecord) -> None:
         self.record = record
@@ -125,12 +122,14 @@ class Supervisor:
         provider: Provider,
         journal: Journal,
         *,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float],
+        ids: Callable[[], str],
     ) -> None:
         self.config = config
         self.provider = provider
         self.journal = journal
-        self.wall_clock = wall_clock
+        self.wall_clock = clock  # wall clock, seconds since the epoch
+        self.ids = ids  # a new unique id (call ids, the bot's speech events)
         self.live: dict[str, LiveCall] = {}
         self.session: OrderedDict[str, CallRecord] = OrderedDict()  # ended since start
         self._by_provider_id: dict[str, str] = {}
@@ -272,8 +271,6 @@ class Supervisor:
             # several a second); it is still published to subscribers
             interim = (isinstance(event, CallSpeech) and not event.is_final
                        and record.state is call.record.state)
-            if isinstance(event, CallSpoken):
-                call.spoken += 1
             self._store(call, record, _event_type(event), extra, persist=not interim)
             if isinstance(event, CallSpeech) and event.is_final and event.text:
                 self._maybe_reply(call)
@@ -399,6 +396,8 @@ class Supervisor:
             return outcome
         greeting = clean_text(self.config.inbound_greeting or DEFAULT_GREETING)
         record = model.new_record(
+            call_id=self.ids(),
+            at=self._now_ms(),
             provider=self.provider.name,
             direction="inbound",
             from_=event.from_,
@@ -451,6 +450,8 @@ class Supervisor:
         if self.active_count >= limit:
             raise ConcurrencyLimit(f"Maximum concurrent calls ({limit}) reached")
         record = model.new_record(
+            call_id=self.ids(),
+            at=self._now_ms(),
             provider=self.provider.name,
             direction="outbound",
             from_=self.config.from_number or "+15550000000",
@@ -510,7 +511,7 @@ class Supervisor:
             raise CallNotConnected(
                 f"Call is not connected (state {call.record.state.value})"
             )
-        self._apply(call, CallSpeaking(id=f"bot:{uuid.uuid4().hex}", text=text))
+        self._apply(call, CallSpeaking(id=f"bot:{self.ids()}", text=text))
         try:
             await self.provider.speak(call.record, text, listen=listen)
         except ProviderError as exc:
@@ -692,7 +693,7 @@ class Supervisor:
 
         # the first utterance the carrier reports finished is the initial message (speech
         # from the callee meanwhile does not count: it must not cut the message short)
-        record = await call.wait_until(lambda r: r.terminal or call.spoken >= 1)
+        record = await call.wait_until(lambda r: r.terminal or r.spoken >= 1)
         if record.terminal:
             return
         await trio.sleep(self.config.outbound.notify_hangup_delay_sec)

@@ -26,6 +26,7 @@ import os
 import resource
 import signal
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -179,7 +180,8 @@ async def _run_bound(
     provider = make_provider(config, http)
     journal = Journal(config.journal_path, max_bytes=config.journal.max_bytes,
                       keep_files=config.journal.keep_files, index=replayed.index)
-    supervisor = Supervisor(config, provider, journal)
+    supervisor = Supervisor(config, provider, journal, clock=time.time,
+                            ids=lambda: str(uuid.uuid4()))
     journal.live_records = supervisor.live_records
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal)
     try:
