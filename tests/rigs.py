@@ -15,10 +15,10 @@ from typing import Any
 
 import trio
 
-from voicecall_trio.calls import Supervisor
 from voicecall_trio.config import build_config
 from voicecall_trio.providers.mock import MockProvider
 from voicecall_trio.store import Disk, Journal
+from voicecall_trio.supervisor import Supervisor
 
 
 class FlakyDisk(Disk):

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from rigs import RecordingDisk, real_time_limit, rig
 
-from voicecall_trio.calls import MAX_ENDED_REMEMBERED, RING_GRACE_S
+from voicecall_trio.call import RING_GRACE_S
 from voicecall_trio.errors import InvalidInput
 from voicecall_trio.events import CallAnswered, CallInitiated, CallSpeaking, CallSpeech
 from voicecall_trio.model import (
@@ -26,6 +26,7 @@ from voicecall_trio.model import (
 )
 from voicecall_trio.providers.base import InboundDecision, RemoteCallState, RemoteStatus
 from voicecall_trio.providers.mock import MockProvider
+from voicecall_trio.registry import MAX_ENDED_REMEMBERED
 from voicecall_trio.store import encode_record, replay_bytes, replay_file
 
 WAIT_S = 20  # real seconds: bounds each test below (a hang fails)

@@ -24,9 +24,9 @@ import nacl.signing
 import pytest
 import trio
 
-from voicecall_trio.calls import DEFAULT_GREETING
 from voicecall_trio.events import CallAnswered
 from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, apply, new_record
+from voicecall_trio.policy import DEFAULT_GREETING
 from voicecall_trio.providers.telnyx import TelnyxProvider
 from voicecall_trio.providers.telnyx_rest import command_id
 from voicecall_trio.rpc.protocol import RpcError

@@ -37,7 +37,6 @@ import httpx
 import trio
 
 from . import __version__, systemd
-from .calls import Supervisor
 from .config import VoiceCallConfig
 from .errors import VoiceCallError
 from .providers.base import Provider
@@ -45,6 +44,7 @@ from .rpc.methods import build_methods
 from .rpc.server import RpcServer
 from .rpc.unix import SocketInUse, open_unix_listener
 from .store import Journal, replay_file
+from .supervisor import Supervisor
 
 log = logging.getLogger("voicecall.daemon")
 

@@ -15,11 +15,11 @@ import msgspec
 import trio
 
 from .. import __version__
-from ..calls import Supervisor
 from ..errors import InvalidInput
 from ..events import MAX_TEXT_CHARS
 from ..model import record_to_builtins
 from ..providers.base import InboundDecision
+from ..supervisor import Supervisor
 from .protocol import INVALID_PARAMS, RpcError
 from .server import Connection, Handler
 
