@@ -1,5 +1,5 @@
 """The call lifecycle's seams (issue 9): one writer of records, dial before the call's task,
-pure inbound/outbound policy, deterministic clocks and ids."""
+pure inbound/outbound policy, deterministic clocks and ids, one health report."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rigs import real_time_limit, rig
 from voicecall_trio.call import LiveCall
 from voicecall_trio.config import build_config
 from voicecall_trio.errors import CarrierError, InvalidInput
+from voicecall_trio.health import health_report
 from voicecall_trio.model import CallRecord
 from voicecall_trio.policy import inbound_refusal, mask, outbound_request
 from voicecall_trio.providers.base import ProviderError
@@ -131,3 +132,14 @@ def test_outbound_requests_are_checked_before_anything_is_written() -> None:
 
 def test_numbers_are_masked_in_logs() -> None:
     assert mask("+15550001234") == "+15******234" and mask("") == "anonymous"
+
+
+async def test_the_health_report_is_built_in_one_place(tmp_path: Path,
+                                                       autojump_clock: Any) -> None:
+    async with rig(tmp_path) as r:
+        bare = health_report(r.sup, started=0.0, public_url=None)
+        assert list(bare) == ["ok", "version", "uptimeS", "activeCalls", "provider",
+                              "publicUrl"]
+        full = health_report(r.sup, started=0.0, public_url="https://x", listen=["a:1"],
+                             ready=True)
+        assert list(full)[-2:] == ["listen", "ready"] and full["provider"] == "mock"

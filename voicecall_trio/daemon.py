@@ -39,6 +39,7 @@ import trio
 from . import __version__, systemd
 from .config import VoiceCallConfig
 from .errors import VoiceCallError
+from .health import health_report
 from .providers.base import Provider
 from .rpc.methods import build_methods
 from .rpc.server import RpcServer
@@ -215,28 +216,15 @@ async def _run_calls(
         await calls_scope.start(supervisor.run, replayed)
         simulate = getattr(provider, "simulate_inbound", None)
 
-        def health() -> dict[str, Any]:
-            return {
-                "ok": True,
-                "version": __version__,
-                "uptimeS": round(time.monotonic() - started, 3),
-                "activeCalls": supervisor.active_count,
-                "provider": provider.name,
-                "publicUrl": provider.public_url,
-                "listen": handle.http_binds,
-            }
+        def health() -> dict[str, Any]:  # GET /healthz
+            return health_report(supervisor, started=started, public_url=provider.public_url,
+                                 listen=handle.http_binds)
 
-        methods = build_methods(supervisor, public_url=lambda: provider.public_url,
-                                simulate_inbound=simulate)
-        base_health = methods["daemon.health"]
+        def rpc_health() -> dict[str, Any]:  # daemon.health: also whether all parts started
+            return health_report(supervisor, started=started, public_url=provider.public_url,
+                                 listen=handle.http_binds, ready=handle.ready)
 
-        async def health_method(params: dict[str, Any], conn: Any) -> Any:
-            result = await base_health(params, conn)
-            result["listen"] = handle.http_binds
-            result["ready"] = handle.ready
-            return result
-
-        methods["daemon.health"] = health_method
+        methods = build_methods(supervisor, health=rpc_health, simulate_inbound=simulate)
         rpc = RpcServer(methods)
         http_stop = trio.Event()
         http_done = trio.Event()
