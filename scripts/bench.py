@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,8 @@ def bench_journal(runs: int, n: int) -> dict[str, Any]:
     async def burst(path: Path) -> tuple[float, float]:
         journal = Journal(path)
         records = [new_record(provider="mock", direction="outbound", from_="+15550001111",
-                              to="+15550002222") for _ in range(n)]
+                              to="+15550002222", call_id=str(uuid.uuid4()),
+                              at=int(time.time() * 1000)) for _ in range(n)]
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
             t0 = time.perf_counter()
@@ -210,17 +212,19 @@ def make_journal(path: Path, lines: int) -> None:
     out = []
     calls = lines // 5
     for i in range(calls):
+        now = int(time.time() * 1000)
         r = new_record(provider="mock", direction="outbound", from_="+15550001111",
-                       to="+15550002222", provider_call_id=f"p{i}")
+                       to="+15550002222", provider_call_id=f"p{i}", call_id=str(uuid.uuid4()),
+                       at=now)
         out.append(encode_record(r))
-        r = apply(r, CallAnswered(id="a"))
+        r = apply(r, CallAnswered(id="a"), now)
         out.append(encode_record(r))
-        r = apply(r, CallSpeaking(id="b", text="Hello, this is your assistant calling."))
+        r = apply(r, CallSpeaking(id="b", text="Hello, this is your assistant calling."), now)
         out.append(encode_record(r))
-        r = apply(r, CallSpeech(id="c", text="Hi! Sounds good, thank you."))
+        r = apply(r, CallSpeech(id="c", text="Hi! Sounds good, thank you."), now)
         out.append(encode_record(r))
         if i % 100:
-            r = apply(r, CallEnded(id="d", reason="completed"))
+            r = apply(r, CallEnded(id="d", reason="completed"), now)
         out.append(encode_record(r))
     path.write_bytes(b"".join(out))
 

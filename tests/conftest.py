@@ -32,14 +32,14 @@ from typing import Any
 
 import pytest
 
+from voicecall_trio.states import TERMINAL_STATE_NAMES as TERMINAL_STATES
+
 _BIN = Path(sys.executable).parent
 VOICECALL = str(_BIN / "voicecall") if (_BIN / "voicecall").exists() else (
     shutil.which("voicecall") or "voicecall"
 )
 PYTHON = sys.executable
 
-TERMINAL_STATES = frozenset({"completed", "hangup-user", "hangup-bot", "timeout", "error",
-                             "failed", "no-answer", "busy", "voicemail"})
 
 CALLER_SCRIPT = [
     "Hello, this is the test callee speaking.",

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import threading
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from voicecall_trio.calls import Supervisor
 from voicecall_trio.config import build_config
 from voicecall_trio.providers.mock import MockProvider
 from voicecall_trio.store import Disk, Journal
+from voicecall_trio.supervisor import Supervisor
 
 
 class FlakyDisk(Disk):
@@ -75,6 +77,12 @@ class Rig:
         return record.state.value
 
 
+def counting_ids() -> Callable[[], str]:
+    """Deterministic call ids, shaped like the daemon's uuid4s: ...-000000000001, ...2, ..."""
+    counter = itertools.count(1)
+    return lambda: str(uuid.UUID(int=next(counter), version=4))
+
+
 @asynccontextmanager
 async def rig(tmp_path: Path, replayed: Any = None, *, disk: Disk | None = None,
               fsync: bool = False, mock_class: type[MockProvider] = MockProvider,
@@ -89,7 +97,7 @@ async def rig(tmp_path: Path, replayed: Any = None, *, disk: Disk | None = None,
     journal = Journal(config.journal_path, fsync=fsync, disk=disk,
                       max_bytes=config.journal.max_bytes, keep_files=config.journal.keep_files,
                       index=getattr(replayed, "index", None))
-    sup = Supervisor(config, mock, journal, wall_clock=trio.current_time)
+    sup = Supervisor(config, mock, journal, clock=trio.current_time, ids=counting_ids())
     journal.live_records = sup.live_records
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)

@@ -269,7 +269,7 @@ async def test_subscribing_or_registering_again_and_again_adds_nothing(
                 assert (await peer.call(f"r{i}", "agent.register"))["result"]
             await trio.testing.wait_all_tasks_blocked()
             assert _count_tasks() == before
-            assert len(r.sup._subscribers) == 1
+            assert len(r.sup.bus) == 1
             assert r.sup.responder is not None
         assert r.sup.responder is None  # unregistered when its connection closed
 
@@ -338,7 +338,7 @@ async def test_a_trio_client_agent_whose_reply_cannot_be_encoded_answers_an_erro
 ) -> None:
     """The agent's handler returns text with a lone surrogate: the trio client answers the
     daemon with an error (it used to crash its reader), and the call gets its fallback."""
-    from voicecall_trio.calls import FALLBACK_REPLY
+    from voicecall_trio.replies import FALLBACK_REPLY
     from voicecall_trio.rpc.aclient import TrioClient
 
     async def respond(params: dict[str, Any]) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import trio
 from rigs import rig
 
-from voicecall_trio.calls import FALLBACK_REPLY
+from voicecall_trio.replies import FALLBACK_REPLY
 from voicecall_trio.testing import running_daemon
 
 

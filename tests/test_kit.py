@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import httpx
 import msgspec
 import pytest
@@ -154,7 +157,9 @@ async def test_a_twilio_call_runs_in_memory_on_the_autojump_clock(
     }, {})
     record = new_record(provider="twilio", direction="outbound", from_="+15550001111",
                         to="+15550002222", metadata={"mode": "conversation",
-                                                     "initialMessage": "Your package arrived."})
+                                                     "initialMessage": "Your package arrived."},
+                                                         call_id=str(uuid.uuid4()),
+                                                             at=int(time.time() * 1000))
     directory = FakeDirectory(record)
     async with httpx.AsyncClient(transport=fake.transport()) as http:
         provider = TwilioProvider(config, http)
@@ -181,7 +186,8 @@ async def test_a_telnyx_call_runs_in_memory_on_the_autojump_clock(
 ) -> None:
     fake = FakeTelnyx(callee=TelnyxCallee(answer_delay=3.0, script=("Yes, that works.",)))
     record = new_record(provider="telnyx", direction="outbound", from_="+15550001111",
-                        to="+15550002222", metadata={"initialMessage": "Hi"})
+                        to="+15550002222", metadata={"initialMessage": "Hi"},
+                            call_id=str(uuid.uuid4()), at=int(time.time() * 1000))
     directory = FakeDirectory(record)
     config = build_config({
         "provider": "telnyx", "fromNumber": "+15550001111",

@@ -27,7 +27,7 @@ from voicecall_trio.model import CallState, apply, can_move, new_record
 
 def fresh() -> model.CallRecord:
     return new_record(provider="mock", direction="outbound", from_="+15550001111",
-                      to="+15550002222", at=1000)
+                      to="+15550002222", call_id="c1", at=1000)
 
 
 def test_terminal_states_never_move() -> None:
@@ -65,29 +65,31 @@ def test_lifecycle_records_times_transcript_and_reason() -> None:
 
 
 def test_late_ringing_does_not_rewind_an_answered_call() -> None:
-    r = apply(apply(fresh(), CallAnswered(id="a")), CallRinging(id="r"))
+    r = apply(apply(fresh(), CallAnswered(id="a"), at=1100), CallRinging(id="r"), at=1100)
     assert r.state is CallState.ANSWERED
 
 
 def test_events_after_the_end_change_nothing() -> None:
-    ended = apply(fresh(), CallEnded(id="e", reason="busy"))
-    assert apply(ended, CallAnswered(id="late")) is ended
-    assert apply(ended, CallSpeech(id="s", text="hello?")) is ended
+    ended = apply(fresh(), CallEnded(id="e", reason="busy"), at=1100)
+    assert apply(ended, CallAnswered(id="late"), at=1100) is ended
+    assert apply(ended, CallSpeech(id="s", text="hello?"), at=1100) is ended
 
 
 def test_partial_transcripts_are_not_recorded() -> None:
-    r = apply(apply(fresh(), CallAnswered(id="a")), CallSpeech(id="p", text="hel", is_final=False))
+    r = apply(apply(fresh(), CallAnswered(id="a"), at=1100),
+              CallSpeech(id="p", text="hel", is_final=False), at=1100)
     assert r.transcript == ()
 
 
 def test_dtmf_machine_detection_and_retryable_errors_go_to_metadata() -> None:
-    r = apply(fresh(), CallAnswered(id="a"))
-    r = apply(apply(r, CallDtmf(id="d1", digits="1")), CallDtmf(id="d2", digits="2"))
-    r = apply(r, CallMachineDetection(id="m", result="human"))
-    r = apply(r, CallError(id="x", error="blip", retryable=True))
+    r = apply(fresh(), CallAnswered(id="a"), at=1100)
+    r = apply(apply(r, CallDtmf(id="d1", digits="1"), at=1100), CallDtmf(id="d2", digits="2"),
+              at=1100)
+    r = apply(r, CallMachineDetection(id="m", result="human"), at=1100)
+    r = apply(r, CallError(id="x", error="blip", retryable=True), at=1100)
     assert r.metadata["dtmf"] == "12" and r.metadata["answeredBy"] == "human"
     assert r.state is CallState.ANSWERED
-    r = apply(r, CallError(id="y", error="fatal"))
+    r = apply(r, CallError(id="y", error="fatal"), at=1100)
     assert r.state is CallState.ERROR and r.end_reason == "error"
 
 
@@ -143,7 +145,7 @@ def test_record_json_uses_the_seed_field_names() -> None:
 @pytest.mark.parametrize("reason", sorted(model.END_REASONS if hasattr(model, "END_REASONS")
                                           else {"completed"}))
 def test_end_record_accepts_every_reason(reason: str) -> None:
-    assert model.end_record(fresh(), reason).end_reason == reason  # type: ignore[arg-type]
+    assert model.end_record(fresh(), reason, at=1100).end_reason == reason  # type: ignore[arg-type]
 
 
 # -- the daemon's clock, not the carrier's (issue 8, item 4) ---------------------------------
@@ -171,11 +173,17 @@ def test_a_callee_heard_before_any_answer_is_answered_on_the_daemons_clock() -> 
     assert r.answered_at == DAEMON_MS and r.transcript[0].timestamp == DAEMON_MS
 
 
-def test_without_a_clock_apply_falls_back_to_now_not_to_the_carrier(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model, "now_ms", lambda: DAEMON_MS)
-    r = apply(fresh(), CallAnswered(id="a", timestamp=DAEMON_MS - 360_000))
-    assert r.answered_at == DAEMON_MS
+def test_the_pure_core_has_no_clock_and_makes_no_ids() -> None:
+    """The time and the call id always come from the caller (the supervisor's clock and id
+    source): ``model`` reads no clock and makes no id, so nothing can fall back to one."""
+    import inspect
+
+    for needs_time in (apply, model.end_record):
+        assert inspect.signature(needs_time).parameters["at"].default is inspect.Parameter.empty
+    params = inspect.signature(new_record).parameters
+    assert params["at"].default is params["call_id"].default is inspect.Parameter.empty
+    source = inspect.getsource(model)
+    assert "import time" not in source and "import uuid" not in source
 
 
 @pytest.mark.parametrize("carrier_ms", [-1, 0, 253_402_300_800_000, 2**63 - 1])
@@ -195,12 +203,7 @@ def test_carrier_times_stay_two_keys_however_many_events() -> None:
     assert [k for k in r.metadata if k.startswith("carrier")] == ["carrierAnsweredAt"]
 
 
-def test_callers_with_a_clock_need_no_global_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    def forbidden() -> object:
-        raise AssertionError("a fallback ran although the caller passed a clock/id")
-
-    monkeypatch.setattr(model, "now_ms", forbidden)
-    monkeypatch.setattr(model, "new_call_id", forbidden)
+def test_the_callers_times_are_the_records_times() -> None:
     r = new_record(provider="mock", direction="outbound", from_="+15550001111",
                    to="+15550002222", call_id="c1", at=DAEMON_MS)
     r = apply(r, CallAnswered(id="a"), DAEMON_MS + 1)
@@ -227,3 +230,34 @@ def test_dtmf_metadata_is_bounded() -> None:
         r = apply(r, CallDtmf(id=f"d{i}", digits="0123456789"), at=DAEMON_MS)
     assert len(r.metadata["dtmf"]) == model.MAX_DTMF_CHARS
     assert r.metadata["dtmf"].endswith("0123456789")
+
+
+# -- the table (issue 9, item 2) -------------------------------------------------------------
+
+def test_the_end_reasons_are_the_terminal_states_defined_once() -> None:
+    from typing import get_args
+
+    from voicecall_trio.events import END_REASONS, EndReason
+    from voicecall_trio.states import TERMINAL_STATE_NAMES
+
+    assert set(get_args(EndReason)) == TERMINAL_STATE_NAMES == END_REASONS
+    assert {s.value for s in model.TERMINAL_STATES} == TERMINAL_STATE_NAMES
+
+
+@pytest.mark.parametrize("state", [s for s in CallState if not s.terminal])
+def test_every_move_in_the_table_is_one_apply_makes(state: CallState) -> None:
+    start = msgspec.structs.replace(fresh(), state=state, answered_at=900)
+    for kind, target in model.EVENT_TRANSITIONS[state].items():
+        event = kind(id="x", text="hi") if kind in (CallSpeaking, CallSpeech) else kind(id="x")
+        assert apply(start, event, at=1100).state is target, (state, kind)
+
+
+def test_spoken_counts_the_utterances_that_changed_the_record() -> None:
+    r = apply(fresh(), CallAnswered(id="a"), at=1100)
+    r = apply(r, CallSpeaking(id="s1", text="Hello"), at=1200)
+    r = apply(r, CallSpoken(id="d1"), at=1300)
+    assert r.spoken == 1
+    assert apply(r, CallSpoken(id="d1"), at=1400).spoken == 1  # a redelivery
+    assert apply(r, CallSpoken(id="d2"), at=1400) is r  # listening already: nothing changes
+    r = apply(apply(r, CallSpeaking(id="s2", text="Bye"), at=1500), CallSpoken(id="d3"), at=1600)
+    assert r.spoken == 2 and "spoken" not in model.record_to_builtins(r)

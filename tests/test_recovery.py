@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from voicecall_trio.events import CallAnswered
@@ -18,7 +20,7 @@ def record(*, dialled: bool = True, started_s: float = NOW_S - 10,
     ``answered_s + carrier_skew_s`` (a delayed retry, or a carrier clock off)."""
     r = new_record(provider="twilio", direction="outbound", from_="+15550001111",
                    to="+15550002222", provider_call_id="CA1" if dialled else None,
-                   at=int(started_s * 1000))
+                   at=int(started_s * 1000), call_id=str(uuid.uuid4()))
     if answered_s is not None:
         carrier_ms = int((answered_s + carrier_skew_s) * 1000)
         r = apply(r, CallAnswered(id="a", timestamp=carrier_ms), int(answered_s * 1000))

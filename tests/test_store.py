@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,8 @@ def rec(n: int = 0) -> CallRecord:
 
 def test_replay_takes_the_last_line_per_call_and_splits_live_from_ended() -> None:
     a, b = rec(1), rec(2)
-    a2 = apply(a, CallAnswered(id="x"))
-    b2 = apply(b, CallEnded(id="y", reason="busy"))
+    a2 = apply(a, CallAnswered(id="x"), at=int(time.time() * 1000))
+    b2 = apply(b, CallEnded(id="y", reason="busy"), at=int(time.time() * 1000))
     data = b"".join(encode_record(r) for r in (a, b, a2, b2))
     result = replay_bytes(data)
     assert result.live == {"call-1": a2}
@@ -43,7 +44,7 @@ def test_replay_takes_the_last_line_per_call_and_splits_live_from_ended() -> Non
 
 def test_replay_skips_garbage_and_a_torn_tail_and_reports_them() -> None:
     good = encode_record(rec(1))
-    torn = encode_record(apply(rec(1), CallAnswered(id="x")))[:40]
+    torn = encode_record(apply(rec(1), CallAnswered(id="x"), at=int(time.time() * 1000)))[:40]
     data = good + b"not json at all\n" + b'{"callId": 3}\n' + torn
     result = replay_bytes(data)
     assert result.live == {"call-1": rec(1)}  # the torn update is not applied
@@ -93,13 +94,14 @@ async def test_a_torn_tail_does_not_swallow_the_next_record(tmp_path: Path) -> N
 
 async def test_rotation_bounds_the_file_and_carries_live_calls(tmp_path: Path) -> None:
     path = tmp_path / "calls.jsonl"
-    live = apply(rec(0), CallAnswered(id="a"))
+    live = apply(rec(0), CallAnswered(id="a"), at=int(time.time() * 1000))
     journal = Journal(path, max_bytes=4000, keep_files=2, live_records=lambda: [live])
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         await journal.append_durable(live)  # carried over: it was written once
         for i in range(1, 60):
-            await journal.append_durable(apply(rec(i), CallEnded(id="e", reason="completed")))
+            await journal.append_durable(apply(rec(i), CallEnded(id="e", reason="completed"),
+                at=int(time.time() * 1000)))
         await journal.close()
     assert path.stat().st_size < 4000 + 1000
     assert (tmp_path / "calls.jsonl.1").exists() and (tmp_path / "calls.jsonl.2").exists()
@@ -275,7 +277,7 @@ def ended(n: int) -> CallRecord:
 async def test_the_index_finds_every_kept_call_across_rotations_and_a_restart(
         tmp_path: Path) -> None:
     path = tmp_path / "calls.jsonl"
-    live = apply(rec(0), CallAnswered(id="a"))
+    live = apply(rec(0), CallAnswered(id="a"), at=int(time.time() * 1000))
     journal = Journal(path, max_bytes=6000, keep_files=2, live_records=lambda: [live])
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 from rigs import RecordingDisk, real_time_limit, rig
 
-from voicecall_trio.calls import MAX_ENDED_REMEMBERED, RING_GRACE_S
+from voicecall_trio.call import RING_GRACE_S
 from voicecall_trio.errors import InvalidInput
 from voicecall_trio.events import CallAnswered, CallInitiated, CallSpeaking, CallSpeech
 from voicecall_trio.model import (
@@ -25,6 +26,7 @@ from voicecall_trio.model import (
 )
 from voicecall_trio.providers import InboundDecision, RemoteCallState, RemoteStatus
 from voicecall_trio.providers.mock import MockProvider
+from voicecall_trio.registry import MAX_ENDED_REMEMBERED
 from voicecall_trio.store import encode_record, replay_bytes, replay_file
 
 WAIT_S = 20  # real seconds: bounds each test below (a hang fails)
@@ -155,10 +157,12 @@ async def test_ended_calls_kept_in_memory_are_bounded(tmp_path: Path,
                                                       autojump_clock: Any) -> None:
     async with rig(tmp_path, mock={"answerDelayMs": 1}, outbound={"notifyHangupDelaySec": 0},
                    ) as r:
+        now = int(time.time() * 1000)
         for n in range(MAX_ENDED_REMEMBERED + 50):
             old = end_record(new_record(provider="mock", direction="outbound", from_="+1555",
                                         to="+1556", call_id=f"old{n}",
-                                        provider_call_id=f"p-old{n}"), "completed")
+                                        provider_call_id=f"p-old{n}", at=now), "completed",
+                             at=now)
             r.sup.session[old.call_id] = old
         record = await r.sup.initiate("+15555550123", "Hi", "notify")
         await r.ended(record.call_id)
@@ -314,7 +318,8 @@ async def test_a_known_carrier_id_is_never_offered_again_after_a_restart(
             for n in range(80):  # other calls' lines push it out of calls.jsonl
                 r.sup.journal.append(end_record(new_record(
                     provider="mock", direction="outbound", from_="+1555", to="+1556",
-                    call_id=f"filler{n}", metadata={"pad": "x" * 300}), "completed"))
+                    call_id=f"filler{n}", metadata={"pad": "x" * 300}, at=int(time.time() * 1000)),
+                    "completed", at=int(time.time() * 1000)))
             await r.sup.journal.flush()
     in_current = call_id.encode() in r.path.read_bytes()
     assert in_current is (where == "calls.jsonl")
@@ -336,7 +341,7 @@ async def test_a_replayed_offer_for_a_call_recovered_live_joins_it(
     now_ms = int(trio.current_time() * 1000)
     live = apply(new_record(provider="mock", direction="inbound", from_="+15550001111",
                             to="+1556", call_id="in1", provider_call_id="CA9", at=now_ms),
-                 CallAnswered(id="a", timestamp=now_ms))
+                 CallAnswered(id="a", timestamp=now_ms), now_ms)
     replayed = replay_bytes(encode_record(live))
 
     class StillLive(MockProvider):
@@ -362,7 +367,8 @@ async def test_the_end_of_a_call_is_journaled_even_if_its_record_was_poisoned(
     async with real_time_limit(WAIT_S), rig(tmp_path) as r:
         record = await r.sup.initiate("+15555550123", "Hello", "conversation")
         call = r.sup.live[record.call_id]
-        call.set(apply(call.record, CallSpeaking(id="bad", text="cut \ud83d")))  # a bug's doing
+        # a bug's doing
+        call.set(apply(call.record, CallSpeaking(id="bad", text="cut \ud83d"), r.sup._now_ms()))
         await r.sup.end(record.call_id)
         assert await r.ended(record.call_id) == "hangup-bot"
         assert (await r.journal_states(record.call_id))[-1] == "hangup-bot"

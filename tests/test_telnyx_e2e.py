@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,9 +24,9 @@ import nacl.signing
 import pytest
 import trio
 
-from voicecall_trio.calls import DEFAULT_GREETING
 from voicecall_trio.events import CallAnswered
 from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, apply, new_record
+from voicecall_trio.policy import DEFAULT_GREETING
 from voicecall_trio.providers.telnyx.rest import command_id
 from voicecall_trio.providers.telnyx.shell import TelnyxProvider
 from voicecall_trio.rpc.protocol import RpcError
@@ -493,7 +494,7 @@ def write_live_call(store: Path, ccid: str, *, mode: str = "conversation") -> Ca
     record = new_record(provider="telnyx", direction="outbound", from_=FROM, to=CALLEE,
                         provider_call_id=ccid, at=now - 2000,
                         metadata={"mode": mode, "initialMessage": "Hello from before.",
-                                  "initialSpoken": True})
+                                  "initialSpoken": True}, call_id=str(uuid.uuid4()))
     record = msgspec.structs.replace(
         record, state=CallState.LISTENING, answered_at=now - 1000,
         transcript=(TranscriptEntry(now - 900, "bot", "Hello from before."),))
@@ -591,7 +592,8 @@ async def test_restart_keeps_a_call_answered_recently_by_a_delayed_event(store: 
     now = int(time.time() * 1000)
     record = new_record(provider="telnyx", direction="outbound", from_=FROM, to=CALLEE,
                         provider_call_id="v3:delayed", at=now - 20_000,
-                        metadata={"mode": "conversation", "initialSpoken": True})
+                        metadata={"mode": "conversation", "initialSpoken": True},
+                            call_id=str(uuid.uuid4()))
     record = apply(record, CallAnswered(id="late", timestamp=now - 370_000), now - 10_000)
     write_journal(store, record)
     with trio.fail_after(LIMIT_S):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,7 +132,8 @@ def inbound_offer(event_id: str = "ev-in-1") -> bytes:
 def outbound_record(directory: FakeDirectory, ccid: str | None = "v3:out-1") -> CallRecord:
     return directory.add(new_record(provider="telnyx", direction="outbound", from_=FROM,
                                     to=CALLER, provider_call_id=ccid,
-                                    metadata={"initialMessage": "Hi"}))
+                                    metadata={"initialMessage": "Hi"},
+                                        call_id=str(uuid.uuid4()), at=int(time.time() * 1000)))
 
 
 def b64(text: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -95,7 +97,8 @@ def provider(http: httpx.AsyncClient) -> TwilioProvider:
 def outbound(mode: str = "conversation", message: str = "Hello there", **kw: Any) -> CallRecord:
     return new_record(provider="twilio", direction="outbound", from_="+15550001111",
                       to="+15550002222", provider_call_id=kw.get("sid", CALL_SID),
-                      metadata={"mode": mode, "initialMessage": message})
+                      metadata={"mode": mode, "initialMessage": message},
+                          call_id=str(uuid.uuid4()), at=int(time.time() * 1000))
 
 
 def webhook(

@@ -26,6 +26,7 @@ import os
 import resource
 import signal
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,14 +37,15 @@ import httpx
 import trio
 
 from . import __version__, systemd
-from .calls import Supervisor
 from .config import VoiceCallConfig
 from .errors import VoiceCallError
+from .health import health_report
 from .providers.base import Provider
 from .rpc.methods import build_methods
 from .rpc.server import RpcServer
 from .rpc.unix import SocketInUse, open_unix_listener
 from .store import Journal, replay_file
+from .supervisor import Supervisor
 
 log = logging.getLogger("voicecall.daemon")
 
@@ -171,7 +173,8 @@ async def _run_bound(
     provider = make_provider(config, http)
     journal = Journal(config.journal_path, max_bytes=config.journal.max_bytes,
                       keep_files=config.journal.keep_files, index=replayed.index)
-    supervisor = Supervisor(config, provider, journal)
+    supervisor = Supervisor(config, provider, journal, clock=time.time,
+                            ids=lambda: str(uuid.uuid4()))
     journal.live_records = supervisor.live_records
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal)
     try:
@@ -205,28 +208,15 @@ async def _run_calls(
         await calls_scope.start(supervisor.run, replayed)
         simulate = getattr(provider, "simulate_inbound", None)
 
-        def health() -> dict[str, Any]:
-            return {
-                "ok": True,
-                "version": __version__,
-                "uptimeS": round(time.monotonic() - started, 3),
-                "activeCalls": supervisor.active_count,
-                "provider": provider.name,
-                "publicUrl": provider.public_url,
-                "listen": handle.http_binds,
-            }
+        def health() -> dict[str, Any]:  # GET /healthz
+            return health_report(supervisor, started=started, public_url=provider.public_url,
+                                 listen=handle.http_binds)
 
-        methods = build_methods(supervisor, public_url=lambda: provider.public_url,
-                                simulate_inbound=simulate)
-        base_health = methods["daemon.health"]
+        def rpc_health() -> dict[str, Any]:  # daemon.health: also whether all parts started
+            return health_report(supervisor, started=started, public_url=provider.public_url,
+                                 listen=handle.http_binds, ready=handle.ready)
 
-        async def health_method(params: dict[str, Any], conn: Any) -> Any:
-            result = await base_health(params, conn)
-            result["listen"] = handle.http_binds
-            result["ready"] = handle.ready
-            return result
-
-        methods["daemon.health"] = health_method
+        methods = build_methods(supervisor, health=rpc_health, simulate_inbound=simulate)
         rpc = RpcServer(methods)
         http_stop = trio.Event()
         http_done = trio.Event()

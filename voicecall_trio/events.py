@@ -17,6 +17,8 @@ from typing import Literal
 
 import msgspec
 
+from .states import TERMINAL_STATE_NAMES
+
 Direction = Literal["outbound", "inbound"]
 EndReason = Literal[
     "completed",
@@ -29,7 +31,9 @@ EndReason = Literal[
     "busy",
     "voicemail",
 ]
-END_REASONS: frozenset[str] = frozenset(EndReason.__args__)  # type: ignore[attr-defined,unused-ignore]
+# the type checker's spelling of ``states.TERMINAL_STATE_NAMES`` (tests/test_model.py checks
+# that the two agree); code that needs the set at run time uses that one
+END_REASONS: frozenset[str] = TERMINAL_STATE_NAMES
 
 # -- carrier input that lands in a record: valid Unicode, bounded ---------------------------
 #

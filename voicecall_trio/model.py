@@ -1,14 +1,25 @@
 """The call record and its state machine, as pure data and pure functions.
 
-A call's life is one table (``TRANSITIONS``) and one function (``apply``): given a record and
-an event, return the next record. Nothing here does I/O, so the whole lifecycle is tested
-with plain values, in the manner of h11's state table. ``apply`` is idempotent per event id
-and a terminal record never changes again; those two rules are what make duplicate and
-replayed webhooks harmless.
+A call's life is one table (``EVENT_TRANSITIONS``) and one function (``apply``): given a
+record, an event and the time, return the next record. Nothing here does I/O, reads a clock or
+makes an id, so the whole lifecycle is tested with plain values, in the manner of h11's
+``_state.py``. Every rule about a call's state lives in this module:
 
-Two more rules make carrier input harmless: every time the daemon acts on is the daemon's
-own (``apply``'s ``at``), never a carrier timestamp; and text stored in a record is valid
-Unicode (a lone surrogate becomes U+FFFD), so a record can always be encoded.
+Rule 1: ``EVENT_TRANSITIONS[state][event kind]`` is where an event moves a live call. An event
+  kind missing from a state's row does not move it (a late "ringing" after "answered" cannot
+  rewind a call); its other effects (a transcript line, metadata) still apply.
+Rule 2: from any live state, a call may end: ``CallEnded`` moves it to the state named by its
+  reason, a non-retryable ``CallError`` to ``error``; ``end_record`` forces the same for the
+  supervisor's own decisions. A terminal record never changes again (``states.py`` names the
+  terminal states, once).
+Rule 3: ``apply`` is idempotent per event id: the ids it applied are remembered in the record.
+  Together with rule 2 this is what makes duplicate and replayed webhooks harmless.
+Rule 4: every time the daemon acts on is the caller's ``at`` (the daemon's clock), never a
+  carrier timestamp; the carrier's time of an answer or an end is kept for diagnostics only.
+Rule 5: text stored in a record is valid Unicode (a lone surrogate becomes U+FFFD), so a record
+  can always be encoded.
+Rule 6: ``spoken`` counts the utterances the carrier reported finished (``CallSpoken`` events
+  that changed the record); notify mode hangs up after the first one.
 
 Field names and state names are the seed's (``calls.jsonl`` readers keep working).
 """
@@ -16,8 +27,6 @@ Field names and state names are the seed's (``calls.jsonl`` readers keep working
 from __future__ import annotations
 
 import enum
-import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -41,6 +50,7 @@ from .events import (
     carrier_text,
     valid_unicode,
 )
+from .states import CONNECTED_STATE_NAMES, LIVE_STATE_NAMES, TERMINAL_STATE_NAMES
 
 MAX_REMEMBERED_EVENT_IDS = 256
 MAX_DTMF_CHARS = 256  # the digits a call's metadata keeps (the latest ones)
@@ -76,35 +86,38 @@ class CallState(enum.StrEnum):
         return self in CONNECTED_STATES
 
 
-TERMINAL_STATES: frozenset[CallState] = frozenset(
-    {
-        CallState.COMPLETED,
-        CallState.HANGUP_USER,
-        CallState.HANGUP_BOT,
-        CallState.TIMEOUT,
-        CallState.ERROR,
-        CallState.FAILED,
-        CallState.NO_ANSWER,
-        CallState.BUSY,
-        CallState.VOICEMAIL,
-    }
-)
-CONNECTED_STATES: frozenset[CallState] = frozenset(
-    {CallState.ANSWERED, CallState.ACTIVE, CallState.SPEAKING, CallState.LISTENING}
-)
+TERMINAL_STATES: frozenset[CallState] = frozenset(CallState(n) for n in TERMINAL_STATE_NAMES)
+CONNECTED_STATES: frozenset[CallState] = frozenset(CallState(n) for n in CONNECTED_STATE_NAMES)
+assert {s.value for s in CallState} == set(LIVE_STATE_NAMES) | TERMINAL_STATE_NAMES
 
 _S = CallState
-# Allowed moves between live states. Any live state may also move to any terminal state;
-# a terminal state moves nowhere. Backwards moves (e.g. a late "ringing" after "answered")
-# are not listed, so out-of-order webhooks cannot rewind a call.
-TRANSITIONS: dict[CallState, frozenset[CallState]] = {
-    _S.INITIATED: frozenset({_S.RINGING, _S.ANSWERED, _S.ACTIVE, _S.SPEAKING, _S.LISTENING}),
-    _S.RINGING: frozenset({_S.ANSWERED, _S.ACTIVE, _S.SPEAKING, _S.LISTENING}),
-    _S.ANSWERED: frozenset({_S.ACTIVE, _S.SPEAKING, _S.LISTENING}),
-    _S.ACTIVE: frozenset({_S.SPEAKING, _S.LISTENING}),
-    _S.SPEAKING: frozenset({_S.LISTENING, _S.ACTIVE}),
-    _S.LISTENING: frozenset({_S.SPEAKING}),
+# Rule 1: where each event kind moves a live call. Terminal moves (rule 2) are not listed: any
+# live state may end. ``CallSpeech`` moves a call only when the bot was speaking (the callee
+# talks over it) or nobody had answered yet (a callee who speaks is on the line); otherwise a
+# transcript line leaves the state alone.
+_LIVE_EVENTS: dict[type[CallEvent], CallState] = {
+    CallRinging: _S.RINGING,
+    CallAnswered: _S.ANSWERED,
+    CallActive: _S.ACTIVE,
+    CallSpeaking: _S.SPEAKING,
+    CallSpoken: _S.LISTENING,
+    CallSpeech: _S.LISTENING,
 }
+EVENT_TRANSITIONS: dict[CallState, dict[type[CallEvent], CallState]] = {
+    _S.INITIATED: dict(_LIVE_EVENTS),
+    _S.RINGING: {k: v for k, v in _LIVE_EVENTS.items() if k is not CallRinging},
+    _S.ANSWERED: {CallActive: _S.ACTIVE, CallSpeaking: _S.SPEAKING, CallSpoken: _S.LISTENING},
+    _S.ACTIVE: {CallSpeaking: _S.SPEAKING, CallSpoken: _S.LISTENING},
+    _S.SPEAKING: {CallSpoken: _S.LISTENING, CallActive: _S.ACTIVE, CallSpeech: _S.LISTENING},
+    _S.LISTENING: {CallSpeaking: _S.SPEAKING},
+}
+# The live states each live state may move to (derived from the table above).
+TRANSITIONS: dict[CallState, frozenset[CallState]] = {
+    state: frozenset(row.values()) for state, row in EVENT_TRANSITIONS.items()
+}
+# Events whose id is remembered even when they change nothing else, so a redelivery is
+# recognised as one (a repeated transcript, a repeated offer).
+_REMEMBERED_WHEN_IDLE: tuple[type[CallEvent], ...] = (CallSpeech, CallInitiated)
 
 
 def can_move(current: CallState, target: CallState) -> bool:
@@ -140,76 +153,60 @@ class CallRecord(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True
     transcript: tuple[TranscriptEntry, ...]  # always written, even when empty
     processed_event_ids: tuple[str, ...] = ()
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    spoken: int = 0  # utterances the carrier reported finished (rule 6); not shown over RPC
 
     @property
     def terminal(self) -> bool:
         return self.state.terminal
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def new_call_id() -> str:
-    return str(uuid.uuid4())
-
-
 def new_record(
     *,
+    call_id: str,
+    at: int,
     provider: str,
     direction: Direction,
     from_: str,
     to: str,
     metadata: dict[str, Any] | None = None,
-    call_id: str | None = None,
     provider_call_id: str | None = None,
-    at: int | None = None,
 ) -> CallRecord:
+    """A fresh ``initiated`` record. The id and the start time come from the caller (the
+    supervisor's id source and clock): this module never makes either."""
     return CallRecord(
-        call_id=call_id or new_call_id(),
+        call_id=call_id,
         provider=provider,
         direction=direction,
         state=CallState.INITIATED,
         from_=from_,
         to=to,
-        started_at=at if at is not None else now_ms(),
+        started_at=at,
         provider_call_id=provider_call_id,
         transcript=(),
         metadata=dict(metadata or {}),
     )
 
 
-def _moved(record: CallRecord, target: CallState, at: int, **changes: Any) -> CallRecord:
-    if not can_move(record.state, target):
-        return msgspec.structs.replace(record, **changes) if changes else record
-    if target.terminal:
-        changes.setdefault("ended_at", at)
-        changes.setdefault("end_reason", target.value)
-    if target is CallState.ANSWERED and record.answered_at is None:
-        changes["answered_at"] = at
-    return msgspec.structs.replace(record, state=target, **changes)
-
-
-def apply(record: CallRecord, event: CallEvent, at: int | None = None) -> CallRecord:
+def apply(record: CallRecord, event: CallEvent, at: int) -> CallRecord:
     """Return the record after ``event``; the same object when the event changes nothing.
 
-    ``at`` is when the daemon learned of the event, on the daemon's clock (callers with a
-    clock pass it; ``now_ms()`` is only a fallback). Every time in the record that the
-    daemon acts on (``answeredAt``, ``endedAt``, transcript times) is ``at``, never the
-    carrier's ``event.timestamp``: a delayed retry or a carrier clock an hour off must not
-    start a call's ``maxDurationSeconds`` in the past or the future. The carrier's time of
-    an answer or an end is kept in ``metadata`` (``carrierAnsweredAt``, ``carrierEndedAt``)
-    for diagnostics only.
+    ``at`` is when the daemon learned of the event, on the daemon's clock (rule 4). Every
+    time in the record that the daemon acts on (``answeredAt``, ``endedAt``, transcript
+    times) is ``at``, never the carrier's ``event.timestamp``: a delayed retry or a carrier
+    clock an hour off must not start a call's ``maxDurationSeconds`` in the past or the
+    future. The carrier's time of an answer or an end is kept in ``metadata``
+    (``carrierAnsweredAt``, ``carrierEndedAt``) for diagnostics only.
     """
     if record.terminal or event.id in record.processed_event_ids:
         return record
-    at = at if at is not None else now_ms()
     changes: dict[str, Any] = {}
     if event.provider_call_id and not record.provider_call_id:
         changes["provider_call_id"] = event.provider_call_id
     nxt = _apply_kind(record, event, at, changes)
     if nxt is record:
         return record
+    if isinstance(event, CallSpoken):  # rule 6
+        nxt = msgspec.structs.replace(nxt, spoken=record.spoken + 1)
     nxt = _note_carrier_time(record, nxt, event.timestamp)
     ids = (*record.processed_event_ids, event.id)[-MAX_REMEMBERED_EVENT_IDS:]
     return msgspec.structs.replace(nxt, processed_event_ids=ids)
@@ -229,53 +226,61 @@ def _note_carrier_time(before: CallRecord, after: CallRecord, carrier_ms: int) -
     return with_metadata(after, **{key: carrier_ms})
 
 
+def target_state(state: CallState, event: CallEvent) -> CallState | None:
+    """Where ``event`` moves a call in ``state`` (rules 1 and 2), or None: it stays."""
+    if state.terminal:
+        return None
+    match event:
+        case CallEnded(reason=reason):
+            return CallState(reason)
+        case CallError(retryable=retryable):
+            return None if retryable else CallState.ERROR
+    return EVENT_TRANSITIONS[state].get(type(event))
+
+
 def _apply_kind(
     record: CallRecord, event: CallEvent, at: int, changes: dict[str, Any]
 ) -> CallRecord:
+    """The event's effects besides the move (transcript, metadata), then the move."""
     match event:
-        case CallRinging():
-            return _moved(record, CallState.RINGING, at, **changes)
-        case CallAnswered():
-            return _moved(record, CallState.ANSWERED, at, **changes)
-        case CallActive():
-            return _moved(record, CallState.ACTIVE, at, **changes)
         case CallSpeaking(text=text):
             text = valid_unicode(text)
             if text:
                 changes["transcript"] = (*record.transcript, TranscriptEntry(at, "bot", text))
-            return _moved(record, CallState.SPEAKING, at, **changes)
-        case CallSpoken():
-            return _moved(record, CallState.LISTENING, at, **changes)
         case CallSpeech(text=text, is_final=is_final):
             text = valid_unicode(text)
             if is_final and text:
                 changes["transcript"] = (*record.transcript, TranscriptEntry(at, "user", text))
-            if record.state is CallState.SPEAKING or not record.state.connected:
-                # a callee who speaks is on the line, and the bot is now listening
-                target = CallState.LISTENING
-                if not record.state.connected:
-                    changes.setdefault("answered_at", record.answered_at or at)
-                return _moved(record, target, at, **changes)
-            return msgspec.structs.replace(record, **changes) if changes else _touch(record)
+            if not record.state.connected:  # a callee who speaks is on the line
+                changes.setdefault("answered_at", record.answered_at or at)
         case CallDtmf(digits=digits):
             meta = dict(record.metadata)
             meta["dtmf"] = (str(meta.get("dtmf", "")) + carrier_text(digits))[-MAX_DTMF_CHARS:]
-            return msgspec.structs.replace(record, metadata=meta, **changes)
+            changes["metadata"] = meta
         case CallMachineDetection(result=result):
             meta = dict(record.metadata)
             meta["answeredBy"] = carrier_text(result)
-            return msgspec.structs.replace(record, metadata=meta, **changes)
-        case CallEnded(reason=reason):
-            return _moved(record, CallState(reason), at, **changes)
-        case CallError(error=error, retryable=retryable):
+            changes["metadata"] = meta
+        case CallError(error=error):
             meta = dict(record.metadata)
             meta["lastError"] = carrier_text(error)
-            if retryable:
-                return msgspec.structs.replace(record, metadata=meta, **changes)
-            return _moved(record, CallState.ERROR, at, metadata=meta, **changes)
-        case CallInitiated():
-            return msgspec.structs.replace(record, **changes) if changes else _touch(record)
-    return record
+            changes["metadata"] = meta
+    target = target_state(record.state, event)
+    if target is not None:
+        return _moved(record, target, at, changes)
+    if changes:
+        return msgspec.structs.replace(record, **changes)
+    return _touch(record) if isinstance(event, _REMEMBERED_WHEN_IDLE) else record
+
+
+def _moved(record: CallRecord, target: CallState, at: int, changes: dict[str, Any]
+           ) -> CallRecord:
+    if target.terminal:
+        changes.setdefault("ended_at", at)
+        changes.setdefault("end_reason", target.value)
+    if target is CallState.ANSWERED and record.answered_at is None:
+        changes["answered_at"] = at
+    return msgspec.structs.replace(record, state=target, **changes)
 
 
 def _touch(record: CallRecord) -> CallRecord:
@@ -283,9 +288,11 @@ def _touch(record: CallRecord) -> CallRecord:
     return msgspec.structs.replace(record)
 
 
-def end_record(record: CallRecord, reason: EndReason, at: int | None = None) -> CallRecord:
+def end_record(record: CallRecord, reason: EndReason, at: int) -> CallRecord:
     """Force a live record into a terminal state (supervisor decisions, crash recovery)."""
-    return _moved(record, CallState(reason), at if at is not None else now_ms())
+    if record.terminal:
+        return record
+    return _moved(record, CallState(reason), at, {})
 
 
 def with_metadata(record: CallRecord, **items: Any) -> CallRecord:
@@ -306,4 +313,5 @@ def record_to_builtins(record: CallRecord) -> dict[str, Any]:
     out = msgspec.to_builtins(record)
     assert isinstance(out, dict)
     out.pop("processedEventIds", None)
+    out.pop("spoken", None)
     return out

@@ -38,6 +38,7 @@ import msgspec
 import trio
 
 from .model import CallRecord
+from .states import TERMINAL_STATE_NAMES
 
 log = logging.getLogger("voicecall.journal")
 
@@ -54,10 +55,6 @@ class _Head(msgspec.Struct):
 
 
 _head_decoder = msgspec.json.Decoder(_Head)
-_TERMINAL = frozenset(
-    {"completed", "hangup-user", "hangup-bot", "timeout", "error", "failed", "no-answer",
-     "busy", "voicemail"}
-)
 
 
 def encode_record(record: CallRecord) -> bytes:
@@ -235,7 +232,7 @@ class _Scan:
                 else:
                     result.bad_rotated += 1
                 continue
-            live_line = None if head.state in _TERMINAL else line
+            live_line = None if head.state in TERMINAL_STATE_NAMES else line
             latest[head.callId] = (segment, start, number if current else 0, live_line,
                                    head.providerCallId)
 

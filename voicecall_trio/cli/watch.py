@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import sys
 
+from ..states import TERMINAL_STATE_NAMES as TERMINAL_STATES
 from .connect import socket_path
 from .outcome import EXIT_OK, Failed
 from .render import describe_call, describe_event, emit
-
-# model.TERMINAL_STATES as plain strings: model imports msgspec, which the CLI must not
-# (tests/test_cli_units.py checks that the two sets agree)
-TERMINAL_STATES = frozenset({"completed", "hangup-user", "hangup-bot", "timeout", "error",
-                             "failed", "no-answer", "busy", "voicemail"})
 
 
 def watch(*, call_id: str | None = None, json: bool = False, socket: str | None = None,

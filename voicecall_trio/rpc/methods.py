@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 import trio
 
-from .. import __version__
-from ..calls import Supervisor
 from ..errors import InvalidInput
 from ..events import MAX_TEXT_CHARS
+from ..health import health_report
 from ..model import record_to_builtins
 from ..providers.base import InboundDecision
+from ..supervisor import Supervisor
 from .protocol import INVALID_PARAMS, RpcError
 from .server import Connection, Handler
 
@@ -71,10 +71,13 @@ def _params(params: dict[str, Any], kind: type[P]) -> P:
 def build_methods(
     supervisor: Supervisor,
     *,
-    public_url: Callable[[], str | None] = lambda: None,
+    health: Callable[[], dict[str, Any]] | None = None,
     simulate_inbound: Callable[[str, str | None], Awaitable[Any]] | None = None,
 ) -> dict[str, Handler]:
+    """``health`` builds the ``daemon.health`` result (the daemon's ``health_report``); by
+    default, the report of a bare supervisor (no public URL, no HTTP addresses)."""
     started = time.monotonic()
+    report = health or (lambda: health_report(supervisor, started=started, public_url=None))
 
     async def initiate(params: dict[str, Any], conn: Connection) -> Any:
         p = _params(params, InitiateParams)
@@ -113,15 +116,8 @@ def build_methods(
             conn.nursery.start_soon(_forward_events, supervisor, receive, conn)
         return {"subscribed": True}
 
-    async def health(params: dict[str, Any], conn: Connection) -> Any:
-        return {
-            "ok": True,
-            "version": __version__,
-            "uptimeS": round(time.monotonic() - started, 3),
-            "activeCalls": supervisor.active_count,
-            "provider": supervisor.provider.name,
-            "publicUrl": public_url(),
-        }
+    async def health_(params: dict[str, Any], conn: Connection) -> Any:
+        return report()
 
     async def inbound(params: dict[str, Any], conn: Connection) -> Any:
         p = _params(params, InboundParams)
@@ -180,7 +176,7 @@ def build_methods(
         "voicecall.status": status,
         "voicecall.subscribe": subscribe,
         "voicecall.simulateInbound": inbound,
-        "daemon.health": health,
+        "daemon.health": health_,
         "agent.register": register,
     }
 

@@ -18,6 +18,7 @@ Compose rather than copy: pass what differs (``provider``, ``accept``, ``metadat
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,10 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _uuid4() -> str:
+    return str(uuid.uuid4())
+
+
 class FakeDirectory:
     """An in-memory ``CallDirectory`` (see the module docstring).
 
@@ -52,7 +57,7 @@ class FakeDirectory:
         accept: bool = True,
         metadata: Mapping[str, Any] | None = None,
         clock: Callable[[], int] = _wall_ms,
-        ids: Callable[[], str] | None = None,
+        ids: Callable[[], str] = _uuid4,
         deliver_delay: float = 0.0,
     ) -> None:
         self.provider = provider  # the ``provider`` of the inbound records it creates
@@ -62,7 +67,7 @@ class FakeDirectory:
             {"mode": "conversation"} if metadata is None else metadata
         )
         self.clock = clock  # the daemon's clock in ms: ``at`` for new records and ``apply``
-        self.ids = ids  # the ``callId`` of each inbound call (None: ``model``'s own)
+        self.ids = ids  # the ``callId`` of each inbound call
         self.deliver_delay = deliver_delay
         self.records: dict[str, CallRecord] = {}
         self.delivered: list[AnyEvent] = []
@@ -122,7 +127,7 @@ class FakeDirectory:
             at = self.clock()
             record = new_record(provider=self.provider, direction="inbound", from_=event.from_,
                                 to=event.to, provider_call_id=event.provider_call_id,
-                                call_id=self.ids() if self.ids is not None else None, at=at,
+                                call_id=self.ids(), at=at,
                                 metadata=dict(self.metadata))
             outcome = InboundOutcome(InboundDecision.ACCEPT, self.store(apply(record, event, at)))
         self._outcomes[key] = outcome
