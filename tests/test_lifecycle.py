@@ -15,7 +15,7 @@ from voicecall_trio.errors import CarrierError, InvalidInput
 from voicecall_trio.health import health_report
 from voicecall_trio.model import CallRecord
 from voicecall_trio.policy import inbound_refusal, mask, outbound_request
-from voicecall_trio.providers.base import ProviderError
+from voicecall_trio.providers import ProviderError
 from voicecall_trio.providers.mock import MockProvider
 from voicecall_trio.supervisor import Supervisor
 

@@ -28,7 +28,7 @@ import trio
 
 from .errors import VoiceCallError
 from .model import CallRecord
-from .providers.base import ProviderError
+from .providers import ProviderError
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor

@@ -40,7 +40,7 @@ from . import __version__, systemd
 from .config import VoiceCallConfig
 from .errors import VoiceCallError
 from .health import health_report
-from .providers.base import Provider
+from .providers import Provider
 from .rpc.methods import build_methods
 from .rpc.server import RpcServer
 from .rpc.unix import SocketInUse, open_unix_listener

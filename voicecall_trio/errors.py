@@ -11,7 +11,7 @@
     ├── TranscriptTimeout              -32005  no final transcript in time
     └── InvalidInput                   -32006  e.g. a non-E.164 number
 
-``providers.base.ProviderError`` (raised by carrier shells) is turned into ``CarrierError``
+``providers.ProviderError`` (raised by carrier shells) is turned into ``CarrierError``
 at the supervisor boundary.
 """
 

@@ -48,7 +48,7 @@ import trio
 
 from .handover import BUSY, IDLE, RECEIVING, Handed, Rewound
 from .http1 import CONTINUE, NotSimple, RequestHead, parse_head, render_response
-from .providers.base import WebhookRequest, WebhookResponse
+from .providers import WebhookRequest, WebhookResponse
 from .web import TOO_LARGE, TOO_MANY, WebhookGate
 
 log = logging.getLogger("voicecall.http")

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .model import CallRecord
-from .providers.base import InboundOutcome
+from .providers import InboundOutcome
 
 MAX_REMEMBERED_OFFERS = 4096
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 from .events import EndReason
 from .model import CallRecord
-from .providers.base import RemoteCallState, RemoteStatus
+from .providers import RemoteCallState, RemoteStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import trio
 from . import recovery
 from .call import CLEANUP_TIMEOUT_S, LiveCall
 from .model import CallRecord
-from .providers.base import ProviderError, RemoteCallState
+from .providers import ProviderError, RemoteCallState
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor

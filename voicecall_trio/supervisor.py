@@ -55,7 +55,7 @@ from .events import (
 from .model import CallRecord
 from .offers import OfferBook
 from .policy import inbound_metadata, inbound_refusal, mask, outbound_request
-from .providers.base import (
+from .providers import (
     InboundDecision,
     InboundOutcome,
     Provider,

@@ -27,7 +27,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .config import VoiceCallConfig
-from .providers.base import CallDirectory, Provider, WebhookRequest, WebhookResponse
+from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse
 
 log = logging.getLogger("voicecall.web")
 

@@ -18,7 +18,7 @@ from ..errors import InvalidInput
 from ..events import MAX_TEXT_CHARS
 from ..health import health_report
 from ..model import record_to_builtins
-from ..providers.base import InboundDecision
+from ..providers import InboundDecision
 from ..supervisor import Supervisor
 from .protocol import INVALID_PARAMS, RpcError
 from .server import Connection, Handler
