@@ -9,7 +9,8 @@ Start order (each child reports ready through ``task_status.started()``)::
         ├── supervisor.run        reconciles replayed calls, then owns one task per call
         └── front
             ├── JSON-RPC server   on the Unix socket bound first, as the single-instance lock
-            ├── Hypercorn         webhook route and /healthz
+            ├── HTTP front        front.py: webhooks answered in place; other requests
+            │                     (/healthz, h2, chunked) handed to Hypercorn and Quart
             ├── signal watcher    SIGTERM / SIGINT -> graceful stop
             └── systemd watchdog  when WATCHDOG_USEC is set
 

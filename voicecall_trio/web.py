@@ -1,16 +1,18 @@
 """The HTTP face of the daemon: HTTP requests in, ``WebhookRequest`` out, nothing else.
 
-Two layers behind Hypercorn:
+Three pieces, whichever server carried the request:
 
-- ``WebhookEndpoint``, a bare ASGI callable, serves exactly ``serve.path``. It is the hot
-  path: every carrier callback comes through it, and skipping the framework there cut the
-  server CPU per webhook by about a quarter (see docs/benchmarks.md). Guards run
-  before the carrier module sees a request: 405 for anything but POST, a 401 when the
-  carrier's signature header is missing (before the body is read), a body size cap (413, also
-  enforced while streaming a body without Content-Length), and a per-IP in-flight limit (429)
-  taken only once the body is complete, so requests that never finish cannot hold the slots
-  a carrier's next request needs.
-- A quart-trio app serves everything else: ``/healthz``, 404s, and the lifespan protocol.
+- ``WebhookGate``: the webhook's checks and the carrier call, in one place. The fast path in
+  ``front.py`` (which answers almost every carrier callback itself) and the ASGI endpoint
+  below both go through it, so the two cannot drift. The checks run before the carrier module
+  sees a request: 405 for anything but POST, a 401 when the carrier's signature header is
+  missing (before the body is read), a body size cap (413), and a per-IP in-flight limit
+  (429) taken only once the body is complete and released before the answer is sent, so
+  requests that never finish, or answers a peer never reads, cannot hold the slots a
+  carrier's next request needs.
+- ``WebhookEndpoint``: the same gate as a bare ASGI app at exactly ``serve.path``, for the
+  webhook requests the fast path hands to Hypercorn (chunked bodies, h2, ``Expect``).
+- A quart-trio app for everything else: ``/healthz``, 404s, and the lifespan protocol.
 
 Whatever the carrier module does with a request, a failure becomes a 4xx and one log line,
 never a 500 that leaks a traceback and never a crashed daemon.
