@@ -40,11 +40,12 @@ from . import __version__, systemd
 from .config import VoiceCallConfig
 from .errors import VoiceCallError
 from .health import health_report
+from .journal import Journal
 from .providers import Provider
+from .replay import replay_file
 from .rpc.methods import build_methods
 from .rpc.server import RpcServer
 from .rpc.unix import SocketInUse, open_unix_listener
-from .store import Journal, replay_file
 from .supervisor import Supervisor
 
 log = logging.getLogger("voicecall.daemon")
