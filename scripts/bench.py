@@ -534,7 +534,7 @@ LAYERS: list[tuple[str, Any]] = [
      or "/hashlib.py" in k),
     ("Twilio module: signature, parsing, handling", lambda k: "/voicecall_trio/providers/" in k),
     ("HTTP front: socket loop, head parser, responses",
-     lambda k: "/voicecall_trio/front.py" in k or "/voicecall_trio/http1.py" in k),
+     lambda k: "/voicecall_trio/front" in k or "/voicecall_trio/http1.py" in k),
     ("webhook gate (checks, FIFO turnstile)", lambda k: "/voicecall_trio/web.py" in k),
     ("daemon core: supervisor, events, journal", lambda k: "/voicecall_trio/" in k),
     ("trio: scheduler, waits, locks", lambda k: "/trio/" in k),

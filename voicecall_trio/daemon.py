@@ -264,7 +264,8 @@ async def _serve_http(
     from hypercorn.config import Config as HypercornConfig
 
     from . import front as front_module
-    from .front import FD_RESERVE, HttpFront, connection_cap
+    from .front import HttpFront
+    from .front_limits import FD_RESERVE, connection_cap
     from .web import WebhookGate, create_app_for
 
     gate = WebhookGate(config, provider, supervisor)
