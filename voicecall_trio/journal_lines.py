@@ -36,7 +36,6 @@ def decode_record(line: bytes) -> CallRecord:
         return msgspec.convert(obj, CallRecord)
 
 
-
 def read_line(path: Path, offset: int) -> bytes | None:
     """The line starting at ``offset`` (without its newline); None if the file is gone."""
     try:
