@@ -170,8 +170,8 @@ def bench_cli(runs: int) -> dict[str, Any]:
 def bench_journal(runs: int, n: int) -> dict[str, Any]:
     import trio
 
+    from voicecall_trio.journal import Journal
     from voicecall_trio.model import new_record
-    from voicecall_trio.store import Journal
 
     async def burst(path: Path) -> tuple[float, float]:
         journal = Journal(path)
@@ -206,8 +206,8 @@ def bench_journal(runs: int, n: int) -> dict[str, Any]:
 
 def make_journal(path: Path, lines: int) -> None:
     from voicecall_trio.events import CallAnswered, CallEnded, CallSpeaking, CallSpeech
+    from voicecall_trio.journal_lines import encode_record
     from voicecall_trio.model import apply, new_record
-    from voicecall_trio.store import encode_record
 
     out = []
     calls = lines // 5
@@ -230,7 +230,7 @@ def make_journal(path: Path, lines: int) -> None:
 
 
 def bench_replay(runs: int, lines: int) -> dict[str, Any]:
-    from voicecall_trio.store import replay_file
+    from voicecall_trio.replay import replay_file
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "calls.jsonl"
@@ -534,7 +534,7 @@ LAYERS: list[tuple[str, Any]] = [
      or "/hashlib.py" in k),
     ("Twilio module: signature, parsing, handling", lambda k: "/voicecall_trio/providers/" in k),
     ("HTTP front: socket loop, head parser, responses",
-     lambda k: "/voicecall_trio/front.py" in k or "/voicecall_trio/http1.py" in k),
+     lambda k: "/voicecall_trio/front" in k or "/voicecall_trio/http1.py" in k),
     ("webhook gate (checks, FIFO turnstile)", lambda k: "/voicecall_trio/web.py" in k),
     ("daemon core: supervisor, events, journal", lambda k: "/voicecall_trio/" in k),
     ("trio: scheduler, waits, locks", lambda k: "/trio/" in k),

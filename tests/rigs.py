@@ -16,8 +16,9 @@ from typing import Any
 import trio
 
 from voicecall_trio.config import build_config
+from voicecall_trio.journal import Journal
+from voicecall_trio.journal_disk import Disk
 from voicecall_trio.providers.mock import MockProvider
-from voicecall_trio.store import Disk, Journal
 from voicecall_trio.supervisor import Supervisor
 
 

@@ -22,8 +22,8 @@ import trio
 from rigs import FlakyDisk
 
 from voicecall_trio.providers.telnyx.shell import TelnyxProvider
+from voicecall_trio.replay import replay_file
 from voicecall_trio.rpc.protocol import RpcError
-from voicecall_trio.store import replay_file
 from voicecall_trio.testing import RunningDaemon, running_daemon
 from voicecall_trio.testing.fake_telnyx import FakeTelnyx
 from voicecall_trio.testing.fake_twilio import Callee, FakeTwilio

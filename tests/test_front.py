@@ -15,6 +15,7 @@ import trio.testing
 from hypercorn.config import Config as HypercornConfig
 
 from voicecall_trio import front as front_module
+from voicecall_trio import front_limits
 from voicecall_trio.config import build_config
 from voicecall_trio.front import HttpFront
 from voicecall_trio.providers import WebhookRequest, WebhookResponse
@@ -412,14 +413,14 @@ async def test_pending_junk_does_not_take_the_carriers_slots() -> None:
 
 
 def test_the_connection_cap_keeps_a_reserve_below_the_fd_limit() -> None:
-    assert front_module.connection_cap(768, 1024) == 768
-    assert front_module.connection_cap(768, 512) == 512 - front_module.FD_RESERVE
-    assert front_module.connection_cap(768, 10) == 1
+    assert front_limits.connection_cap(768, 1024) == 768
+    assert front_limits.connection_cap(768, 512) == 512 - front_limits.FD_RESERVE
+    assert front_limits.connection_cap(768, 10) == 1
 
 
 def test_a_recurring_warning_is_one_line_a_minute_with_a_count(
         caplog: pytest.LogCaptureFixture) -> None:
-    warn = front_module._Throttled("cannot accept")
+    warn = front_limits.Throttled("cannot accept")
     for tick in range(1200):  # two minutes of failures every 0.1 s
         warn(tick / 10, "Too many open files")
     lines = [r.getMessage() for r in caplog.records]

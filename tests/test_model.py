@@ -14,6 +14,7 @@ from voicecall_trio.events import (
     CallDtmf,
     CallEnded,
     CallError,
+    CallEvent,
     CallMachineDetection,
     CallRinging,
     CallSpeaking,
@@ -261,3 +262,51 @@ def test_spoken_counts_the_utterances_that_changed_the_record() -> None:
     assert apply(r, CallSpoken(id="d2"), at=1400) is r  # listening already: nothing changes
     r = apply(apply(r, CallSpeaking(id="s2", text="Bye"), at=1500), CallSpoken(id="d3"), at=1600)
     assert r.spoken == 2 and "spoken" not in model.record_to_builtins(r)
+
+
+# -- rule 7: late confirmations, and whether a call was answered ------------------------------
+
+_S = CallState
+
+
+@pytest.mark.parametrize(("state", "event", "late"), [
+    # call.speak.started confirms the speaking state the supervisor set before asking
+    (_S.SPEAKING, CallSpeaking(id="s", text="hi"), False),
+    (_S.LISTENING, CallSpeaking(id="s", text="hi"), True),  # after call.speak.ended
+    (_S.ACTIVE, CallSpeaking(id="s", text="hi"), True),
+    (_S.ANSWERED, CallSpeaking(id="s", text="hi"), True),
+    (_S.INITIATED, CallSpeaking(id="s", text="hi"), True),
+    (_S.COMPLETED, CallSpeaking(id="s", text="hi"), True),
+    # nothing else is a confirmation: never late, whatever the state
+    (_S.LISTENING, CallSpoken(id="d"), False),
+    (_S.SPEAKING, CallSpoken(id="d"), False),
+    (_S.LISTENING, CallSpeech(id="t", text="yes"), False),
+    (_S.RINGING, CallAnswered(id="a"), False),
+    (_S.ACTIVE, CallEnded(id="e", reason="hangup-user"), False),
+])
+def test_a_confirmation_is_late_once_the_call_left_its_state(
+        state: CallState, event: CallEvent, late: bool) -> None:
+    record = msgspec.structs.replace(fresh(), state=state)
+    assert model.is_late_confirmation(record, event) is late
+
+
+def test_every_confirmation_names_a_live_state_its_event_moves_to() -> None:
+    for kind, state in model.CONFIRMATIONS.items():
+        assert not state.terminal
+        assert any(row.get(kind) is state for row in model.EVENT_TRANSITIONS.values())
+
+
+@pytest.mark.parametrize(("state", "answered_at", "answered"), [
+    (_S.INITIATED, None, False),
+    (_S.RINGING, None, False),
+    (_S.ANSWERED, None, True),
+    (_S.ACTIVE, None, True),
+    (_S.SPEAKING, None, True),
+    (_S.LISTENING, None, True),
+    (_S.RINGING, 900, True),  # an answer time was recorded
+    (_S.NO_ANSWER, None, False),
+    (_S.COMPLETED, 900, True),
+])
+def test_was_answered(state: CallState, answered_at: int | None, answered: bool) -> None:
+    record = msgspec.structs.replace(fresh(), state=state, answered_at=answered_at)
+    assert model.was_answered(record) is answered

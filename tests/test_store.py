@@ -14,16 +14,12 @@ import trio.lowlevel
 from rigs import FlakyDisk, RecordingDisk
 
 from voicecall_trio.events import CallAnswered, CallEnded
+from voicecall_trio.journal import Journal, JournalError
+from voicecall_trio.journal_disk import Disk
+from voicecall_trio.journal_lines import encode_record
 from voicecall_trio.journal_tail import tail_lines
 from voicecall_trio.model import CallRecord, apply, new_record
-from voicecall_trio.store import (
-    Disk,
-    Journal,
-    JournalError,
-    encode_record,
-    replay_bytes,
-    replay_file,
-)
+from voicecall_trio.replay import replay_bytes, replay_file
 
 
 def rec(n: int = 0) -> CallRecord:
@@ -137,7 +133,7 @@ def test_a_line_without_a_transcript_still_replays() -> None:
 
 
 async def test_a_failing_disk_is_reported_not_fatal(tmp_path: Path) -> None:
-    from voicecall_trio.store import JournalError
+    from voicecall_trio.journal import JournalError
 
     path = tmp_path / "calls.jsonl"
     journal = Journal(path)

@@ -20,7 +20,7 @@ from voicecall_trio.errors import (
 from voicecall_trio.events import CallAnswered, CallInitiated
 from voicecall_trio.model import CallState, apply, new_record
 from voicecall_trio.providers import InboundDecision
-from voicecall_trio.store import replay_bytes, replay_file
+from voicecall_trio.replay import replay_bytes, replay_file
 
 
 async def test_notify_call_hangs_up_after_the_delay(tmp_path: Path, autojump_clock: Any) -> None:
@@ -173,7 +173,7 @@ async def test_recovery_never_dials_and_ends_what_cannot_resume(
     lost = apply(new_record(provider="mock", direction="outbound", from_="+1555", to="+1556",
                             call_id="lost", provider_call_id="p-lost", at=now_ms),
                  CallAnswered(id="a"), now_ms)
-    from voicecall_trio.store import encode_record
+    from voicecall_trio.journal_lines import encode_record
 
     replayed = replay_bytes(b"".join(encode_record(x) for x in (undialled, stale, lost)))
     async with rig(tmp_path, replayed) as r:

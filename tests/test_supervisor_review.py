@@ -16,6 +16,7 @@ from rigs import RecordingDisk, real_time_limit, rig
 from voicecall_trio.call import RING_GRACE_S
 from voicecall_trio.errors import InvalidInput
 from voicecall_trio.events import CallAnswered, CallInitiated, CallSpeaking, CallSpeech
+from voicecall_trio.journal_lines import encode_record
 from voicecall_trio.model import (
     CallRecord,
     CallState,
@@ -27,7 +28,7 @@ from voicecall_trio.model import (
 from voicecall_trio.providers import InboundDecision, RemoteCallState, RemoteStatus
 from voicecall_trio.providers.mock import MockProvider
 from voicecall_trio.registry import MAX_ENDED_REMEMBERED
-from voicecall_trio.store import encode_record, replay_bytes, replay_file
+from voicecall_trio.replay import replay_bytes, replay_file
 
 WAIT_S = 20  # real seconds: bounds each test below (a hang fails)
 

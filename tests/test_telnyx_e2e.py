@@ -25,12 +25,12 @@ import pytest
 import trio
 
 from voicecall_trio.events import CallAnswered
+from voicecall_trio.journal_lines import encode_record
 from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, apply, new_record
 from voicecall_trio.policy import DEFAULT_GREETING
 from voicecall_trio.providers.telnyx.rest import command_id
 from voicecall_trio.providers.telnyx.shell import TelnyxProvider
 from voicecall_trio.rpc.protocol import RpcError
-from voicecall_trio.store import encode_record
 from voicecall_trio.testing import RunningDaemon, running_daemon
 from voicecall_trio.testing.fake_telnyx import Callee, FakeTelnyx
 

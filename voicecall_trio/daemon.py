@@ -41,11 +41,12 @@ from . import __version__, systemd
 from .config import VoiceCallConfig
 from .errors import VoiceCallError
 from .health import health_report
+from .journal import Journal
 from .providers import Provider
+from .replay import replay_file
 from .rpc.methods import build_methods
 from .rpc.server import RpcServer
 from .rpc.unix import SocketInUse, open_unix_listener
-from .store import Journal, replay_file
 from .supervisor import Supervisor
 
 log = logging.getLogger("voicecall.daemon")
@@ -264,7 +265,8 @@ async def _serve_http(
     from hypercorn.config import Config as HypercornConfig
 
     from . import front as front_module
-    from .front import FD_RESERVE, HttpFront, connection_cap
+    from .front import HttpFront
+    from .front_limits import FD_RESERVE, connection_cap
     from .web import WebhookGate, create_app_for
 
     gate = WebhookGate(config, provider, supervisor)

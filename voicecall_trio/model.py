@@ -20,6 +20,12 @@ Rule 5: text stored in a record is valid Unicode (a lone surrogate becomes U+FFF
   can always be encoded.
 Rule 6: ``spoken`` counts the utterances the carrier reported finished (``CallSpoken`` events
   that changed the record); notify mode hangs up after the first one.
+Rule 7: an event that only confirms a state the daemon entered itself (``CONFIRMATIONS``: the
+  supervisor marks a call speaking before it asks the carrier to speak) is late once the call
+  has left that state, and a carrier shell drops it (``is_late_confirmation``) instead of
+  delivering it: Telnyx's ``call.speak.started`` arriving after ``call.speak.ended`` would turn
+  a listening call back to speaking. Whether a call was answered, which decides who hung up,
+  is ``was_answered``.
 
 Field names and state names are the seed's (``calls.jsonl`` readers keep working).
 """
@@ -115,6 +121,9 @@ EVENT_TRANSITIONS: dict[CallState, dict[type[CallEvent], CallState]] = {
 TRANSITIONS: dict[CallState, frozenset[CallState]] = {
     state: frozenset(row.values()) for state, row in EVENT_TRANSITIONS.items()
 }
+# Rule 7: events that confirm a state the daemon set before asking the carrier for it, and
+# that state. Arriving when the call is no longer in it, such an event is late.
+CONFIRMATIONS: dict[type[CallEvent], CallState] = {CallSpeaking: _S.SPEAKING}
 # Events whose id is remembered even when they change nothing else, so a redelivery is
 # recognised as one (a repeated transcript, a repeated offer).
 _REMEMBERED_WHEN_IDLE: tuple[type[CallEvent], ...] = (CallSpeech, CallInitiated)
@@ -236,6 +245,17 @@ def target_state(state: CallState, event: CallEvent) -> CallState | None:
         case CallError(retryable=retryable):
             return None if retryable else CallState.ERROR
     return EVENT_TRANSITIONS[state].get(type(event))
+
+
+def is_late_confirmation(record: CallRecord, event: CallEvent) -> bool:
+    """True for an event that only confirms a state (rule 7) the call is no longer in."""
+    confirmed = CONFIRMATIONS.get(type(event))
+    return confirmed is not None and record.state is not confirmed
+
+
+def was_answered(record: CallRecord) -> bool:
+    """Whether the callee picked up: an answer was recorded, or the call is connected."""
+    return record.answered_at is not None or record.state.connected
 
 
 def _apply_kind(

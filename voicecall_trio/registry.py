@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from .call import LiveCall
+from .journal import Journal
 from .model import CallRecord
-from .store import Journal
 
 MAX_ENDED_REMEMBERED = 1000  # ended calls kept in memory for status (oldest forgotten first)
 

@@ -1,6 +1,6 @@
 """The names of a call's states, as plain strings: the one definition of which ones are final.
 
-``model.CallState`` is built on these names, and so are the journal's replay (``store.py``), the
+``model.CallState`` is built on these names, and so are the journal's replay (``replay.py``), the
 CLI (``cli/watch.py``) and the tests. This module is stdlib-only and imports nothing, so the
 CLI can use it without paying for msgspec or trio at start-up. A terminal state's name doubles
 as the call's end reason (``events.EndReason``).

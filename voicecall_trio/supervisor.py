@@ -52,6 +52,8 @@ from .events import (
     CallSpeech,
     EndReason,
 )
+from .journal import Journal, JournalError
+from .journal_lines import encode_record
 from .model import CallRecord
 from .offers import OfferBook
 from .policy import inbound_metadata, inbound_refusal, mask, outbound_request
@@ -62,8 +64,8 @@ from .providers import (
     ProviderError,
 )
 from .registry import CallRegistry
+from .replay import ReplayResult
 from .replies import Responder
-from .store import Journal, JournalError, ReplayResult, encode_record
 from .text import check_text, clean_event, clean_text, repaired
 
 log = logging.getLogger("voicecall.calls")

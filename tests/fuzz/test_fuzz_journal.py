@@ -23,8 +23,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from voicecall_trio.journal import Journal
+from voicecall_trio.journal_lines import encode_record
 from voicecall_trio.model import CallRecord, CallState, TranscriptEntry, new_record
-from voicecall_trio.store import Journal, encode_record, replay_bytes, replay_file
+from voicecall_trio.replay import replay_bytes, replay_file
 
 CALL_IDS = ["a", "b", "c", "d-\u00e9", "e-\U0001f600"]
 PROVIDER_IDS = [None, "CA1", "CA2", "v3:x"]

@@ -27,8 +27,8 @@ import trio
 
 from ...config import VoiceCallConfig
 from ...errors import ConfigError
-from ...events import CallError, CallInitiated, CallSpeaking
-from ...model import CallRecord, CallState
+from ...events import CallError, CallInitiated
+from ...model import CallRecord, is_late_confirmation, was_answered
 from .. import (
     CallDirectory,
     InboundDecision,
@@ -241,13 +241,9 @@ class TelnyxProvider:
         if record is None:
             log.debug("telnyx: %s for unknown call %s", hook.event_type, hook.call_control_id)
             return
-        answered = record.answered_at is not None or record.state.connected
         for event in bind_events(hook, call_id=record.call_id, direction=record.direction,
-                                 answered=answered):
-            if isinstance(event, CallSpeaking) and record.state is not CallState.SPEAKING:
-                # The supervisor marks the call speaking before it asks Telnyx to speak, so
-                # call.speak.started only confirms; arriving after call.speak.ended (out of
-                # order) it would wrongly turn a listening call back to speaking.
+                                 answered=was_answered(record)):
+            if is_late_confirmation(record, event):  # model.py, rule 7
                 log.debug("telnyx: late %s for call %s ignored", hook.event_type,
                           record.call_id)
                 continue

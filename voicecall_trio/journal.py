@@ -1,4 +1,4 @@
-"""The call journal ``<store>/calls.jsonl``: one writer task, replay, rotation, an index.
+"""The writer of the call journal ``<store>/calls.jsonl``: one task, group commit, rotation.
 
 Every change to a call appends a full snapshot of its record as one JSON line (the seed's
 format), so the last line per ``callId`` is the truth. Durability policy (see
@@ -17,10 +17,8 @@ Rotation keeps the file under ``journal.maxBytes``: the full file moves to ``cal
 live call, so replay after rotation still sees them. The swap is done with a hard link and an
 atomic rename: at no moment is there no ``calls.jsonl``.
 
-The ``JournalIndex`` says where the last line of every call in the kept files is (and which
-call a carrier's id belongs to), so an ended call the supervisor no longer holds in memory is
-read back with one positioned read instead of a scan. It is built by replay and kept true by
-the writer: only written lines enter it, and rotation drops the entries of the file it deletes.
+Replay is ``replay.py``, the index ``journal_index.py``, the line format ``journal_lines.py``
+and the system calls ``journal_disk.py``.
 """
 
 from __future__ import annotations
@@ -31,280 +29,22 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import trio
 
+from .journal_disk import Disk, fsync_dir, open_private
+from .journal_index import JournalIndex
+from .journal_lines import decode_record, encode_record, read_line, segment_path
 from .model import CallRecord
-from .states import TERMINAL_STATE_NAMES
 
 log = logging.getLogger("voicecall.journal")
-
-_encoder = msgspec.json.Encoder()
-_record_decoder = msgspec.json.Decoder(CallRecord)
-
-
-class _Head(msgspec.Struct):
-    """Just enough of a line to index it; msgspec skips the rest cheaply."""
-
-    callId: str
-    state: str
-    providerCallId: str | None = None
-
-
-_head_decoder = msgspec.json.Decoder(_Head)
-
-
-def encode_record(record: CallRecord) -> bytes:
-    """One journal line. Raises (``UnicodeEncodeError``, ``msgspec.EncodeError``) for a
-    record that cannot be written, e.g. text with a lone surrogate."""
-    return _encoder.encode(record) + b"\n"
-
-
-def decode_record(line: bytes) -> CallRecord:
-    """Decode one journal line; lines written without a transcript (older writers) get []."""
-    try:
-        return _record_decoder.decode(line)
-    except msgspec.ValidationError:
-        obj = msgspec.json.decode(line)
-        if not isinstance(obj, dict) or "transcript" in obj:
-            raise
-        obj["transcript"] = []
-        return msgspec.convert(obj, CallRecord)
-
-
-# -- the index ------------------------------------------------------------------------------
-
-_OFFSET_BITS = 40  # a file offset below 1 TiB; the segment number sits above it
-_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
-
-
-class JournalIndex:
-    """Where the last line of each call is, and which call a carrier's id belongs to.
-
-    Files are numbered by *segment*: ``calls.jsonl`` is ``segment``, ``calls.jsonl.k`` is
-    ``segment - k``. Rotation only increments ``segment``, so no entry moves when files shift
-    names. A location is one int (segment and offset packed) to keep the cost per call small.
-    Mutated only by the journal's writer (under its lock); read from any thread.
-    """
-
-    __slots__ = ("_lines", "_providers", "segment")
-
-    def __init__(self) -> None:
-        self.segment = 0
-        self._lines: dict[str, int] = {}
-        self._providers: dict[str, str] = {}
-
-    def __len__(self) -> int:
-        return len(self._lines)
-
-    def __contains__(self, call_id: object) -> bool:
-        return call_id in self._lines
-
-    def note(self, call_id: str, provider_call_id: str | None, offset: int,
-             segment: int | None = None) -> None:
-        """The last line of ``call_id`` now starts at ``offset`` of ``segment`` (current)."""
-        seg = self.segment if segment is None else segment
-        self._lines[call_id] = (seg << _OFFSET_BITS) | offset
-        if provider_call_id:
-            self._providers[provider_call_id] = call_id
-
-    def note_written(self, items: Iterable[_Item], offset: int) -> None:
-        """``items`` were written one after the other from ``offset`` of the current file."""
-        lines, providers = self._lines, self._providers
-        segment = self.segment << _OFFSET_BITS
-        for item in items:
-            call_id = item.call_id
-            if call_id:
-                lines[call_id] = segment | offset
-                if item.provider_call_id:
-                    providers[item.provider_call_id] = call_id
-            offset += len(item.data)
-
-    def locate(self, call_id: str) -> tuple[int, int] | None:
-        """(age, offset): the line is in ``calls.jsonl`` (age 0) or ``calls.jsonl.<age>``."""
-        packed = self._lines.get(call_id)
-        if packed is None:
-            return None
-        return self.segment - (packed >> _OFFSET_BITS), packed & _OFFSET_MASK
-
-    def call_for_provider(self, provider_call_id: str) -> str | None:
-        return self._providers.get(provider_call_id)
-
-    def rotated(self, keep_files: int) -> None:
-        """The current file became ``.1``; files older than ``.keep_files`` are gone, and so
-        are the calls whose last line was in them (a newer line would have moved the entry)."""
-        self.segment += 1
-        oldest = self.segment - keep_files
-        stale = [cid for cid, packed in self._lines.items() if packed >> _OFFSET_BITS < oldest]
-        for call_id in stale:
-            del self._lines[call_id]
-        if stale:
-            self._providers = {pid: cid for pid, cid in self._providers.items()
-                               if cid in self._lines}
-
-
-def read_line(path: Path, offset: int) -> bytes | None:
-    """The line starting at ``offset`` (without its newline); None if the file is gone."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        chunks: list[bytes] = []
-        pos = offset
-        while True:
-            chunk = os.pread(fd, 64 * 1024, pos)
-            if not chunk:
-                break
-            end = chunk.find(b"\n")
-            if end >= 0:
-                chunks.append(chunk[:end])
-                break
-            chunks.append(chunk)
-            pos += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def segment_path(path: Path, age: int) -> Path:
-    return path if age == 0 else path.with_name(f"{path.name}.{age}")
-
-
-# -- replay ---------------------------------------------------------------------------------
-
-
-@dataclass
-class ReplayResult:
-    live: dict[str, CallRecord] = field(default_factory=dict)
-    index: JournalIndex = field(default_factory=JournalIndex)  # every call, live or ended
-    bad_lines: list[int] = field(default_factory=list)  # 1-based, in calls.jsonl
-    bad_rotated: int = 0  # unreadable lines in calls.jsonl.1..N
-    torn_tail: bool = False
-    lines: int = 0
-    files: int = 0
-
-    @property
-    def ended(self) -> int:
-        return len(self.index) - len(self.live)
-
-    def describe_bad(self) -> str:
-        shown = ", ".join(str(n) for n in self.bad_lines[:10])
-        more = f" (+{len(self.bad_lines) - 10} more)" if len(self.bad_lines) > 10 else ""
-        tail = "; the last line was torn (an interrupted write)" if self.torn_tail else ""
-        rotated = (f"; {self.bad_rotated} more in rotated files" if self.bad_rotated else "")
-        return (f"skipped {len(self.bad_lines)} unreadable journal line(s): "
-                f"{shown}{more}{tail}{rotated}")
-
-
-class _Scan:
-    """Replay state across files (oldest first): the last line seen per callId."""
-
-    def __init__(self) -> None:
-        # callId -> (segment, offset, line number, the line if not terminal, providerCallId)
-        self.latest: dict[str, tuple[int, int, int, bytes | None, str | None]] = {}
-
-    def feed(self, data: bytes, segment: int, result: ReplayResult, *, current: bool) -> None:
-        lines = data.split(b"\n")
-        torn_candidate = lines[-1] != b""
-        if not torn_candidate:
-            lines.pop()  # the empty string after the final newline
-        result.lines += len(lines)
-        decode_head = _head_decoder.decode
-        latest = self.latest
-        offset = 0
-        last = len(lines)
-        for number, line in enumerate(lines, 1):
-            start = offset
-            offset += len(line) + 1
-            if not line.strip():
-                continue
-            try:
-                head = decode_head(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                if current:
-                    result.bad_lines.append(number)
-                    if torn_candidate and number == last:
-                        result.torn_tail = True
-                else:
-                    result.bad_rotated += 1
-                continue
-            live_line = None if head.state in TERMINAL_STATE_NAMES else line
-            latest[head.callId] = (segment, start, number if current else 0, live_line,
-                                   head.providerCallId)
-
-    def finish(self, result: ReplayResult) -> ReplayResult:
-        index = result.index
-        for call_id, (segment, offset, number, line, provider_call_id) in self.latest.items():
-            index.note(call_id, provider_call_id, offset, segment)
-            if line is None:
-                continue
-            try:
-                result.live[call_id] = decode_record(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                if number:
-                    result.bad_lines.append(number)
-                else:
-                    result.bad_rotated += 1
-        result.bad_lines.sort()
-        return result
-
-
-def replay_bytes(data: bytes) -> ReplayResult:
-    """Last line per callId wins; unreadable lines are skipped and counted, never fatal."""
-    result = ReplayResult(files=1)
-    scan = _Scan()
-    scan.feed(data, 0, result, current=True)
-    return scan.finish(result)
-
-
-def replay_file(path: Path, keep_files: int = 0) -> ReplayResult:
-    """Replay ``calls.jsonl.<keep_files>`` .. ``.1`` then ``calls.jsonl``, oldest first, so
-    the index covers calls that live only in rotated files (one file at a time in memory)."""
-    result = ReplayResult()
-    scan = _Scan()
-    present = [age for age in range(1, keep_files + 1) if segment_path(path, age).exists()]
-    oldest = max(present, default=0)
-    result.index.segment = oldest
-    for age in sorted(present, reverse=True):
-        try:
-            data = segment_path(path, age).read_bytes()
-        except FileNotFoundError:
-            continue
-        scan.feed(data, oldest - age, result, current=False)
-        result.files += 1
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        data = b""
-    else:
-        result.files += 1
-    scan.feed(data, oldest, result, current=True)
-    return scan.finish(result)
-
-
-# -- the writer -----------------------------------------------------------------------------
 
 
 class JournalError(OSError):
     """The journal could not be written (disk full, I/O error); the message says why."""
 
-
-class Disk:
-    """The system calls the writer makes on ``calls.jsonl``. Tests override these to inject a
-    full disk, short writes or failed fsyncs, or to record what was made durable."""
-
-    def write(self, fd: int, data: memoryview) -> int:
-        return os.write(fd, data)
-
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def truncate(self, fd: int, size: int) -> None:
-        os.ftruncate(fd, size)
 
 
 class _Item:
@@ -515,7 +255,7 @@ class Journal:
 
     def _open_locked(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = _open_private(self.path)
+        fd = open_private(self.path)
         self._fd = fd
         self._size = os.fstat(fd).st_size
         if self._size and os.pread(fd, 1, self._size - 1) != b"\n":
@@ -585,7 +325,7 @@ class Journal:
         # the new file is complete and durable before any name changes: a failure here
         # leaves the files (and the index) as they were
         tmp = path.with_name(path.name + ".tmp")
-        fd = _open_private(tmp, truncate=True)
+        fd = open_private(tmp, truncate=True)
         try:
             data = memoryview(b"".join(item.data for item in live))
             while data:
@@ -602,12 +342,12 @@ class Journal:
             first.unlink()
         os.link(path, first)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         self.index.rotated(self.keep_files)
         self.index.note_written(live, 0)
         if self._fd is not None:
             os.close(self._fd)
-        self._fd = _open_private(path)
+        self._fd = open_private(path)
         self._size = os.fstat(self._fd).st_size
         log.info("journal rotated: %s -> %s (%d live calls carried over)", path, first, len(live))
 
@@ -616,23 +356,3 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def _open_private(path: Path, *, truncate: bool = False) -> int:
-    """Open for appending (or rewriting), readable by the owner only: the journal holds phone
-    numbers and transcripts, whatever the umask or the mode of an older file."""
-    flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
-    fd = os.open(path, flags, 0o600)
-    os.fchmod(fd, 0o600)
-    return fd
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
