@@ -5,7 +5,8 @@ cannot see requests begin and end as it does on its fast path. ``Handed`` is the
 Hypercorn gets for the connection, so each request's ASGI messages pass through it, and
 ``Rewound`` is the stream Hypercorn reads, which replays the bytes the fast path had read and
 reports new ones. From those a ``Handed`` knows its deadline and its phase (idle, receiving a
-request, busy), which the front's sweeper and its connection cap act on (``front.py``, ``front_limits.py``).
+request, busy), which the front's sweeper and its connection cap act on (``front.py``,
+``front_limits.py``).
 
 This module never closes anything on its own and arms no timer: ``Handed.drop`` is called by
 the front. Nor does it decide what a request gets; Hypercorn and the app do.
