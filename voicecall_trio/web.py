@@ -27,6 +27,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .config import VoiceCallConfig
+from .errors import BodyTooLarge
 from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse
 
 log = logging.getLogger("voicecall.web")
@@ -36,10 +37,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class _TooLarge(Exception):
-    pass
 
 
 METHOD_NOT_ALLOWED = WebhookResponse(405, b"method not allowed\n", headers={"Allow": "POST"})
@@ -145,7 +142,7 @@ class WebhookEndpoint:
         if refusal is None:
             try:
                 body = await self._read_body(receive)
-            except _TooLarge:
+            except BodyTooLarge:
                 log.info("webhook from %s refused: body over %d bytes", remote,
                          self.gate.max_body)
                 refusal = TOO_LARGE
@@ -188,7 +185,7 @@ class WebhookEndpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.gate.max_body:
-                raise _TooLarge
+                raise BodyTooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break

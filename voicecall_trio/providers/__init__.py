@@ -100,15 +100,6 @@ class CallDirectory(Protocol):
         ...
 
 
-class ProviderError(Exception):
-    """The carrier refused or failed a request; ``message`` is safe to show a user."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
 class Provider(Protocol):
     name: str
     speaks_initial_message: bool

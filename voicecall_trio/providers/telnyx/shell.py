@@ -26,13 +26,12 @@ import nacl.signing
 import trio
 
 from ...config import VoiceCallConfig
-from ...errors import ConfigError
+from ...errors import ConfigError, ProviderError, TelnyxParseError
 from ...events import CallError, CallInitiated, CallSpeaking
 from ...model import CallRecord, CallState
 from .. import (
     CallDirectory,
     InboundDecision,
-    ProviderError,
     RemoteCallState,
     RemoteStatus,
     WebhookRequest,
@@ -50,7 +49,7 @@ from .signature import (
     parse_timestamp,
     verify,
 )
-from .webhooks import TelnyxParseError, TelnyxWebhook, bind_events, parse_webhook
+from .webhooks import TelnyxWebhook, bind_events, parse_webhook
 
 log = logging.getLogger("voicecall.telnyx")
 

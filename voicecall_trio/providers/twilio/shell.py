@@ -26,10 +26,10 @@ import httpx
 import trio
 
 from ...config import VoiceCallConfig
+from ...errors import ProviderError, WebhookParseError
 from ...model import CallRecord
 from .. import (
     CallDirectory,
-    ProviderError,
     RemoteCallState,
     RemoteStatus,
     WebhookRequest,
@@ -53,7 +53,6 @@ from .signed_url import UrlPolicy, reconstruct_for
 from .webhooks import (
     RequestKind,
     TwilioWebhook,
-    WebhookParseError,
     parse_webhook,
     strict_form,
 )
