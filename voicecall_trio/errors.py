@@ -19,9 +19,10 @@ quart or msgspec.
     │   └── InvalidInput               rpc -32006  e.g. a non-E.164 number, an empty message
     ├── ProviderError                  -> CarrierError (rpc -32004), see ``carrier_error``
     ├── WebhookRejected                http 4xx    a carrier request we will not act on
+    │   ├── SignatureRejected          http 401    signature missing, unverifiable or wrong
     │   ├── WebhookParseError          http 400    not a Twilio voice webhook (also ValueError)
-    │   └── TelnyxParseError           http 400    not a Telnyx webhook envelope (also ValueError)
-    ├── BodyTooLarge                   http 413    a webhook body over the size cap, while read
+    │   ├── TelnyxParseError           http 400    not a Telnyx webhook envelope (also ValueError)
+    │   └── BodyTooLarge               http 413    a webhook body over the size cap, while read
     ├── NotSimple                      -           the fast HTTP path hands the request over
     ├── LineTooLong                    rpc -32600  a JSON-RPC line over 1 MiB (a value, not raised)
     ├── RpcError                       rpc <code>  an error reply, raised by clients and handlers
@@ -42,8 +43,12 @@ Where each is raised:
 - ``ProviderError``: by the carrier shells and the REST executor (``status`` is the carrier's
   HTTP status, ``code`` its error code). It never reaches a client as is: ``carrier_error`` is
   the one place it becomes a ``CarrierError``.
-- ``WebhookRejected``: by the sans-IO webhook parsers; ``status`` is the HTTP status to answer
-  and ``public`` the text a carrier may see (the message itself is for the log).
+- ``WebhookRejected``: by the sans-IO webhook parsers (``WebhookParseError``,
+  ``TelnyxParseError``) and signature checks (``SignatureRejected``: Telnyx's shell raises it,
+  Twilio's ``SignatureCheck.rejection()`` makes it); ``status`` is the HTTP status to answer and
+  ``public`` the text a carrier may see (the message itself is for the log). Only
+  ``providers.rejected`` renders one: the carrier shells at their ``handle_webhook`` boundary
+  and the web gate for one that escapes a carrier module.
 - ``BodyTooLarge``: by the web endpoint's body reader; answered 413.
 - ``NotSimple``: by ``http1.parse_head`` for bytes outside the fast path's subset; ``declined``
   is (method, path, headers) when only one header was left to the full server.
@@ -136,18 +141,41 @@ def carrier_error(exc: ProviderError) -> CarrierError:
 
 
 class WebhookRejected(Exception):
-    """A carrier request we will not act on; answered ``status`` with the text ``public``."""
+    """A carrier request we will not act on: answered ``status`` with the text ``public``.
+
+    The message (``reason``) is for the log; ``public`` is all the sender is told.
+    ``providers.rejected`` is the one renderer of a rejection as a response.
+    """
 
     status: int = 400
     public: str = "bad request"
 
+    def __init__(self, reason: str, *, status: int | None = None,
+                 public: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if status is not None:
+            self.status = status
+        if public is not None:
+            self.public = public
+
+
+class SignatureRejected(WebhookRejected):
+    """Raised when a webhook's signature is missing, unverifiable or wrong (401)."""
+
+    status = 401
+    public = "invalid signature"
+
 
 class WebhookParseError(WebhookRejected, ValueError):
-    """The request is not a Twilio voice webhook we can read (answered with 400)."""
+    """The request is not a Twilio voice webhook we can read (400, with the reason)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, public=f"bad request: {reason}")
 
 
 class TelnyxParseError(WebhookRejected, ValueError):
-    """The body is not a Telnyx webhook envelope (the shell answers 400)."""
+    """The body is not a Telnyx webhook envelope (400)."""
 
 
 class BodyTooLarge(WebhookRejected):
@@ -155,6 +183,9 @@ class BodyTooLarge(WebhookRejected):
 
     status = 413
     public = "request body too large"
+
+    def __init__(self, reason: str = "body over the size cap") -> None:
+        super().__init__(reason)
 
 
 class NotSimple(Exception):
@@ -228,6 +259,7 @@ __all__ = [
     "NotSimple",
     "ProviderError",
     "RpcError",
+    "SignatureRejected",
     "SocketInUse",
     "TelnyxParseError",
     "TranscriptTimeout",

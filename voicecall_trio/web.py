@@ -27,8 +27,8 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .config import VoiceCallConfig
-from .errors import BodyTooLarge
-from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse
+from .errors import BodyTooLarge, WebhookRejected
+from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse, rejected
 
 log = logging.getLogger("voicecall.web")
 
@@ -114,11 +114,15 @@ class WebhookGate:
         return None
 
     async def respond(self, request: WebhookRequest) -> WebhookResponse:
-        """The carrier module's answer; its failures become a 400 and one log line."""
+        """The carrier module's answer. A ``WebhookRejected`` it raises is rendered with its
+        own status; any other failure becomes a 400 and one log line."""
         async with self._turnstile:
             pass
         try:
             return await self.provider.handle_webhook(request, self.directory)
+        except WebhookRejected as exc:  # a rejection the carrier module left to us
+            log.info("webhook from %s refused: %s", request.remote_addr, exc)
+            return rejected(exc)
         except Exception:
             log.exception("webhook from %s: carrier module failed", request.remote_addr)
             return CARRIER_FAILED

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import trio
 
     from ..config import VoiceCallConfig
+    from ..errors import WebhookRejected
     from ..events import AnyEvent, CallInitiated, EndReason
     from ..model import CallRecord
 
@@ -144,6 +145,11 @@ class Provider(Protocol):
 
 def plain(status: int, text: str) -> WebhookResponse:
     return WebhookResponse(status, text.encode())
+
+
+def rejected(rejection: WebhookRejected) -> WebhookResponse:
+    """The one rendering of a rejection: its status and only its public text."""
+    return plain(rejection.status, rejection.public)
 
 
 def _twilio(config: VoiceCallConfig, http: httpx.AsyncClient) -> Provider:

@@ -35,6 +35,7 @@ from .. import (
     WebhookRequest,
     WebhookResponse,
     plain,
+    rejected,
 )
 from ..rest import RestClient
 from . import twiml, urls
@@ -201,8 +202,7 @@ class TwilioProvider:
         if not check.ok:
             log.warning("Twilio webhook refused: %s (tried %s)", check.reason,
                         ", ".join(check.tried_urls) or "no URL")
-            return plain(401, "missing signature" if check.reason == "missing signature"
-                         else "invalid signature")
+            return rejected(check.rejection())
         key = self._replay_key(request)
         while (pending := self._pending.get(key)) is not None:
             await pending.wait()  # an identical request is being handled right now
@@ -258,7 +258,7 @@ class TwilioProvider:
                                  request.headers.get("content-type", ""), form=form)
         except WebhookParseError as exc:
             log.warning("Twilio webhook unreadable: %s", exc)
-            return plain(400, f"bad request: {exc}")
+            return rejected(exc)
         base = self._base_for(check)
         if hook.kind is RequestKind.STATUS:
             return await self._on_status(hook, directory)
