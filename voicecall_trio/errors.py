@@ -30,8 +30,8 @@ quart or msgspec.
     ├── SocketInUse                    -> DaemonStartError: another daemon owns the socket
     ├── UsageError                     exit 2      a command's arguments make no sense together
     ├── Failed                         exit 1      a command's operation failed
-    ├── JournalError (OSError)         -           the journal cannot be written or read
-    └── _Closed                        -           the fast front's peer went away
+    ├── JournalError (OSError)         -> VoiceCallError (rpc -32000) "...; the call was not placed"
+    └── _Closed                        -           the fast front's peer stopped or ran late
 
 ``JournalError`` is still defined in ``store.py`` and ``_Closed`` in ``front.py``: both modules
 are being split elsewhere, and their classes move here once that lands.
@@ -58,6 +58,10 @@ Where each is raised:
 - ``DaemonUnreachable``: by the RPC clients when the socket is missing, refused or lost.
 - ``SocketInUse``: by ``rpc.unix.open_unix_listener`` when a live daemon already listens.
 - ``UsageError`` / ``Failed``: by CLI commands; ``cli.outcome.guard`` maps them to exit codes.
+- ``JournalError`` (``store.py``): by the journal writer when a record cannot be written; an
+  ``initiate`` whose first record fails is refused before any dial.
+- ``_Closed`` (``front.py``): by the fast front when a peer stops sending or reading within
+  the request timeout; the connection is dropped.
 """
 
 from __future__ import annotations
