@@ -21,8 +21,9 @@ import trio
 import trio.testing
 from rigs import Rig
 
+from voicecall_trio.errors import LineTooLong
 from voicecall_trio.rpc.methods import build_methods
-from voicecall_trio.rpc.protocol import LineSplitter, LineTooLong
+from voicecall_trio.rpc.protocol import LineSplitter
 from voicecall_trio.rpc.server import RpcServer
 
 

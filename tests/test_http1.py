@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicecall_trio.http1 import MAX_HEAD_BYTES, NotSimple, parse_head, render_response
+from voicecall_trio.errors import NotSimple
+from voicecall_trio.http1 import MAX_HEAD_BYTES, parse_head, render_response
 
 SIMPLE = (b"POST /voice/webhook?type=status HTTP/1.1\r\nHost: voice.example.com\r\n"
           b"Content-Type: application/x-www-form-urlencoded\r\n"

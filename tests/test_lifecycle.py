@@ -11,11 +11,10 @@ from rigs import real_time_limit, rig
 
 from voicecall_trio.call import LiveCall
 from voicecall_trio.config import build_config
-from voicecall_trio.errors import CarrierError, InvalidInput
+from voicecall_trio.errors import CarrierError, InvalidInput, ProviderError
 from voicecall_trio.health import health_report
 from voicecall_trio.model import CallRecord
 from voicecall_trio.policy import inbound_refusal, mask, outbound_request
-from voicecall_trio.providers import ProviderError
 from voicecall_trio.providers.mock import MockProvider
 from voicecall_trio.supervisor import Supervisor
 

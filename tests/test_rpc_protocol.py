@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from voicecall_trio.errors import LineTooLong
 from voicecall_trio.rpc.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     PARSE_ERROR,
     LineSplitter,
-    LineTooLong,
     Notification,
     ProtocolError,
     Request,

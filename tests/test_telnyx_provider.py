@@ -17,10 +17,9 @@ import pytest
 import trio
 
 from voicecall_trio.config import VoiceCallConfig
-from voicecall_trio.errors import ConfigError
+from voicecall_trio.errors import ConfigError, ProviderError
 from voicecall_trio.model import CallRecord, CallState, new_record
 from voicecall_trio.providers import (
-    ProviderError,
     RemoteStatus,
     WebhookRequest,
 )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from voicecall_trio.errors import TelnyxParseError
 from voicecall_trio.events import (
     MAX_FIELD_CHARS,
     MAX_TEXT_CHARS,
@@ -22,7 +23,6 @@ from voicecall_trio.events import (
     CallSpoken,
 )
 from voicecall_trio.providers.telnyx.webhooks import (
-    TelnyxParseError,
     bind_events,
     decode_client_state,
     encode_client_state,

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from voicecall_trio.config import build_config
+from voicecall_trio.errors import ProviderError
 from voicecall_trio.events import (
     CallAnswered,
     CallEnded,
@@ -24,7 +25,6 @@ from voicecall_trio.events import (
 )
 from voicecall_trio.model import CallRecord, new_record
 from voicecall_trio.providers import (
-    ProviderError,
     RemoteStatus,
     WebhookRequest,
     WebhookResponse,

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from voicecall_trio.errors import WebhookParseError
 from voicecall_trio.events import (
     MAX_FIELD_CHARS,
     MAX_TEXT_CHARS,
@@ -23,7 +24,6 @@ from voicecall_trio.events import (
 from voicecall_trio.providers.twilio.webhooks import (
     STATUS_END_REASONS,
     RequestKind,
-    WebhookParseError,
     machine_result,
     parse_webhook,
 )

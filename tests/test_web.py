@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 from voicecall_trio.config import build_config
+from voicecall_trio.errors import SignatureRejected
 from voicecall_trio.providers import WebhookRequest, WebhookResponse
 from voicecall_trio.testing.directory import FakeDirectory
 from voicecall_trio.testing.provider import FakeProvider
@@ -19,6 +20,8 @@ def answer(request: WebhookRequest) -> WebhookResponse:
     in it."""
     if request.body == b"boom":
         raise RuntimeError("carrier module bug")
+    if request.body == b"forged":
+        raise SignatureRejected("signature does not match")
     return WebhookResponse(200, b"<Response/>", "text/xml", {"X-Extra": "1"})
 
 
@@ -103,6 +106,13 @@ async def test_wrong_method_path_and_carrier_failure() -> None:
                        chunks=(b"boom",)))[0] == 400
     assert (await call(app, "POST", "/voice/webhook",
                        headers={"X-Sig": "a", "Content-Length": "nope"}))[0] == 400
+
+
+async def test_a_rejection_left_to_the_gate_is_rendered_with_its_status() -> None:
+    app = make(FakeProvider(answer))
+    status, body, _ = await call(app, "POST", "/voice/webhook", headers={"X-Sig": "a"},
+                                 chunks=(b"forged",))
+    assert (status, body) == (401, b"invalid signature")  # the reason stays in the log
 
 
 async def test_per_ip_in_flight_limit_answers_429() -> None:

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import VoiceCallError
+from .errors import ProviderError, VoiceCallError
 from .model import CallRecord
-from .providers import ProviderError
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor

@@ -39,21 +39,17 @@ import trio
 
 from . import __version__, systemd
 from .config import VoiceCallConfig
-from .errors import VoiceCallError
+from .errors import DaemonStartError, SocketInUse
 from .health import health_report
 from .journal import Journal
 from .providers import Provider
 from .replay import replay_file
 from .rpc.methods import build_methods
 from .rpc.server import RpcServer
-from .rpc.unix import SocketInUse, open_unix_listener
+from .rpc.unix import open_unix_listener
 from .supervisor import Supervisor
 
 log = logging.getLogger("voicecall.daemon")
-
-
-class DaemonStartError(VoiceCallError):
-    """The daemon cannot start (config, lock, port); the message says why."""
 
 
 @dataclass

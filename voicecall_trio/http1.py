@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
+from .errors import NotSimple as NotSimple  # re-exported for front.py until its split lands
+
 MAX_HEAD_BYTES = 16 * 1024
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -43,20 +45,6 @@ _PARTIAL_LINE = re.compile(
 )
 _LINE = re.compile(rb"(" + _TOKEN + rb") (/[!-$&-~]*) HTTP/1\.[01]\r\n")
 _BARE_CR_OR_LF = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
-
-
-class NotSimple(Exception):
-    """The bytes are not in the fast path's subset; let the full HTTP server have them.
-
-    ``declined`` is (method, path, headers) when the head itself was plain and only one of its
-    headers (``Transfer-Encoding``, say) is left to the full server: enough for the caller to
-    refuse a request before that server would tell the client to go on (``100 Continue``).
-    """
-
-    def __init__(self, reason: str,
-                 declined: tuple[str, str, dict[str, str]] | None = None) -> None:
-        super().__init__(reason)
-        self.declined = declined
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,9 @@ import trio
 
 from . import recovery
 from .call import CLEANUP_TIMEOUT_S, LiveCall
+from .errors import ProviderError
 from .model import CallRecord
-from .providers import ProviderError, RemoteCallState
+from .providers import RemoteCallState
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor

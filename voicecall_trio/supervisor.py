@@ -39,8 +39,10 @@ from .errors import (
     CarrierError,
     ConcurrencyLimit,
     InvalidInput,
+    ProviderError,
     TranscriptTimeout,
     VoiceCallError,
+    carrier_error,
 )
 from .events import (
     AnyEvent,
@@ -61,7 +63,6 @@ from .providers import (
     InboundDecision,
     InboundOutcome,
     Provider,
-    ProviderError,
 )
 from .registry import CallRegistry
 from .replay import ReplayResult
@@ -340,7 +341,7 @@ class Supervisor:
             log.warning("call %s: dial failed: %s", call.record.call_id, exc)
             self.note(call, lastError=clean_text(str(exc)))
             self.finish(call, "failed", by_carrier=True)
-            raise CarrierError(str(exc)) from None
+            raise carrier_error(exc) from None
         record = msgspec.structs.replace(call.record,
                                          provider_call_id=clean_text(provider_call_id))
         self._store(call, record, "call.dialled", {"providerCallId": provider_call_id})
@@ -381,7 +382,7 @@ class Supervisor:
             await self.provider.speak(call.record, text, listen=listen)
         except ProviderError as exc:
             log.warning("call %s: speak failed: %s", call.record.call_id, exc)
-            raise CarrierError(str(exc)) from None
+            raise carrier_error(exc) from None
 
     async def continue_call(self, call_id: str, message: str) -> str:
         call = await self._live(call_id)

@@ -29,7 +29,8 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .config import VoiceCallConfig
-from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse
+from .errors import BodyTooLarge, WebhookRejected
+from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse, rejected
 
 log = logging.getLogger("voicecall.web")
 
@@ -38,10 +39,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class _TooLarge(Exception):
-    pass
 
 
 METHOD_NOT_ALLOWED = WebhookResponse(405, b"method not allowed\n", headers={"Allow": "POST"})
@@ -119,11 +116,15 @@ class WebhookGate:
         return None
 
     async def respond(self, request: WebhookRequest) -> WebhookResponse:
-        """The carrier module's answer; its failures become a 400 and one log line."""
+        """The carrier module's answer. A ``WebhookRejected`` it raises is rendered with its
+        own status; any other failure becomes a 400 and one log line."""
         async with self._turnstile:
             pass
         try:
             return await self.provider.handle_webhook(request, self.directory)
+        except WebhookRejected as exc:  # a rejection the carrier module left to us
+            log.info("webhook from %s refused: %s", request.remote_addr, exc)
+            return rejected(exc)
         except Exception:
             log.exception("webhook from %s: carrier module failed", request.remote_addr)
             return CARRIER_FAILED
@@ -147,7 +148,7 @@ class WebhookEndpoint:
         if refusal is None:
             try:
                 body = await self._read_body(receive)
-            except _TooLarge:
+            except BodyTooLarge:
                 log.info("webhook from %s refused: body over %d bytes", remote,
                          self.gate.max_body)
                 refusal = TOO_LARGE
@@ -190,7 +191,7 @@ class WebhookEndpoint:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.gate.max_body:
-                raise _TooLarge
+                raise BodyTooLarge
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break

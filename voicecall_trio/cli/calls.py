@@ -12,8 +12,9 @@ import re
 import sys
 from typing import Any, Literal
 
+from ..errors import Failed
 from .connect import rpc
-from .outcome import EXIT_FAILED, EXIT_OK, Failed
+from .outcome import EXIT_FAILED, EXIT_OK
 from .render import call_row, describe_call, emit
 
 E164_PATTERN = r"^\+[1-9]\d{1,14}$"

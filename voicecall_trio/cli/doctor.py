@@ -28,8 +28,8 @@ def doctor(*, json: bool = False, socket: str | None = None, config: str | None 
         Config file.
     """
     from ..config import load_config
-    from ..errors import ConfigError
-    from ..rpc.client import DaemonUnreachable, SyncClient
+    from ..errors import ConfigError, DaemonUnreachable
+    from ..rpc.client import SyncClient
 
     checks: list[dict[str, Any]] = []
 

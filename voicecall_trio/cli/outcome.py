@@ -11,22 +11,13 @@ import os
 import sys
 from collections.abc import Callable
 
+from ..errors import DaemonUnreachable, Failed, RpcError, UsageError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """Raised by a command when its arguments make no sense together (exit 2)."""
-
-
-class Failed(Exception):
-    """Raised by a command when the operation failed; the message is shown as is (exit 1)."""
 
 
 def guard(run: Callable[[], int]) -> int:
     """Run a bound command; map what it raises to an exit code and a message on stderr."""
-    from ..rpc.client import DaemonUnreachable
-    from ..rpc.protocol import RpcError
-
     try:
         return run()
     except BrokenPipeError:

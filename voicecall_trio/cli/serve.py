@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Literal
 
-from .outcome import EXIT_OK, Failed
+from ..errors import Failed
+from .outcome import EXIT_OK
 
 
 def serve(*, config: str | None = None, socket: str | None = None) -> int:
@@ -29,7 +30,8 @@ def serve(*, config: str | None = None, socket: str | None = None) -> int:
     from pathlib import Path
 
     from ..config import load_config
-    from ..daemon import DaemonStartError, configure_logging, serve_forever
+    from ..daemon import configure_logging, serve_forever
+    from ..errors import DaemonStartError
 
     configure_logging()
     cfg = load_config(config)

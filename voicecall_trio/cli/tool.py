@@ -10,9 +10,10 @@ import json as _json
 import sys
 from typing import Any
 
+from ..errors import Failed
 from .calls import check_e164
 from .connect import rpc
-from .outcome import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failed
+from .outcome import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 
 
 def tool(input: str | None = None, *, schema: bool = False, socket: str | None = None,
@@ -50,7 +51,7 @@ def tool(input: str | None = None, *, schema: bool = False, socket: str | None =
         except Failed as exc:
             print(_json.dumps({"error": str(exc)}))
             return EXIT_FAILED
-    from ..rpc.client import DaemonUnreachable
+    from ..errors import DaemonUnreachable
 
     unreachable = False
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import Failed
 from ..states import TERMINAL_STATE_NAMES as TERMINAL_STATES
 from .connect import socket_path
-from .outcome import EXIT_OK, Failed
+from .outcome import EXIT_OK
 from .render import describe_call, describe_event, emit
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import trio
 
     from ..config import VoiceCallConfig
+    from ..errors import WebhookRejected
     from ..events import AnyEvent, CallInitiated, EndReason
     from ..model import CallRecord
 
@@ -100,15 +101,6 @@ class CallDirectory(Protocol):
         ...
 
 
-class ProviderError(Exception):
-    """The carrier refused or failed a request; ``message`` is safe to show a user."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
 class Provider(Protocol):
     name: str
     speaks_initial_message: bool
@@ -153,6 +145,11 @@ class Provider(Protocol):
 
 def plain(status: int, text: str) -> WebhookResponse:
     return WebhookResponse(status, text.encode())
+
+
+def rejected(rejection: WebhookRejected) -> WebhookResponse:
+    """The one rendering of a rejection: its status and only its public text."""
+    return plain(rejection.status, rejection.public)
 
 
 def _twilio(config: VoiceCallConfig, http: httpx.AsyncClient) -> Provider:

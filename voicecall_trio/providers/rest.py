@@ -17,7 +17,7 @@ import httpx
 import msgspec
 import trio
 
-from . import ProviderError
+from ..errors import ProviderError
 from .rest_spec import RestRequest, RestResponse
 
 __all__ = ["RETRY_STATUSES", "RestClient", "RestRequest", "RestResponse"]

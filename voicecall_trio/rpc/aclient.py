@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from ..errors import RpcError
 from .peer import Peer, Reply
 from .protocol import (
     INTERNAL_ERROR,
@@ -22,7 +23,6 @@ from .protocol import (
     Notification,
     Request,
     Response,
-    RpcError,
 )
 
 RequestHandler = Callable[[dict[str, Any]], Awaitable[Any]]

@@ -18,17 +18,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+from ..errors import DaemonUnreachable as DaemonUnreachable  # re-exported: public API
+from ..errors import RpcError
 from .peer import Action, Peer, Refuse, Reply
-from .protocol import INTERNAL_ERROR, Notification, RpcError
-
-
-class DaemonUnreachable(Exception):
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(
-            f"voicecall daemon is not reachable at {path} ({reason}). "
-            "Start it with `voicecall serve` (or pass --socket / set VOICECALL_SOCKET)."
-        )
-        self.path = path
+from .protocol import INTERNAL_ERROR, Notification
 
 
 class SyncClient:

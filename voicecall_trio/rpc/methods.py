@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 import trio
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, RpcError
 from ..events import MAX_TEXT_CHARS
 from ..health import health_report
 from ..model import record_to_builtins
 from ..providers import InboundDecision
 from ..supervisor import Supervisor
-from .protocol import INVALID_PARAMS, RpcError
+from .protocol import INVALID_PARAMS
 from .server import Connection, Handler
 
 log = logging.getLogger("voicecall.rpc")

@@ -34,11 +34,11 @@ import itertools
 from collections import deque
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from ..errors import LineTooLong
 from .protocol import (
     INVALID_REQUEST,
     MAX_LINE_BYTES,
     LineSplitter,
-    LineTooLong,
     Notification,
     ProtocolError,
     Request,

@@ -25,6 +25,9 @@ import json
 import re
 from typing import Any, NamedTuple
 
+from ..errors import LineTooLong
+from ..errors import RpcError as RpcError  # re-exported: the clients' public API
+
 MAX_LINE_BYTES = 1024 * 1024
 
 PARSE_ERROR = -32700
@@ -71,10 +74,6 @@ class ProtocolError(NamedTuple):
 
 
 Message = Request | Notification | Response | ProtocolError
-
-
-class LineTooLong(Exception):
-    pass
 
 
 class LineSplitter:
@@ -248,18 +247,3 @@ def encode_error(msg_id: RequestId, code: int, message: str, data: Any = None) -
         error["data"] = data
     body = _dumps({"jsonrpc": "2.0", "id": msg_id, "error": error})
     return body.encode("utf-8", "replace") + b"\n"
-
-
-class RpcError(Exception):
-    """An error reply, raised by clients and by method handlers."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    @classmethod
-    def from_reply(cls, error: dict[str, Any]) -> RpcError:
-        return cls(int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")),
-                   error.get("data"))

@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from ..errors import VoiceCallError
+from ..errors import RpcError, VoiceCallError
 from .accept import accept_loop
 from .peer import Peer, Refuse, Reply
 from .protocol import (
@@ -44,7 +44,6 @@ from .protocol import (
     Notification,
     Request,
     Response,
-    RpcError,
 )
 from .unix import open_unix_listener
 

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import trio
 
+from ..errors import SocketInUse
+
 MAX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
-
-
-class SocketInUse(Exception):
-    pass
 
 
 def probe(path: Path) -> bool:

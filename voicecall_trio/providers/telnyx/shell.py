@@ -26,18 +26,17 @@ import nacl.signing
 import trio
 
 from ...config import VoiceCallConfig
-from ...errors import ConfigError
+from ...errors import ConfigError, ProviderError, SignatureRejected, WebhookRejected
 from ...events import CallError, CallInitiated
 from ...model import CallRecord, is_late_confirmation, was_answered
 from .. import (
     CallDirectory,
     InboundDecision,
-    ProviderError,
     RemoteCallState,
     RemoteStatus,
     WebhookRequest,
     WebhookResponse,
-    plain,
+    rejected,
 )
 from ..rest import RestClient, RestRequest, RestResponse
 from . import rest as api
@@ -50,7 +49,7 @@ from .signature import (
     parse_timestamp,
     verify,
 )
-from .webhooks import TelnyxParseError, TelnyxWebhook, bind_events, parse_webhook
+from .webhooks import TelnyxWebhook, bind_events, parse_webhook
 
 log = logging.getLogger("voicecall.telnyx")
 
@@ -188,15 +187,13 @@ class TelnyxProvider:
     async def handle_webhook(
         self, request: WebhookRequest, directory: CallDirectory
     ) -> WebhookResponse:
-        if not self._config.skip_signature_verification:
-            refused = self._check_signature(request)
-            if refused is not None:
-                return refused
         try:
+            if not self._config.skip_signature_verification and self._replayed(request):
+                return _DUPLICATE
             hook = parse_webhook(request.body)
-        except TelnyxParseError as exc:
+        except WebhookRejected as exc:
             log.warning("telnyx webhook from %s refused: %s", request.remote_addr or "?", exc)
-            return plain(400, "bad request")
+            return rejected(exc)
         try:
             await self._act(hook, directory)
         except ProviderError as exc:
@@ -204,28 +201,27 @@ class TelnyxProvider:
                         hook.call_control_id, exc)
         return _OK
 
-    def _check_signature(self, request: WebhookRequest) -> WebhookResponse | None:
-        """``None`` when the delivery is authentic and new; else the response to give."""
+    def _replayed(self, request: WebhookRequest) -> bool:
+        """False when the delivery is authentic and new, True for a replay of one; raises
+        ``SignatureRejected`` when it is not authentic."""
         signature = _header(request.headers, SIGNATURE_HEADER)
         timestamp = _header(request.headers, TIMESTAMP_HEADER)
-        peer = request.remote_addr or "?"
         if not signature or not timestamp:
-            log.warning("telnyx webhook from %s refused: signature headers missing", peer)
-            return plain(401, "missing signature")
+            raise SignatureRejected("signature headers missing", public="missing signature")
         if self._key is None:
-            log.warning("telnyx webhook from %s refused: telnyx.publicKey is not set", peer)
-            return plain(401, "signature cannot be verified")
+            raise SignatureRejected("telnyx.publicKey is not set",
+                                    public="signature cannot be verified")
         now = self._clock()
         result = verify(request.body, signature, timestamp, now, self._key)
         if not result.ok:
-            log.warning("telnyx webhook from %s refused: %s", peer, result.reason)
-            return plain(401, "invalid signature")
+            raise SignatureRejected(result.reason)
         sig, ts = decode_signature(signature), parse_timestamp(timestamp)
         assert sig is not None and ts is not None  # verify() accepted both
         if self._replays.seen(sig, ts, now):
-            log.info("telnyx webhook from %s ignored: replayed delivery", peer)
-            return _DUPLICATE
-        return None
+            log.info("telnyx webhook from %s ignored: replayed delivery",
+                     request.remote_addr or "?")
+            return True
+        return False
 
     async def _act(self, hook: TelnyxWebhook, directory: CallDirectory) -> None:
         if hook.is_inbound_offer:

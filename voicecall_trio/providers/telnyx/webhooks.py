@@ -42,6 +42,7 @@ from typing import Any
 
 import msgspec
 
+from ...errors import TelnyxParseError
 from ...events import (
     MAX_ID_CHARS,
     MAX_TEXT_CHARS,
@@ -61,10 +62,6 @@ from ...events import (
     carrier_timestamp_ms,
     finite_or_none,
 )
-
-
-class TelnyxParseError(ValueError):
-    """The body is not a Telnyx webhook envelope (the shell answers 400)."""
 
 
 class _TranscriptionData(msgspec.Struct):

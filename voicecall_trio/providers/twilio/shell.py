@@ -26,15 +26,16 @@ import httpx
 import trio
 
 from ...config import VoiceCallConfig
+from ...errors import ProviderError, WebhookParseError
 from ...model import CallRecord
 from .. import (
     CallDirectory,
-    ProviderError,
     RemoteCallState,
     RemoteStatus,
     WebhookRequest,
     WebhookResponse,
     plain,
+    rejected,
 )
 from ..rest import RestClient
 from . import twiml, urls
@@ -53,7 +54,6 @@ from .signed_url import UrlPolicy, reconstruct_for
 from .webhooks import (
     RequestKind,
     TwilioWebhook,
-    WebhookParseError,
     parse_webhook,
     strict_form,
 )
@@ -202,8 +202,7 @@ class TwilioProvider:
         if not check.ok:
             log.warning("Twilio webhook refused: %s (tried %s)", check.reason,
                         ", ".join(check.tried_urls) or "no URL")
-            return plain(401, "missing signature" if check.reason == "missing signature"
-                         else "invalid signature")
+            return rejected(check.rejection())
         key = self._replay_key(request)
         while (pending := self._pending.get(key)) is not None:
             await pending.wait()  # an identical request is being handled right now
@@ -259,7 +258,7 @@ class TwilioProvider:
                                  request.headers.get("content-type", ""), form=form)
         except WebhookParseError as exc:
             log.warning("Twilio webhook unreadable: %s", exc)
-            return plain(400, f"bad request: {exc}")
+            return rejected(exc)
         base = self._base_for(check)
         if hook.kind is RequestKind.STATUS:
             return await self._on_status(hook, directory)

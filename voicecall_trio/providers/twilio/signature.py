@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, urlsplit
 
+from ...errors import SignatureRejected
 from ..forms import form_pairs
 from .signed_url import UrlPolicy, reconstruct_for, split_netloc
 
@@ -48,6 +49,11 @@ class SignatureCheck:
     tried_urls: tuple[str, ...] = ()
     url: str | None = None
     algorithm: str = "HMAC_SHA1"
+
+    def rejection(self) -> SignatureRejected:
+        """The rejection of a failed check: 401, "missing signature" or "invalid signature"."""
+        return SignatureRejected(self.reason, public="missing signature"
+                                 if self.reason == "missing signature" else "invalid signature")
 
 
 def _grouped(params: Params) -> dict[str, list[str]]:

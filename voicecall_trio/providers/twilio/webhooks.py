@@ -32,6 +32,7 @@ from email.utils import parsedate_to_datetime
 
 import msgspec
 
+from ...errors import WebhookParseError
 from ...events import (
     MAX_ID_CHARS,
     MAX_TEXT_CHARS,
@@ -67,10 +68,6 @@ class RequestKind(enum.StrEnum):
     STATUS = "status"  # status callback or async AMD result: answer an empty Response
     GATHER = "gather"  # result of our <Gather>
     HOLD = "hold"  # our own <Redirect> loop while the bot thinks
-
-
-class WebhookParseError(ValueError):
-    """The request is not a Twilio voice webhook we can read (answered with 400)."""
 
 
 @dataclass(frozen=True, slots=True)
