@@ -13,8 +13,9 @@ import trio
 import trio.lowlevel
 from rigs import FlakyDisk, RecordingDisk
 
+from voicecall_trio.errors import JournalError
 from voicecall_trio.events import CallAnswered, CallEnded
-from voicecall_trio.journal import Journal, JournalError
+from voicecall_trio.journal import Journal
 from voicecall_trio.journal_disk import Disk
 from voicecall_trio.journal_lines import encode_record
 from voicecall_trio.journal_tail import tail_lines
@@ -133,7 +134,6 @@ def test_a_line_without_a_transcript_still_replays() -> None:
 
 
 async def test_a_failing_disk_is_reported_not_fatal(tmp_path: Path) -> None:
-    from voicecall_trio.journal import JournalError
 
     path = tmp_path / "calls.jsonl"
     journal = Journal(path)

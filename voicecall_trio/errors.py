@@ -31,10 +31,7 @@ quart or msgspec.
     ├── UsageError                     exit 2      a command's arguments make no sense together
     ├── Failed                         exit 1      a command's operation failed
     ├── JournalError (OSError)         -> VoiceCallError (rpc -32000) "...; the call was not placed"
-    └── _Closed                        -           the fast front's peer stopped or ran late
-
-``JournalError`` is still defined in ``store.py`` and ``_Closed`` in ``front.py``: both modules
-are being split elsewhere, and their classes move here once that lands.
+    └── PeerClosed                     -           the fast front's peer stopped or ran late
 
 Where each is raised:
 
@@ -58,10 +55,10 @@ Where each is raised:
 - ``DaemonUnreachable``: by the RPC clients when the socket is missing, refused or lost.
 - ``SocketInUse``: by ``rpc.unix.open_unix_listener`` when a live daemon already listens.
 - ``UsageError`` / ``Failed``: by CLI commands; ``cli.outcome.guard`` maps them to exit codes.
-- ``JournalError`` (``store.py``): by the journal writer when a record cannot be written; an
-  ``initiate`` whose first record fails is refused before any dial.
-- ``_Closed`` (``front.py``): by the fast front when a peer stops sending or reading within
-  the request timeout; the connection is dropped.
+- ``JournalError``: by the journal writer (``journal.py``) when a record cannot be written;
+  an ``initiate`` whose first record fails is refused before any dial.
+- ``PeerClosed``: by the fast front's connection (``front_connection.py``) when a peer stops
+  sending or reading within the request timeout; the connection is dropped.
 """
 
 from __future__ import annotations
@@ -273,3 +270,11 @@ __all__ = [
     "WebhookRejected",
     "carrier_error",
 ]
+
+
+class JournalError(OSError):
+    """The journal could not be written (disk full, I/O error); the message says why."""
+
+
+class PeerClosed(Exception):
+    """The fast front's peer went away or stalled: drop the connection."""

@@ -50,7 +50,8 @@ from typing import Any
 
 import trio
 
-from .front_connection import _Closed, _Connection
+from .errors import PeerClosed
+from .front_connection import _Connection
 from .front_limits import Throttled, shed_candidate
 from .handover import IDLE, Handed, Rewound
 from .web import WebhookGate
@@ -200,7 +201,7 @@ class HttpFront:
             self._open[connection] = None
             try:
                 hand_over = await connection.serve()
-            except (_Closed, trio.ClosedResourceError, OSError):
+            except (PeerClosed, trio.ClosedResourceError, OSError):
                 pass
             if hand_over and sock.fileno() >= 0:  # (not if it was shed meanwhile)
                 del self._open[connection]

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .errors import NotSimple, PeerClosed
 from .handover import BUSY, IDLE, RECEIVING
-from .http1 import CONTINUE, NotSimple, RequestHead, parse_head, render_response
+from .http1 import CONTINUE, RequestHead, parse_head, render_response
 from .providers import WebhookRequest, WebhookResponse
 from .web import TOO_LARGE, TOO_MANY
 
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
 RECEIVE_BYTES = 65536
 DRAIN_TIMEOUT_S = 1.0  # after a refusal that closes, how long unread input is drained
 DRAIN_LIMIT_BYTES = 1 << 20
-
-
-class _Closed(Exception):
-    """The peer went away or stalled: drop the connection."""
 
 
 
@@ -110,7 +107,7 @@ class _Connection:
             return None
 
     async def _receive(self) -> None:
-        """More bytes of the current request, or ``_Closed`` if they stop or run late."""
+        """More bytes of the current request, or ``PeerClosed`` if they stop or run late."""
         with trio.move_on_at(self.deadline):
             while (data := self._recv()) is None:
                 self.waited = True
@@ -118,10 +115,10 @@ class _Connection:
             if data:
                 self.buffer += data
                 return
-        raise _Closed
+        raise PeerClosed
 
     async def _send(self, data: bytes) -> None:
-        """Send it all, or ``_Closed`` if the peer stops reading for the request timeout."""
+        """Send it all, or ``PeerClosed`` if the peer stops reading for the request timeout."""
         view = memoryview(data)
         deadline = trio.current_time() + self.front.request_timeout_s
         while view:
@@ -132,7 +129,7 @@ class _Connection:
                 with trio.move_on_at(deadline):
                     await trio.lowlevel.wait_writable(self.sock)
                     continue
-                raise _Closed from None
+                raise PeerClosed from None
             view = view[sent:]
 
     async def _next_head(self) -> RequestHead | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
-from .errors import NotSimple as NotSimple  # re-exported for front.py until its split lands
+from .errors import NotSimple
 
 MAX_HEAD_BYTES = 16 * 1024
 

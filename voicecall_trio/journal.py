@@ -34,16 +34,13 @@ from pathlib import Path
 import msgspec
 import trio
 
+from .errors import JournalError
 from .journal_disk import Disk, fsync_dir, open_private
 from .journal_index import JournalIndex
 from .journal_lines import decode_record, encode_record, read_line, segment_path
 from .model import CallRecord
 
 log = logging.getLogger("voicecall.journal")
-
-
-class JournalError(OSError):
-    """The journal could not be written (disk full, I/O error); the message says why."""
 
 
 

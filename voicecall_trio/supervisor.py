@@ -39,6 +39,7 @@ from .errors import (
     CarrierError,
     ConcurrencyLimit,
     InvalidInput,
+    JournalError,
     ProviderError,
     TranscriptTimeout,
     VoiceCallError,
@@ -54,7 +55,7 @@ from .events import (
     CallSpeech,
     EndReason,
 )
-from .journal import Journal, JournalError
+from .journal import Journal
 from .journal_lines import encode_record
 from .model import CallRecord
 from .offers import OfferBook
