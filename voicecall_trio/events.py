@@ -31,7 +31,7 @@ EndReason = Literal[
     "busy",
     "voicemail",
 ]
-# the type checker's spelling of ``states.TERMINAL_STATE_NAMES`` (tests/test_model.py checks
+# the type checker's spelling of ``states.TERMINAL_STATE_NAMES`` (tests/pure/test_model.py checks
 # that the two agree); code that needs the set at run time uses that one
 END_REASONS: frozenset[str] = TERMINAL_STATE_NAMES
 

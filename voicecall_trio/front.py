@@ -37,7 +37,7 @@ as the front sees it is ``handover.py``.
 Hypercorn still runs the ASGI lifespan and serves every connection it is given exactly as
 ``hypercorn.trio.serve`` would; only the accept loop is ours. That uses three Hypercorn
 classes that are not its documented API (``TCPServer``, ``WorkerContext``, ``Lifespan``), so
-the version is bounded in pyproject.toml and tests/test_front.py exercises the hand-over.
+the version is bounded in pyproject.toml and tests/e2e/test_front.py exercises the hand-over.
 """
 
 from __future__ import annotations

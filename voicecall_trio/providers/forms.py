@@ -4,7 +4,7 @@ Every Twilio webhook body and query goes through this, several times per request
 ``parse_qsl``'s generality (bytes-or-str coercion, per-field ``unquote`` calls even when
 nothing is escaped) made it the largest single cost of a webhook in the profile. This is
 the same algorithm with blank values kept and UTF-8 ``replace`` decoding, doing work only on
-fields that contain ``+`` or ``%``. tests/test_forms.py checks it against ``parse_qsl``.
+fields that contain ``+`` or ``%``. tests/pure/test_forms.py checks it against ``parse_qsl``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from voicecall_trio.providers import (
 from voicecall_trio.providers.telnyx.shell import TelnyxProvider
 from voicecall_trio.testing.directory import FakeDirectory
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 if not (VECTORS / "telnyx_test_key.json").is_file():
     pytest.skip(f"Telnyx test key not found in {VECTORS}", allow_module_level=True)
 

@@ -31,7 +31,7 @@ from voicecall_trio.providers.telnyx.webhooks import (
     parse_webhook,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 if not (VECTORS / "telnyx_webhooks.json").is_file():
     pytest.skip(f"Telnyx webhook vectors not found in {VECTORS}", allow_module_level=True)
 

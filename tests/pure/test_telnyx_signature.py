@@ -19,7 +19,7 @@ from voicecall_trio.providers.telnyx.signature import (
     verify,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 if not (VECTORS / "telnyx_signature.json").is_file():
     pytest.skip(f"Telnyx signature vectors not found in {VECTORS}", allow_module_level=True)
 

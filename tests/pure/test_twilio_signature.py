@@ -25,7 +25,7 @@ from voicecall_trio.providers.twilio.signed_url import (
     tunnel_vouches_for,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 TOKEN = "f3c1e0d5a2b44c6e8d9a7b6c5d4e3f21"
 FORM = {"CallSid": "CA0123456789abcdef0123456789abcdef", "CallStatus": "ringing", "From": "+1415"}
 

@@ -28,7 +28,7 @@ from voicecall_trio.providers.twilio.webhooks import (
     parse_webhook,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 _PATH = VECTORS / "twilio_webhooks.json"
 HOOKS: dict[str, Any] = (
     json.loads(_PATH.read_text(encoding="utf-8")) if _PATH.is_file() else {}
