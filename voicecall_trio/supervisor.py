@@ -378,7 +378,7 @@ class Supervisor:
             raise CallNotConnected(
                 f"Call is not connected (state {call.record.state.value})"
             )
-        self._apply(call, CallSpeaking(id=f"bot:{self.ids()}", text=text))
+        self._apply(call, CallSpeaking(id=f"bot:{self.ids().replace('-', '')}", text=text))
         try:
             await self.provider.speak(call.record, text, listen=listen)
         except ProviderError as exc:

@@ -346,3 +346,23 @@ def test_the_sync_client_queues_notifications_drops_stale_replies_and_fails_on_a
         note = next(client.notifications())
         assert note.method == "voicecall.event" and note.params == {"type": "call.ended"}
     thread.join(10)
+
+
+def test_watching_skips_a_notification_over_the_line_limit() -> None:
+    """A call fails on a reply it cannot read, but `voicecall watch` just skips such a line
+    and keeps watching (as it did before the peer was shared)."""
+    import tempfile
+
+    from voicecall_trio.rpc.client import SyncClient
+
+    path = tempfile.mkdtemp(prefix="vcsync", dir="/tmp") + "/s.sock"
+    huge = (b'{"jsonrpc":"2.0","method":"voicecall.event","params":{"t":"'
+            + b"x" * (1024 * 1024 + 10) + b'"}}\n')
+    small = b'{"jsonrpc":"2.0","method":"voicecall.event","params":{"type":"call.ended"}}\n'
+    thread = _one_shot_server(path, [b'{"jsonrpc":"2.0","id":1,"result":{"subscribed":true}}\n'
+                                     + huge + small, b""])
+    with SyncClient(path) as client:
+        assert client.call("voicecall.subscribe", timeout=10) == {"subscribed": True}
+        first = next(iter(client.notifications()))
+        assert first.params == {"type": "call.ended"}
+    thread.join(10)

@@ -89,17 +89,19 @@ class SyncClient:
         while True:
             while self._pending:
                 yield self._pending.popleft()
-            action = self._next_action()
+            action = self._next_action(skip_too_long=True)
             if isinstance(action, Notification):
                 yield action
 
-    def _next_action(self) -> Action[None]:
+    def _next_action(self, *, skip_too_long: bool = False) -> Action[None]:
+        """The next line's action. A line over the limit fails a call (its reply would
+        never come) but is only skipped while watching notifications."""
         while (action := self._peer.next_action()) is None:
             data = self._sock.recv(65536)
             if not data:
                 raise DaemonUnreachable(self.path, "the daemon closed the connection")
             self._peer.feed(data)
-        if isinstance(action, Refuse) and action.too_long:
+        if isinstance(action, Refuse) and action.too_long and not skip_too_long:
             # the rest of that line is dropped and its reply would never come: say so
             # rather than wait for ever
             raise RpcError(INTERNAL_ERROR, "the daemon's reply is over the 1 MiB line limit")
