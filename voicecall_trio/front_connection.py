@@ -23,7 +23,7 @@ from .errors import NotSimple, PeerClosed
 from .handover import BUSY, IDLE, RECEIVING
 from .http1 import CONTINUE, RequestHead, parse_head, render_response
 from .providers import WebhookRequest, WebhookResponse
-from .web import TOO_LARGE, TOO_MANY
+from .web import AMBIGUOUS_FRAMING, TOO_LARGE, TOO_MANY
 
 if TYPE_CHECKING:
     from .front import HttpFront
@@ -208,9 +208,14 @@ class _Connection:
 
     async def _refuse_before_continue(self, method: str, path: str,
                                       headers: dict[str, str]) -> bool:
-        """A webhook Hypercorn would serve (chunked, say) that waits for ``100 Continue``:
-        answer a refusal here, and close, since h11 sends the 100 before any app runs."""
+        """Refuse here, and close, what Hypercorn should not be handed: a request framed
+        both by ``Transfer-Encoding`` and ``Content-Length`` (h11 would serve it and keep the
+        connection), or a webhook (chunked, say) that waits for ``100 Continue`` and will be
+        refused anyway (h11 sends the 100 before any app runs)."""
         gate = self.gate
+        if "transfer-encoding" in headers and "content-length" in headers:
+            await self._refuse(AMBIGUOUS_FRAMING)
+            return True
         if (method != "POST" or path != gate.path
                 or headers.get("expect", "").lower() != "100-continue"):
             return False
@@ -219,10 +224,13 @@ class _Connection:
             refusal = TOO_MANY
         if refusal is None:
             return False
+        await self._refuse(refusal)
+        return True
+
+    async def _refuse(self, refusal: WebhookResponse) -> None:
         await self._send(render_response(refusal.status, refusal.body, refusal.content_type,
                                          dict(refusal.headers), close=True))
         await self._drain()
-        return True
 
     async def _take_body(self, head: RequestHead) -> bytes:
         """Remove the request (head and body) from the buffer, reading what is still missing."""

@@ -104,8 +104,9 @@ def parse_head(data: bytes | bytearray, max_head: int = MAX_HEAD_BYTES) -> Reque
     # HTTP/1.0 closes unless the client asks to keep alive (and we confirm it in the answer)
     close = "close" in tokens or (http10 and "keep-alive" not in tokens)
     path, _, query = target.decode("ascii").partition("?")
+    # RFC 9110 10.1.1: an expectation received over HTTP/1.0 is ignored (no 100 is sent)
     return RequestHead(method.decode("ascii"), path, query, headers, length, close, end + 4,
-                       http10, expect is not None)
+                       http10, expect is not None and not http10)
 
 
 def _check_partial(data: bytes | bytearray) -> None:

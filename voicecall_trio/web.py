@@ -45,6 +45,8 @@ METHOD_NOT_ALLOWED = WebhookResponse(405, b"method not allowed\n", headers={"All
 TOO_MANY = WebhookResponse(429, b"too many requests in flight\n")
 MISSING_SIGNATURE = WebhookResponse(401, b"missing signature\n")
 BAD_LENGTH = WebhookResponse(400, b"bad content-length\n")
+# RFC 9112 6.3: both framings at once is how requests are smuggled past a proxy; refused
+AMBIGUOUS_FRAMING = WebhookResponse(400, b"transfer-encoding and content-length together\n")
 TOO_LARGE = WebhookResponse(413, b"request body too large\n")
 CARRIER_FAILED = WebhookResponse(400, b"bad request\n")
 

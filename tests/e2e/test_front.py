@@ -480,6 +480,21 @@ async def test_an_unknown_transfer_encoding_is_a_400_not_a_501() -> None:
         assert (await client.response())[0] == 400
 
 
+async def test_both_framings_at_once_are_refused_and_the_connection_closed() -> None:
+    """Review finding: Transfer-Encoding and Content-Length together (a smuggling attempt
+    behind a proxy that believes Content-Length) was served by h11 and the connection kept,
+    so a request hidden in the body was answered too. RFC 9112 6.3: refuse, or close."""
+    async with serving(FakeProvider(echo)) as (front, port, _):
+        client = await connect(port)
+        await client.stream.send_all(
+            b"POST /voice/webhook HTTP/1.1\r\nHost: x\r\nX-Sig: s\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + webhook())
+        status, headers, _ = await client.response()
+        assert status == 400 and headers.get("connection") == "close"
+        assert await closed_within(client, WAIT_S) < WAIT_S  # the hidden request: never read
+        assert front.handed_over == 0
+
+
 @pytest.mark.parametrize("raw", [
     b"GET /healthz HTTP/1.1\nHost: x\n\n",  # bare LF: h11 takes it, our parser never would
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)),  # a TLS ClientHello

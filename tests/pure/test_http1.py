@@ -117,6 +117,8 @@ def test_http10_closes_unless_kept_alive_and_expect_continue_is_noticed() -> Non
     assert plain is not None and plain.http10 and plain.close
     assert kept is not None and kept.http10 and not kept.close
     assert expect is not None and expect.expect_continue and not expect.http10
+    old = parse_head(b"POST / HTTP/1.0\r\nHost: h\r\nExpect: 100-continue\r\n\r\n")
+    assert old is not None and not old.expect_continue  # ignored over HTTP/1.0 (RFC 9110)
 
 
 @pytest.mark.parametrize("partial", [
