@@ -75,7 +75,12 @@ class StreamingConfig(_Section):
     silence_duration_ms: int = 800
     vad_threshold: float = 0.5
     stream_path: str = "/voice/stream"
+    pre_start_timeout_ms: int = 5000
+    max_pending_connections: int = 32
+    max_pending_connections_per_ip: int = 4
+    max_connections: int = 128
     realtime_url: str = "wss://api.openai.com/v1/realtime"  # ours
+    barge_in: bool = True  # ours
 
 
 class SttConfig(_Section):
@@ -83,11 +88,21 @@ class SttConfig(_Section):
     model: str = "whisper-1"
 
 
+class ElevenLabsConfig(_Section):
+    api_key: str | None = None
+    voice_id: str | None = None
+    model_id: str | None = None
+    base_url: str = "https://api.elevenlabs.io"  # ours
+
+
 class TtsConfig(_Section):
-    provider: str = "openai"
+    provider: Literal["openai", "elevenlabs"] = "openai"
     model: str = "gpt-4o-mini-tts"
     voice: str = "coral"
     instructions: str | None = None
+    base_url: str = "https://api.openai.com/v1"  # ours
+    api_key: str | None = None  # ours
+    elevenlabs: ElevenLabsConfig = msgspec.field(default_factory=ElevenLabsConfig)
 
 
 class WebhookSecurityConfig(_Section):
@@ -173,6 +188,37 @@ class VoiceCallConfig(_Section):
     def webhook_url(self) -> str | None:
         return self.public_url
 
+    # -- keys and what they switch on -----------------------------------------------------
+    def openai_key(self) -> str | None:
+        """``streaming.openaiApiKey`` (``OPENAI_API_KEY`` falls back into it at load)."""
+        return self.streaming.openai_api_key or None
+
+    def tts_key(self) -> str | None:
+        """The speech provider's key: ElevenLabs' own, or ``tts.apiKey`` else the OpenAI key."""
+        if self.tts.provider == "elevenlabs":
+            return self.tts.elevenlabs.api_key or None
+        return self.tts.api_key or self.openai_key()
+
+    def streaming_active(self) -> bool:
+        """Media streams run only with ``streaming.enabled`` and an OpenAI key for the STT;
+        without the key, Twilio conversations stay on ``<Gather>`` (the seed: streaming does
+        not start)."""
+        return self.streaming.enabled and self.openai_key() is not None
+
+    def streaming_warning(self) -> str | None:
+        """Why streaming is on in the config but will not run, for ``serve`` and ``doctor``."""
+        if not self.streaming.enabled:
+            return None
+        if self.openai_key() is None:
+            return ("streaming.enabled is set but no OpenAI key was found "
+                    "(streaming.openaiApiKey or OPENAI_API_KEY): streaming does not start; "
+                    "Twilio conversation calls use <Gather>")
+        if self.tts_key() is None:
+            missing = ("tts.elevenlabs.apiKey or ELEVENLABS_API_KEY"
+                       if self.tts.provider == "elevenlabs" else "tts.apiKey")
+            return f"no speech key ({missing}): the bot cannot speak over media streams"
+        return None
+
 
 # -- loading -----------------------------------------------------------------------------
 
@@ -184,6 +230,7 @@ _ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("telnyx", "connectionId"), "TELNYX_CONNECTION_ID"),
     (("telnyx", "publicKey"), "TELNYX_PUBLIC_KEY"),
     (("streaming", "openaiApiKey"), "OPENAI_API_KEY"),
+    (("tts", "elevenlabs", "apiKey"), "ELEVENLABS_API_KEY"),
     (("tunnel", "ngrokAuthToken"), "NGROK_AUTHTOKEN"),
     (("tunnel", "ngrokDomain"), "NGROK_DOMAIN"),
 )
@@ -191,16 +238,22 @@ _ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 def _apply_env(section: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     out = dict(section)
-    for (group, key), var in _ENV_FALLBACKS:
+    for path, var in _ENV_FALLBACKS:
         value = environ.get(var)
-        if not value:
-            continue
-        sub = out.get(group, {})
-        if not isinstance(sub, dict):
-            continue  # leave the type error to validation
-        if sub.get(key) in (None, ""):
-            out[group] = {**sub, key: value}
+        if value:
+            out = _fill(out, path, value)
     return out
+
+
+def _fill(section: dict[str, Any], path: tuple[str, ...], value: str) -> dict[str, Any]:
+    """``section`` with ``value`` at ``path`` unless the file set it (copies, never mutates)."""
+    head, *rest = path
+    if not rest:
+        return section if section.get(head) not in (None, "") else {**section, head: value}
+    sub = section.get(head, {})
+    if not isinstance(sub, dict):
+        return section  # leave the type error to validation
+    return {**section, head: _fill(sub, tuple(rest), value)}
 
 
 def _path_of(message: str, prefix: str) -> str:
@@ -275,6 +328,34 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
         raise ConfigError(f"{key('serve.port')}: must be a TCP port (0-65535)")
     if config.serve.max_connections < 1:
         raise ConfigError(f"{key('serve.maxConnections')}: must be at least 1")
+    _validate_streaming(config, key)
+
+
+def _validate_streaming(config: VoiceCallConfig, key: Any) -> None:
+    s = config.streaming
+    for name, value, low in (
+        ("streaming.preStartTimeoutMs", s.pre_start_timeout_ms, 100),
+        ("streaming.maxPendingConnections", s.max_pending_connections, 1),
+        ("streaming.maxPendingConnectionsPerIp", s.max_pending_connections_per_ip, 1),
+        ("streaming.maxConnections", s.max_connections, 1),
+        ("streaming.silenceDurationMs", s.silence_duration_ms, 0),
+    ):
+        if value < low:
+            raise ConfigError(f"{key(name)}: must be at least {low}")
+    if not 0.0 <= s.vad_threshold <= 1.0:
+        raise ConfigError(f"{key('streaming.vadThreshold')}: must be between 0 and 1")
+    for name, url, schemes in (
+        ("streaming.realtimeUrl", s.realtime_url, ("ws", "wss")),
+        ("tts.baseUrl", config.tts.base_url, ("http", "https")),
+        ("tts.elevenlabs.baseUrl", config.tts.elevenlabs.base_url, ("http", "https")),
+    ):
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in schemes or not rest.strip("/"):
+            raise ConfigError(f"{key(name)}: {url!r} is not a {' or '.join(schemes)} URL")
+    if (config.tts.provider == "elevenlabs" and s.enabled
+            and not config.tts.elevenlabs.voice_id):
+        raise ConfigError(f"{key('tts.elevenlabs.voiceId')}: required for tts.provider "
+                          "elevenlabs")
 
 
 def build_config(

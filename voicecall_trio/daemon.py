@@ -118,9 +118,9 @@ async def run_daemon(
     if config.skip_signature_verification:
         log.warning("skipSignatureVerification is on: webhooks are NOT verified "
                     "(local testing only; never expose this daemon)")
-    if config.streaming.enabled:
-        log.warning("streaming.enabled: the media-stream route and realtime STT are not "
-                    "implemented yet; Twilio conversation calls will get no transcripts")
+    streaming_problem = config.streaming_warning()
+    if streaming_problem:
+        log.warning("%s", streaming_problem)
     if config.tunnel.provider != "none" or config.tailscale.mode != "off":
         log.warning("tunnel/tailscale settings are accepted but the daemon does not start a "
                     "tunnel yet; set publicUrl to the URL of a tunnel you run")

@@ -120,6 +120,15 @@ class CallSpoken(CallEvent, tag="call.spoken", frozen=True):
     """The bot finished saying what it last started (Telnyx ``call.speak.ended``, mock)."""
 
 
+class CallInterrupted(CallEvent, tag="call.interrupted", frozen=True):
+    """The callee talked over the bot (barge-in): its speech was cut after ``heard_ms``.
+
+    ``utterance`` is the event id of the bot's line that was playing (its ``CallSpeaking``)."""
+
+    utterance: str = ""
+    heard_ms: int = 0
+
+
 class CallSpeech(CallEvent, tag="call.speech", frozen=True):
     """The callee said something (a transcript)."""
 
@@ -155,6 +164,7 @@ AnyEvent = (
     | CallSpeaking
     | CallSpoken
     | CallSpeech
+    | CallInterrupted
     | CallDtmf
     | CallMachineDetection
     | CallEnded

@@ -46,6 +46,7 @@ from .events import (
     CallError,
     CallEvent,
     CallInitiated,
+    CallInterrupted,
     CallMachineDetection,
     CallRinging,
     CallSpeaking,
@@ -114,7 +115,8 @@ EVENT_TRANSITIONS: dict[CallState, dict[type[CallEvent], CallState]] = {
     _S.RINGING: {k: v for k, v in _LIVE_EVENTS.items() if k is not CallRinging},
     _S.ANSWERED: {CallActive: _S.ACTIVE, CallSpeaking: _S.SPEAKING, CallSpoken: _S.LISTENING},
     _S.ACTIVE: {CallSpeaking: _S.SPEAKING, CallSpoken: _S.LISTENING},
-    _S.SPEAKING: {CallSpoken: _S.LISTENING, CallActive: _S.ACTIVE, CallSpeech: _S.LISTENING},
+    _S.SPEAKING: {CallSpoken: _S.LISTENING, CallActive: _S.ACTIVE, CallSpeech: _S.LISTENING,
+                  CallInterrupted: _S.LISTENING},
     _S.LISTENING: {CallSpeaking: _S.SPEAKING},
 }
 # The live states each live state may move to (derived from the table above).
@@ -138,10 +140,17 @@ def can_move(current: CallState, target: CallState) -> bool:
 
 
 class TranscriptEntry(msgspec.Struct, rename="camel", frozen=True):
+    """One line of the transcript. ``interrupted``/``heardMs`` (a bot line the callee talked
+    over, and how much of it they heard) are written only when set (``UNSET`` is omitted), so
+    lines keep the seed's four fields otherwise. Which bot line a barge-in cuts is told by
+    ``metadata.lastUtterance``, the id of the latest ``CallSpeaking``."""
+
     timestamp: int
     speaker: str  # "bot" | "user"
     text: str
     is_final: bool = True
+    interrupted: bool | msgspec.UnsetType = msgspec.UNSET
+    heard_ms: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class CallRecord(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True, kw_only=True):
@@ -267,6 +276,13 @@ def _apply_kind(
             text = valid_unicode(text)
             if text:
                 changes["transcript"] = (*record.transcript, TranscriptEntry(at, "bot", text))
+                meta = dict(record.metadata)
+                meta["lastUtterance"] = event.id  # which bot line a barge-in cuts
+                changes["metadata"] = meta
+        case CallInterrupted(utterance=utterance, heard_ms=heard_ms):
+            marked = _mark_interrupted(record, utterance, max(0, heard_ms))
+            if marked is not None:
+                changes["transcript"] = marked
         case CallSpeech(text=text, is_final=is_final):
             text = valid_unicode(text)
             if is_final and text:
@@ -291,6 +307,22 @@ def _apply_kind(
     if changes:
         return msgspec.structs.replace(record, **changes)
     return _touch(record) if isinstance(event, _REMEMBERED_WHEN_IDLE) else record
+
+
+def _mark_interrupted(record: CallRecord, utterance: str, heard_ms: int
+                      ) -> tuple[TranscriptEntry, ...] | None:
+    """The transcript with its last bot line marked as cut short (its text stays whole).
+
+    Only when that line is the utterance that was playing (``metadata.lastUtterance``): a
+    late barge-in report for an older line marks nothing."""
+    if utterance and record.metadata.get("lastUtterance") != utterance:
+        return None
+    for i in range(len(record.transcript) - 1, -1, -1):
+        entry = record.transcript[i]
+        if entry.speaker == "bot":
+            cut = msgspec.structs.replace(entry, interrupted=True, heard_ms=heard_ms)
+            return (*record.transcript[:i], cut, *record.transcript[i + 1:])
+    return None
 
 
 def _moved(record: CallRecord, target: CallState, at: int, changes: dict[str, Any]

@@ -310,3 +310,26 @@ def test_every_confirmation_names_a_live_state_its_event_moves_to() -> None:
 def test_was_answered(state: CallState, answered_at: int | None, answered: bool) -> None:
     record = msgspec.structs.replace(fresh(), state=state, answered_at=answered_at)
     assert model.was_answered(record) is answered
+
+
+def test_a_barge_in_marks_the_playing_bot_line_and_keeps_its_text() -> None:
+    from voicecall_trio.events import CallInterrupted
+    from voicecall_trio.journal_lines import encode_record
+
+    r = apply(fresh(), CallAnswered(id="a"), at=2000)
+    r = apply(r, CallSpeaking(id="bot:1", text="Our opening hours are nine to five."), at=3000)
+    assert r.state is CallState.SPEAKING and r.metadata["lastUtterance"] == "bot:1"
+    plain_line = encode_record(r)
+    assert b"interrupted" not in plain_line and b"heardMs" not in plain_line
+    cut = apply(r, CallInterrupted(id="bot:1:cut", utterance="bot:1", heard_ms=740), at=4000)
+    (line,) = cut.transcript
+    assert line.text == "Our opening hours are nine to five."
+    assert line.interrupted is True and line.heard_ms == 740
+    assert cut.state is CallState.LISTENING
+    assert b'"interrupted":true' in encode_record(cut) and b'"heardMs":740' in encode_record(cut)
+    # a late report about an older line marks nothing new
+    again = apply(cut, CallSpeaking(id="bot:2", text="Anything else?"), at=5000)
+    stale = apply(again, CallInterrupted(id="bot:1:cut2", utterance="bot:1", heard_ms=5), at=6000)
+    assert stale.transcript[-1].interrupted is msgspec.UNSET
+    assert decode_event(encode_event(CallInterrupted(id="x", utterance="u", heard_ms=3))) == \
+        CallInterrupted(id="x", utterance="u", heard_ms=3)

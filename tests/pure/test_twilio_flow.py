@@ -140,14 +140,36 @@ def test_a_terminal_record_gets_hangup() -> None:
 
 
 def test_streaming_conversation_connects_the_stream_with_a_token_we_can_read_back() -> None:
-    flow = make_flow(streaming={"enabled": True})
+    flow = make_flow(streaming={"enabled": True, "openaiApiKey": "sk-test"})
     reply = flow.fetch(hook("callId=c1"), record(), BASE)
-    assert verbs(reply) == ["Say", "Connect"]
+    # the greeting is spoken over the stream (interruptible), not by a <Say>
+    assert verbs(reply) == ["Connect"] and reply.events == ()
     stream = ET.fromstring(reply.twiml).find("Connect/Stream")
     assert stream is not None and stream.attrib["url"] == "wss://voice.example.com/voice/stream"
     param = stream.find("Parameter")
     assert param is not None and flow.stream_call_id(param.attrib["value"]) == "c1"
     assert flow.stream_call_id("c2." + param.attrib["value"].rpartition(".")[2]) is None
+
+
+def test_streaming_without_an_openai_key_stays_on_gather() -> None:
+    flow = make_flow(streaming={"enabled": True})
+    reply = flow.fetch(hook("callId=c1"), record(), BASE)
+    assert verbs(reply) == ["Say", "Gather"]
+
+
+def test_streaming_inbound_call_is_answered_with_the_stream_alone() -> None:
+    flow = make_flow(streaming={"enabled": True, "openaiApiKey": "sk-test"})
+    offer = hook("", Direction="inbound", CallStatus="ringing")
+    call = record(direction="inbound", message="")
+    reply = flow.inbound(offer, InboundOutcome(InboundDecision.ACCEPT, call), BASE)
+    assert verbs(reply) == ["Connect"]
+    assert [type(e) for e in reply.events] == [CallAnswered]
+
+
+def test_streaming_notify_calls_keep_say_and_hangup() -> None:
+    flow = make_flow(streaming={"enabled": True, "openaiApiKey": "sk-test"})
+    reply = flow.fetch(hook("callId=c1"), record(mode="notify"), BASE)
+    assert verbs(reply)[0] == "Say" and verbs(reply)[-1] == "Hangup"
 
 
 # -- inbound ------------------------------------------------------------------------------------

@@ -407,13 +407,15 @@ async def test_failed_update_keeps_the_playing_documents_turn(
 
 
 async def test_streaming_conversation_connects_the_stream(http: httpx.AsyncClient) -> None:
-    provider = TwilioProvider(make_config(streaming={"enabled": True}), http)
+    provider = TwilioProvider(
+        make_config(streaming={"enabled": True, "openaiApiKey": "sk-test"}), http)
     directory = FakeDirectory()
     record = directory.add(outbound("conversation", "Hello!"))
     element = root(await provider.handle_webhook(
         webhook(answer_params(), f"callId={record.call_id}"), directory))
-    assert [c.tag for c in element] == ["Say", "Connect"]
-    stream = element[1].find("Stream")
+    assert [c.tag for c in element] == ["Connect"]  # the greeting goes over the stream
+    assert provider.streams_call(record)
+    stream = element[0].find("Stream")
     assert stream is not None
     assert stream.get("url") == "wss://voice.example.com/voice/stream"
     (param,) = stream.findall("Parameter")

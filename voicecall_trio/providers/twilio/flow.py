@@ -8,8 +8,9 @@ asks the supervisor anything; the tokens it hands out come from an injected ``ne
 How a call goes:
 
 * outbound: Twilio fetches the answer URL (``urls.answer_url``) and we answer with the initial
-  message: notify = Say, Pause (``notifyHangupDelaySec``), Hangup; conversation = Say + Gather
-  (or Say + Connect/Stream when ``streaming.enabled``). A second, different fetch of a notify
+  message: notify = Say, Pause (``notifyHangupDelaySec``), Hangup; conversation = Say + Gather,
+  or, while streaming runs, Connect/Stream alone (the call's voice session speaks the greeting
+  over the stream, so it can be interrupted). A second, different fetch of a notify
   call gets only ``<Hangup/>`` (the message is spoken once); of a conversation call, a Gather
   without the greeting.
 * inbound: the shell offers the call to the inbound policy and hands the outcome here;
@@ -236,11 +237,12 @@ class TwilioFlow:
         text = "" if served else message
         live.initial_served = True
         if self._streams(record):
-            document = self._stream_doc(record, text, base)
-        else:
-            live.turn = live.turn or self._new_token()
-            document = twiml.turn(text, urls.gather_url(base, record.call_id, live.turn),
-                                  voice=self._voice)
+            # the greeting goes over the stream (the call's voice session speaks it), so the
+            # callee can interrupt it: nothing is said in TwiML
+            return Reply(self._stream_doc(record, "", base))
+        live.turn = live.turn or self._new_token()
+        document = twiml.turn(text, urls.gather_url(base, record.call_id, live.turn),
+                              voice=self._voice)
         events = () if served else self._said_initial(record, sid, message)
         return Reply(document, events)
 
@@ -267,14 +269,20 @@ class TwilioFlow:
                              provider_call_id=sid, text=message),)
 
     def _streams(self, record: CallRecord) -> bool:
-        """Conversation calls use the media stream when streaming is enabled."""
-        if not self._config.streaming.enabled:
-            return False
-        default = "conversation" if record.direction == "inbound" else None
-        mode = record.metadata.get("mode") or default or self._config.outbound.default_mode
-        return mode == "conversation"
+        """Conversation calls use the media stream when streaming runs (enabled, with a key)."""
+        return streams(self._config, record)
 
     def _stream_doc(self, record: CallRecord, message: str, base: str) -> str:
         url = urls.stream_url(base, self._config.streaming.stream_path)
         return twiml.stream(url, self.stream_token(record.call_id), message=message,
                             voice=self._voice)
+
+
+def streams(config: VoiceCallConfig, record: CallRecord) -> bool:
+    """Whether a Twilio call is carried on a media stream: every call that converses (an
+    outbound ``conversation`` call, any accepted inbound call) while streaming runs."""
+    if not config.streaming_active():
+        return False
+    default = "conversation" if record.direction == "inbound" else None
+    mode = record.metadata.get("mode") or default or config.outbound.default_mode
+    return mode == "conversation"

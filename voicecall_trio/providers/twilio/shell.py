@@ -39,7 +39,7 @@ from .. import (
 )
 from ..rest import RestClient
 from . import twiml, urls
-from .flow import Reply, TokenSource, TwilioFlow, new_token
+from .flow import Reply, TokenSource, TwilioFlow, new_token, streams
 from .rest import (
     call_sid_of,
     create_call,
@@ -171,6 +171,10 @@ class TwilioProvider:
         if record.provider_call_id:
             await self._rest.send(hangup_call(self._account, record.provider_call_id))
         self._flow.forget(record.call_id)
+
+    def streams_call(self, record: CallRecord) -> bool:
+        """Whether this call is carried on a media stream (its voice runs in ``voice.py``)."""
+        return streams(self._config, record)
 
     async def speak(self, record: CallRecord, text: str, *, listen: bool) -> None:
         """Replace the call's TwiML. The supervisor records ``CallSpeaking`` for these words."""
