@@ -8,6 +8,8 @@ reader can take them in order:
 ``base``        state, configuration, change notifications, the simulated clock
 ``webhooks``    the signed-webhook sender and its quirks (duplicate, retry, URL forms)
 ``status``      a call's status moves, the status callbacks they owe, ending a call once
+``playback``    what the caller hears of a stream: queued audio, when marks are due
+``stream``      media streams: ``<Connect><Stream>``'s WebSocket, paced frames, marks
 ``player``      the TwiML player (``<Say>``, ``<Gather>``, ``<Redirect>``, ...)
 ``callee``      the callee simulation: ringing, answering, inbound offers, hanging up
 ``rest``        the REST API (``Calls`` create / update / fetch) as an ASGI app
