@@ -336,7 +336,8 @@ async def test_callee_hang_up_sends_stop_then_closes(
         assert stop["stop"] == {"accountSid": ACCOUNT, "callSid": call.sid}
         assert peer.closed is not None and peer.closed.code == 1000
         stream = call.media[0]
-        assert stream.stop_sent and stream.closed_by == "fake" and stream.state == "closed"
+        await r.fake.wait_for(lambda: stream.state == "closed")
+        assert stream.stop_sent and stream.closed_by == "fake" and stream.close_code == 1000
 
 
 async def test_a_late_stop_comes_after_the_call_has_ended(

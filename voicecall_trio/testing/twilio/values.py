@@ -259,6 +259,7 @@ class FakeCall:
     _owner: _Watched | None = None
     _audio: deque[bytes] = field(default_factory=deque)  # callee frames not yet streamed
     _stream_audio_queued: bool = False
+    _media_changed: trio.Event = field(default_factory=trio.Event)  # a stream's state moved
 
     @property
     def terminal(self) -> bool:
