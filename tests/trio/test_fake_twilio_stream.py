@@ -1,5 +1,6 @@
 """FakeTwilio follows ``<Connect><Stream>``: checked against a tiny stand-in for the daemon.
 
+Mixed, as the docstring of a trio/ file may say: one test runs over a real loopback socket.
 The stand-in is a trio-websocket server that verifies the upgrade's ``X-Twilio-Signature``
 with ``providers/twilio/signature.validate``, records every message with its trio time, and
 sends media, marks and clears when a test asks. Most tests join fake and stand-in with a
