@@ -1,11 +1,10 @@
 """FakeTwilio follows ``<Connect><Stream>``: checked against a tiny stand-in for the daemon.
 
-Mixed, as the docstring of a trio/ file may say: one test runs over a real loopback socket.
 The stand-in is a trio-websocket server that verifies the upgrade's ``X-Twilio-Signature``
 with ``providers/twilio/signature.validate``, records every message with its trio time, and
 sends media, marks and clears when a test asks. Most tests join fake and stand-in with a
 memory stream pair (the fake's ``connect_stream``) on the autojump clock, so pacing and echo
-times are exact; one runs the same over a real loopback socket.
+times are exact; the last runs the same over a real loopback socket (so this file is mixed).
 """
 
 from __future__ import annotations
