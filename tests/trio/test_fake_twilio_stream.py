@@ -536,3 +536,73 @@ async def test_on_a_real_loopback_socket() -> None:
                 await daemon.wait(lambda: peer.closed is not None)
                 assert peer.events()[-1] == "stop"
             nursery.cancel_scope.cancel()
+
+
+async def test_an_inbound_call_streams_and_connect_action_asks_what_comes_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """TwiML from a daemon's webhooks (an ASGI app in memory): the offer is answered with a
+    stream; once the daemon closes it, ``<Connect action>`` fetches the next document."""
+    documents = {
+        "/voice/webhook": '<Response><Connect action="/voice/after">'
+                          f'<Stream url="{STREAM_URL}"><Parameter name="token" value="in-1"/>'
+                          "</Stream></Connect><Say>never reached</Say></Response>",
+        "/voice/after": "<Response><Say>after the stream</Say><Hangup/></Response>",
+    }
+    kinds: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        while (await receive()).get("more_body"):
+            pass
+        kinds.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/xml")]})
+        await send({"type": "http.response.body", "body": documents[scope["path"]].encode()})
+
+    async with trio.open_nursery() as nursery:
+        fake = FakeTwilio(account_sid=ACCOUNT, auth_token=TOKEN, phone_number=FROM,
+                          voice_url=PUBLIC)
+        daemon = StandIn(fake)
+        fake.connect_stream = daemon.connector(nursery)
+        fake.tunnel(PUBLIC, "http://127.0.0.1:9")
+        with trio.fail_after(BOUND_S):
+            async with fake.in_memory("http://twilio.test", deliver_to=app):
+                call = fake.start_inbound("+14155551234")
+                peer = await daemon.peer(frames=3)
+                start = peer.messages[1][1]["start"]
+                assert start["callSid"] == call.sid
+                assert start["customParameters"] == {"token": "in-1"}
+                assert call.status == "in-progress"  # a stream answers an inbound call
+                await peer.ws.aclose(1000)
+                await call.done.wait()
+        nursery.cancel_scope.cancel()
+    assert kinds == ["/voice/webhook", "/voice/after"]
+    assert [d.kind for d in fake.deliveries] == ["inbound", "connect"]
+    assert call.said == ["after the stream"] and call.ended_by == "twiml"
+
+
+@pytest.mark.parametrize("daemon_side", ["refuses the connection", "never answers"])
+async def test_a_stream_that_cannot_open_fails_and_the_twiml_goes_on(
+    autojump_clock: trio.testing.MockClock, daemon_side: str,
+) -> None:
+    async with rig() as r:
+        held: list[trio.abc.Stream] = []
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            if daemon_side == "refuses the connection":
+                raise OSError(111, "Connection refused")
+            client, server = trio.testing.memory_stream_pair()
+            held.append(server)  # read by no one: the upgrade is never answered
+            return client
+
+        r.fake.connect_stream = connect
+        began = trio.current_time()
+        call = await r.place(twiml(then="<Say>no stream</Say>"))
+        await call.done.wait()
+        stream = call.media[0]
+        assert stream.state == "failed" and stream.error and stream.opened_at is None
+        assert call.said == ["no stream"] and any(e.startswith("31920:") for e in call.errors)
+        if daemon_side == "never answers":
+            assert "TooSlowError" in stream.error
+            assert trio.current_time() - began >= r.fake.stream_handshake_timeout_s
