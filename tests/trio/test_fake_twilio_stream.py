@@ -606,3 +606,18 @@ async def test_a_stream_that_cannot_open_fails_and_the_twiml_goes_on(
         if daemon_side == "never answers":
             assert "TooSlowError" in stream.error
             assert trio.current_time() - began >= r.fake.stream_handshake_timeout_s
+
+
+async def test_recording_is_bounded_and_the_counts_go_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with rig(stream_record_bytes=2 * FRAME) as r:
+        call = await r.place(twiml())
+        peer = await r.daemon.peer(frames=10)
+        await peer.send_audio(b"\x33" * FRAME * 5)
+        await peer.send_mark("m")
+        await r.daemon.wait(lambda: "mark" in peer.events())
+        stream = call.media[0]
+        assert len(stream.sent) == 2 * FRAME and stream.frames_sent >= 10
+        assert len(stream.received) == 2 * FRAME and len(stream.arrivals) == 2
+        assert stream.received_bytes == 5 * FRAME

@@ -17,6 +17,7 @@ import trio
 
 from ..server import BackgroundService
 from .values import (
+    MAX_RECORDED_BYTES,
     ApiRequest,
     Callee,
     FakeCall,
@@ -81,6 +82,7 @@ class FakeTwilioBase(BackgroundService):
         stream_autoconnect: bool = True,
         connect_stream: StreamConnector | None = None,
         stream_handshake_timeout_s: float = 10.0,
+        stream_record_bytes: int = MAX_RECORDED_BYTES,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -103,6 +105,8 @@ class FakeTwilioBase(BackgroundService):
         self.stream_autoconnect = stream_autoconnect
         self.connect_stream: StreamConnector = connect_stream or _open_tcp
         self.stream_handshake_timeout_s = stream_handshake_timeout_s
+        #: audio each stream record keeps each way (``sent``, ``received`` + ``arrivals``)
+        self.stream_record_bytes = stream_record_bytes
         self.url = ""  # http://127.0.0.1:PORT once running: twilio.apiBaseUrl
         self.calls: dict[str, FakeCall] = {}
         self.api_requests: list[ApiRequest] = []

@@ -47,8 +47,6 @@ from .status import CallStatus
 from .values import (
     FRAME_BYTES,
     FRAME_S,
-    MAX_RECORDED_BYTES,
-    MAX_RECORDED_FRAMES,
     ULAW_SILENCE,
     FakeCall,
     FakeStream,
@@ -146,7 +144,8 @@ class MediaStreams(CallStatus):
 
     def stop_stream(self, sid: str, *, late: bool = False) -> None:
         """Send ``stop`` and close the call's open streams now; ``late=True``: only once the
-        call has ended and its final status callback was delivered (a late ``stop``)."""
+        call has ended and its final status callback was delivered (a late ``stop``; none
+        if the daemon has closed the socket by then: see ``FakeStream.stop_sent``)."""
         for stream in self.calls[sid].media:
             if late:
                 stream._late_stop = True
@@ -353,7 +352,7 @@ class MediaStreams(CallStatus):
                     return
                 count += 1
                 stream.frames_sent = count
-                if len(stream.sent) < MAX_RECORDED_BYTES:
+                if len(stream.sent) < self.stream_record_bytes:
                     stream.sent += frame
                 with trio.move_on_at(began + count * FRAME_S):
                     await stream._ended.wait()
@@ -448,11 +447,10 @@ class MediaStreams(CallStatus):
             except binascii.Error:
                 return "media payload is not base64"
             playback.audio(now, len(audio))
-            stream.received_bytes += len(audio)
-            if len(stream.received) < MAX_RECORDED_BYTES:
+            if stream.received_bytes < self.stream_record_bytes:
                 stream.received += audio
-            if len(stream.arrivals) < MAX_RECORDED_FRAMES:
                 stream.arrivals.append((now, audio))
+            stream.received_bytes += len(audio)
         elif event == "mark":
             name = body.get("name") if isinstance(body, dict) else None
             if not isinstance(name, str):

@@ -28,9 +28,9 @@ MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
 FRAME_BYTES = 160  # one 20 ms media frame of 8 kHz mu-law, as Twilio sends them
 FRAME_S = 0.02
 ULAW_SILENCE = b"\xff"  # mu-law zero: what Twilio streams while nobody speaks
-#: What a stream record keeps of received audio (10 minutes); beyond it only counts grow.
+#: How much audio a stream record keeps each way by default (10 minutes); beyond it only
+#: the counts grow (``FakeTwilio(stream_record_bytes=...)``; a benchmark may pass 0).
 MAX_RECORDED_BYTES = 8000 * 600
-MAX_RECORDED_FRAMES = 30_000  # (time, frame) arrivals kept per stream (10 minutes)
 
 
 class _Marker:
@@ -173,7 +173,7 @@ class FakeStream:
     frames_sent: int = 0  # inbound media frames (callee audio or silence)
     sent: bytearray = field(default_factory=bytearray)  # their payload bytes, in order
     received: bytearray = field(default_factory=bytearray)  # outbound media from the daemon
-    received_bytes: int = 0  # counts on past MAX_RECORDED_BYTES
+    received_bytes: int = 0  # counts on past the recording limit
     arrivals: list[tuple[float, bytes]] = field(default_factory=list)  # each media payload
     marks: list[str] = field(default_factory=list)  # mark names the daemon sent
     echoed: list[tuple[float, str]] = field(default_factory=list)  # marks the fake echoed
