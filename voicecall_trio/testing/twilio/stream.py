@@ -5,45 +5,39 @@ On ``<Connect><Stream url=...>`` the fake opens a WebSocket (trio-websocket, ove
 daemon through the tunnel registered for its origin (``tunnel()``, as for webhooks: the
 public ``Host`` and ``X-Forwarded-*`` go along), or directly when it names a loopback
 address. The upgrade carries ``X-Twilio-Signature``: HMAC-SHA1 of the URL exactly as in the
-TwiML (no parameters, as for a GET), under the ``sign_url`` quirk like every webhook.
+TwiML (no parameters, as for a GET), under the ``sign_url`` quirk like every webhook. What
+goes over an open socket is ``stream_session``'s job; this layer opens, records and ends.
 
-Then, as Twilio: ``connected``, ``start`` (``customParameters`` = the ``<Parameter>``s) and
-one ``media`` frame of 160 bytes every 20 ms on the trio clock (deadline-paced, so no drift):
-the callee's audio (``Callee.stream_audio``, ``play_audio``) or mu-law silence, continuously.
-What the daemon sends plays in real time (``playback.Playback``): a ``mark`` is echoed once the
-audio before it has played, ``clear`` drops the rest and echoes pending marks at once. When
-the daemon closes the socket the ``<Connect>`` verb ends and the player goes on with the next
-verb (``action`` if given); when the verb ends otherwise (hang-up, REST update) the fake sends
-``stop`` and closes. Everything is recorded on a ``FakeStream`` (``call.media``).
+The ``<Connect>`` verb lasts while a stream it opened is open: when the daemon closes the last
+one, the player goes on with the next verb (``action`` if given); when the verb ends otherwise
+(hang-up, REST update) its streams send ``stop`` and close. A refused or failed upgrade is
+Twilio's error 31920 and the TwiML goes on; a URL the fake cannot reach holds the call
+connected without media, as before streams were followed. Everything is recorded on a
+``FakeStream`` (``call.media``).
 
 Injections for tests of the daemon: ``second_stream`` (takeover), ``stop_stream(late=True)``
 (``stop`` only after the call's final callback), ``drop_stream`` (socket gone without a close
 frame), ``open_stream(signature=..., parameters=...)`` (unsigned, wrongly signed, bad token,
 ``start=False`` for a silent pre-start connection), ``stream_autoconnect=False`` to drive
-streams by hand. A send is never cancelled half-way (that would corrupt the framing): the
-pacing and echo loops stop on their own before ``stop`` goes out.
+streams by hand, ``play_audio`` / ``send_dtmf`` for the callee.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-import msgspec
 import trio
 import trio_websocket
 
 from ...providers.twilio.signature import compute_signature, port_variants
 from .base import _new_sid, _origin
-from .playback import Playback
 from .status import CallStatus
+from .stream_session import StreamSession
 from .values import (
     FRAME_BYTES,
     FRAME_S,
@@ -55,16 +49,10 @@ from .values import (
 log = logging.getLogger("voicecall.testing.twilio")
 
 HELLO_ULAW_PATH = Path(__file__).resolve().parent.parent / "audio" / "hello_table_for_two_8k.ulaw"
-SILENCE_FRAME = ULAW_SILENCE * FRAME_BYTES
 USER_AGENT = "Twilio.TmeWs/1.0"
 MAX_MESSAGE_BYTES = 256 * 1024  # a daemon message larger than this closes the socket (1009)
-MAX_PROBLEMS = 20  # bad messages described per stream; beyond, only counted
-MAX_PROBLEM_CHARS = 200  # a description quotes at most this much of what was wrong
 MAX_QUEUED_AUDIO_S = 600.0  # play_audio refuses more than this much waiting audio
-CLOSE_WAIT_S = 2.0  # for the daemon's answer to our close frame
 Signature = Literal["valid", "missing", "wrong"]
-_ENCODE = msgspec.json.Encoder()
-_DECODE = msgspec.json.Decoder()
 
 
 def hello_ulaw() -> bytes:
@@ -93,8 +81,6 @@ class StreamRequest:
 
 class MediaStreams(CallStatus):
     """Opens, feeds and records media streams; ``<Connect>`` (``_connect``) waits on them."""
-
-    # -- for tests -------------------------------------------------------------------------
 
     def play_audio(self, sid: str, ulaw: bytes) -> None:
         """Queue callee audio (8 kHz mu-law) on the call's stream, after what is queued."""
@@ -195,8 +181,6 @@ class MediaStreams(CallStatus):
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return StreamRequest(url, signed_url, host, port, parts.netloc, resource, tuple(headers))
 
-    # -- the <Connect> verb ----------------------------------------------------------------
-
     async def _connect(self, call: FakeCall, verb: ET.Element) -> bool:
         """Run ``<Connect><Stream>`` until its streams are over (False: no ``<Stream>``)."""
         elements = list(verb.iter("Stream"))
@@ -230,8 +214,6 @@ class MediaStreams(CallStatus):
                 if stream.state in ("open", "connecting"):
                     stream.end("stop")
         return True
-
-    # -- one stream ------------------------------------------------------------------------
 
     def _moved(self, call: FakeCall) -> None:
         """A stream of ``call`` changed state: wake its ``<Connect>`` (and every waiter)."""
@@ -294,203 +276,18 @@ class MediaStreams(CallStatus):
                 stream.state, stream.opened_at = "open", trio.current_time()
                 self._moved(call)
                 report()
-                await self._session(call, stream, ws, sock, start)
+                if start and not call._stream_audio_queued:  # the callee, from frame one
+                    call._stream_audio_queued = True
+                    if call.callee.stream_audio:
+                        self.play_audio(call.sid, call.callee.stream_audio)
+                session = StreamSession(ws, sock, call, stream, account_sid=self.account_sid,
+                                        record_bytes=self.stream_record_bytes,
+                                        changed=self._notify)
+                await session.run(start=start)
                 ws_nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await sock.aclose()
-
-    async def _session(self, call: FakeCall, stream: FakeStream,
-                       ws: trio_websocket.WebSocketConnection, sock: trio.abc.Stream,
-                       start: bool) -> None:
-        playback = Playback()
-        pacing, echoing = trio.Event(), trio.Event()
-        await self._send_ws(ws, stream, {"event": "connected", "protocol": "Call",
-                                      "version": "1.0.0"}, numbered=False)
-        async with trio.open_nursery() as nursery:
-            if start and await self._send_start(ws, call, stream):
-                nursery.start_soon(self._pace, ws, call, stream, pacing)
-            else:
-                pacing.set()
-            nursery.start_soon(self._echo, ws, stream, playback, echoing)
-            nursery.start_soon(self._finish_stream, ws, sock, call, stream, pacing, echoing)
-            await self._receive(ws, stream, playback)
-            nursery.cancel_scope.cancel()
-
-    async def _send_start(self, ws: trio_websocket.WebSocketConnection, call: FakeCall,
-                          stream: FakeStream) -> bool:
-        if not call._stream_audio_queued:
-            call._stream_audio_queued = True
-            if call.callee.stream_audio:
-                self.play_audio(call.sid, call.callee.stream_audio)
-        return await self._send_ws(ws, stream, {"event": "start", "start": {
-            "accountSid": self.account_sid, "streamSid": stream.stream_sid,
-            "callSid": call.sid, "tracks": ["inbound"],
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            "customParameters": stream.parameters}})
-
-    async def _pace(self, ws: trio_websocket.WebSocketConnection, call: FakeCall,
-                    stream: FakeStream, done: trio.Event) -> None:
-        """One frame every 20 ms from the first, on deadlines (a late frame is not carried
-        over into the next); the callee's audio only on the call's newest stream."""
-        try:
-            began = trio.current_time()
-            count = 0
-            while stream._ending is None:
-                while stream._dtmf:
-                    digit = stream._dtmf.pop(0)
-                    if not await self._send_ws(ws, stream, {"event": "dtmf", "dtmf": {
-                            "track": "inbound_track", "digit": digit}}):
-                        return
-                    stream.dtmf_sent.append(digit)
-                frame = call._audio.popleft() if call._audio and call.stream is stream \
-                    else SILENCE_FRAME
-                if not await self._send_ws(ws, stream, {"event": "media", "media": {
-                        "track": "inbound", "chunk": str(count + 1),
-                        "timestamp": str(count * 20),
-                        "payload": base64.b64encode(frame).decode("ascii")}}):
-                    return
-                count += 1
-                stream.frames_sent = count
-                if len(stream.sent) < self.stream_record_bytes:
-                    stream.sent += frame
-                with trio.move_on_at(began + count * FRAME_S):
-                    await stream._ended.wait()
-        finally:
-            done.set()
-
-    async def _echo(self, ws: trio_websocket.WebSocketConnection, stream: FakeStream,
-                    playback: Playback, done: trio.Event) -> None:
-        """Echo each mark when the audio before it has played."""
-        try:
-            while stream._ending is None:
-                wake = stream._wake = trio.Event()
-                due = playback.next_due()
-                with trio.move_on_at(math.inf if due is None else due):
-                    await wake.wait()
-                if stream._ending is not None:
-                    return
-                for name in playback.pop_due(trio.current_time()):
-                    if not await self._echo_mark(ws, stream, name):
-                        return
-        finally:
-            done.set()
-
-    async def _finish_stream(self, ws: trio_websocket.WebSocketConnection,
-                             sock: trio.abc.Stream, call: FakeCall, stream: FakeStream,
-                             pacing: trio.Event, echoing: trio.Event) -> None:
-        """On ``end()``: drop the socket, or (after the loops stopped) send stop and close."""
-        await stream._ended.wait()
-        if stream._ending == "drop":
-            stream.closed_by = "drop"
-            await sock.aclose()
-            return
-        await pacing.wait()
-        await echoing.wait()
-        if stream._late_stop:
-            await call.done.wait()
-        if await self._send_ws(ws, stream, {"event": "stop", "stop": {
-                "accountSid": self.account_sid, "callSid": call.sid}}):
-            stream.stop_sent = True
-            self._notify()
-        if ws.closed is None:
-            stream.closed_by = "fake"
-            with trio.move_on_after(CLOSE_WAIT_S):
-                await ws.aclose(1000)
-            await sock.aclose()
-
-    async def _receive(self, ws: trio_websocket.WebSocketConnection, stream: FakeStream,
-                       playback: Playback) -> None:
-        """Read what the daemon sends until the socket closes; never raises for bad input."""
-        while True:
-            try:
-                message = await ws.get_message()
-            except trio_websocket.ConnectionClosed as closed:
-                reason = closed.reason
-                if stream.closed_by is None:
-                    stream.closed_by = "daemon"
-                stream.close_code = reason.code if reason else None
-                stream.close_reason = reason.reason if reason else None
-                return
-            problem = await self._handle(ws, stream, playback, message)
-            if problem is not None:
-                stream.bad_messages += 1
-                if len(stream.problems) < MAX_PROBLEMS:
-                    stream.problems.append(problem[:MAX_PROBLEM_CHARS])
-                if stream.bad_messages == 1:
-                    log.info("stream %s: bad message from the daemon (%s); further ones are "
-                             "only counted", stream.stream_sid, problem[:MAX_PROBLEM_CHARS])
-            self._notify()
-
-    async def _handle(self, ws: trio_websocket.WebSocketConnection, stream: FakeStream,
-                      playback: Playback, message: str | bytes) -> str | None:
-        """Apply one message; a description of what is wrong with it, or None."""
-        if isinstance(message, bytes):
-            return "binary message (Twilio takes text)"
-        try:
-            doc = _DECODE.decode(message)
-        except msgspec.DecodeError:
-            return "not JSON"
-        if not isinstance(doc, dict):
-            return "not a JSON object"
-        event = doc.get("event")
-        if doc.get("streamSid") != stream.stream_sid:
-            return f"{event!r} with streamSid {doc.get('streamSid')!r}, not this stream's"
-        now = trio.current_time()
-        body = doc.get(event) if isinstance(event, str) else None
-        if event == "media":
-            payload = body.get("payload") if isinstance(body, dict) else None
-            if not isinstance(payload, str):
-                return "media without a payload string"
-            try:
-                audio = base64.b64decode(payload, validate=True)
-            except binascii.Error:
-                return "media payload is not base64"
-            playback.audio(now, len(audio))
-            if stream.received_bytes < self.stream_record_bytes:
-                stream.received += audio
-                stream.arrivals.append((now, audio))
-            stream.received_bytes += len(audio)
-        elif event == "mark":
-            name = body.get("name") if isinstance(body, dict) else None
-            if not isinstance(name, str):
-                return "mark without a name string"
-            stream.marks.append(name)
-            playback.mark(now, name)
-            stream._wake.set()
-        elif event == "clear":
-            names, dropped = playback.clear(now)
-            stream.clears.append(now)
-            stream.cleared_bytes += dropped
-            stream._wake.set()
-            for name in names:
-                if not await self._echo_mark(ws, stream, name):
-                    break
-        else:
-            return f"unknown event {event!r}"
-        return None
-
-    async def _echo_mark(self, ws: trio_websocket.WebSocketConnection, stream: FakeStream,
-                         name: str) -> bool:
-        sent = await self._send_ws(ws, stream, {"event": "mark", "mark": {"name": name}})
-        if sent:
-            stream.echoed.append((trio.current_time(), name))
-            self._notify()
-        return sent
-
-    async def _send_ws(self, ws: trio_websocket.WebSocketConnection, stream: FakeStream,
-                    message: dict[str, Any], *, numbered: bool = True) -> bool:
-        """Send one message in Twilio's shape; False once the socket is closed."""
-        if numbered:
-            stream._seq += 1
-            message = {"event": message["event"], "sequenceNumber": str(stream._seq),
-                       **message, "streamSid": stream.stream_sid}
-        try:
-            await ws.send_message(_ENCODE.encode(message).decode("utf-8"))
-        except trio_websocket.ConnectionClosed:
-            return False
-        return True
-
 
 def _parameters(element: ET.Element) -> dict[str, str]:
     return {p.get("name", ""): p.get("value", "") for p in element.iter("Parameter")}
