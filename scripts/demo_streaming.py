@@ -74,14 +74,14 @@ async def _demo() -> int:
     watch = Watch()
     ok = False
     try:
-        with trio.fail_after(BOUND_S):
+        with trio.move_on_after(BOUND_S) as bound:
             async with AsyncExitStack() as stack:
                 step("starting the simulators: FakeTwilio, FakeRealtimeSTT, FakeTTS")
                 fake = await stack.enter_async_context(FakeTwilio(
                     account_sid=ACCOUNT, auth_token=TOKEN, phone_number=FROM,
                     default_callee=Callee(stream_audio=hello_ulaw())))
-                stt = await stack.enter_async_context(FakeRealtimeSTT(script=SCRIPT))
-                tts = await stack.enter_async_context(FakeTTS())
+                stt = await _enter(stack, FakeRealtimeSTT(script=SCRIPT))
+                tts = await _enter(stack, FakeTTS())
                 step("starting the daemon (Twilio, streaming on, barge-in on)")
                 try:
                     daemon = await stack.enter_async_context(
@@ -93,6 +93,8 @@ async def _demo() -> int:
                 ok = await _call(daemon, fake, watch)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if bound.cancelled_caught:
+        print(f"demo --streaming: not done within {BOUND_S:.0f} s", file=sys.stderr)
     ok = ok and all(watch.seen.values())
     if not ok:
         print("demo --streaming FAILED: saw " + ", ".join(
@@ -100,6 +102,18 @@ async def _demo() -> int:
         return 1
     print("\ndemo OK: a streamed call with live transcripts and a barge-in, on the simulators.")
     return 0
+
+
+async def _enter(stack: AsyncExitStack, service: Any) -> Any:
+    """Run a simulator for the demo's lifetime: ``async with`` it, or start its ``run``."""
+    import trio
+
+    if hasattr(service, "__aenter__"):
+        return await stack.enter_async_context(service)
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    stack.callback(nursery.cancel_scope.cancel)
+    started = await nursery.start(service.run)
+    return started if started is not None else service
 
 
 def _config(twilio_url: str, stt_url: str, tts_url: str) -> dict[str, Any]:
