@@ -135,4 +135,8 @@ def wait_for(env: dict[str, str], call_id: str, predicate: object) -> None:
 
 
 if __name__ == "__main__":
+    if "--streaming" in sys.argv[1:]:  # a streamed Twilio call on the simulators
+        from demo_streaming import main as streaming
+
+        sys.exit(streaming())
     sys.exit(main())

@@ -19,9 +19,13 @@ Following TwiML: ``<Say>`` text is recorded (``FakeCall.said``); a ``<Gather>`` 
 with the callee's next scripted line as ``SpeechResult`` + ``Confidence`` (or ``Digits``); a
 ``<Redirect>`` is followed; ``<Pause>`` waits; ``<Hangup/>`` (or the end of a document) ends the
 call with a ``completed`` callback; ``<Reject>`` refuses an inbound call (ends ``busy`` or
-``no-answer`` by its ``reason``, nothing is answered); ``<Connect><Stream>`` is recorded and the
-call then stays connected until it is updated or hung up (no media is streamed). A REST update
-interrupts whatever verb is running, as on Twilio.
+``no-answer`` by its ``reason``, nothing is answered); ``<Connect><Stream>`` opens a signed
+media WebSocket to the daemon and streams the callee's audio (``Callee.stream_audio``,
+``play_audio``; ``hello_ulaw()`` is the usual clip) as paced 20 ms frames, plays what the daemon
+sends in real time, echoes marks, honours ``clear`` and records it all (``call.media``, one
+``FakeStream`` each); the verb lasts until the daemon closes the socket (see
+``twilio/stream.py``, with its injections: ``second_stream``, ``stop_stream``, ``drop_stream``,
+``open_stream``). A REST update interrupts whatever verb is running, as on Twilio.
 
 Time: every simulated duration (ringing, speaking, ``<Pause>``, a ``<Gather>`` timeout) is
 multiplied by ``time_scale`` on the trio clock. With the default ``0`` nothing waits, except
@@ -51,6 +55,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from .twilio.rest import RestApi
+from .twilio.stream import HELLO_ULAW_PATH, StreamRequest, hello_ulaw
 from .twilio.values import (
     HANGUP,
     SILENCE,
@@ -58,6 +63,7 @@ from .twilio.values import (
     Callee,
     Dtmf,
     FakeCall,
+    FakeStream,
     PreparedWebhook,
     Quirks,
     WebhookDelivery,
@@ -65,15 +71,19 @@ from .twilio.values import (
 
 __all__ = [
     "HANGUP",
+    "HELLO_ULAW_PATH",
     "SILENCE",
     "ApiRequest",
     "Callee",
     "Dtmf",
     "FakeCall",
+    "FakeStream",
     "FakeTwilio",
     "PreparedWebhook",
     "Quirks",
+    "StreamRequest",
     "WebhookDelivery",
+    "hello_ulaw",
 ]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -17,12 +17,17 @@ import trio
 
 from ..server import BackgroundService
 from .values import (
+    MAX_RECORDED_BYTES,
     ApiRequest,
     Callee,
     FakeCall,
     Quirks,
     WebhookDelivery,
 )
+
+#: Opens the byte stream a media WebSocket runs over: (host, port) -> stream. The default is
+#: ``trio.open_tcp_stream``; a test may hand back one end of a memory stream pair instead.
+StreamConnector = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 
 def _new_sid(prefix: str = "CA") -> str:
@@ -50,6 +55,10 @@ class _Failure:
     remaining: int
 
 
+async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
+    return await trio.open_tcp_stream(host, port)
+
+
 class FakeTwilioBase(BackgroundService):
     """The fake's state and primitives (see the module docstring); ``FakeTwilio`` adds the rest."""
 
@@ -70,6 +79,10 @@ class FakeTwilioBase(BackgroundService):
         host: str = "127.0.0.1",
         port: int = 0,
         clock_skew_s: float = 0.0,
+        stream_autoconnect: bool = True,
+        connect_stream: StreamConnector | None = None,
+        stream_handshake_timeout_s: float = 10.0,
+        stream_record_bytes: int = MAX_RECORDED_BYTES,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -87,6 +100,13 @@ class FakeTwilioBase(BackgroundService):
         #: Added to the ``Timestamp`` of status callbacks: a carrier clock that is off, or a
         #: callback delivered late (negative: in the past). Signatures are not affected.
         self.clock_skew_s = clock_skew_s
+        #: Off: ``<Connect><Stream>`` is only recorded and holds the call; a test opens the
+        #: stream itself (``open_stream``), e.g. unsigned or with a wrong token.
+        self.stream_autoconnect = stream_autoconnect
+        self.connect_stream: StreamConnector = connect_stream or _open_tcp
+        self.stream_handshake_timeout_s = stream_handshake_timeout_s
+        #: audio each stream record keeps each way (``sent``, ``received`` + ``arrivals``)
+        self.stream_record_bytes = stream_record_bytes
         self.url = ""  # http://127.0.0.1:PORT once running: twilio.apiBaseUrl
         self.calls: dict[str, FakeCall] = {}
         self.api_requests: list[ApiRequest] = []

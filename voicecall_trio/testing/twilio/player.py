@@ -1,7 +1,8 @@
 """The fake Twilio's TwiML player: parses each document and follows it verb by verb as Twilio
 does (``<Say>``, ``<Play>``, ``<Pause>``, ``<Gather>`` answered with the callee's next line,
-``<Redirect>``, ``<Hangup/>``, ``<Reject>``, ``<Connect><Stream>``), fetching the next document
-from the daemon, until the call ends; a REST update replaces the document being played.
+``<Redirect>``, ``<Hangup/>``, ``<Reject>``, ``<Connect><Stream>`` run by ``stream``), fetching
+the next document from the daemon, until the call ends; a REST update replaces the document
+being played.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from urllib.parse import urljoin
 
 import trio
 
-from .status import CallStatus
+from .stream import MediaStreams
 from .values import HANGUP, SPEAK_S_PER_CHAR, Dtmf, FakeCall, _Doc, _Ending
 
 
-class TwimlPlayer(CallStatus):
+class TwimlPlayer(MediaStreams):
     """Follows TwiML for a call until it ends."""
 
     async def _follow(self, call: FakeCall, step: _Doc | _Ending) -> None:
@@ -105,13 +106,10 @@ class TwimlPlayer(CallStatus):
             elif verb.tag == "Reject":
                 return "reject-busy" if verb.get("reason") == "busy" else "reject"
             elif verb.tag == "Connect":
-                for stream in verb.iter("Stream"):
-                    info = {"url": stream.get("url", "")}
-                    info.update({p.get("name", ""): p.get("value", "")
-                                 for p in stream.iter("Parameter")})
-                    call.streams.append(info)
-                self._notify()
-                await trio.sleep_forever()  # no media here: connected until updated or ended
+                action = verb.get("action")
+                if await self._connect(call, verb) and action:  # Twilio asks what comes next
+                    return await self._request(call, "connect", urljoin(doc.url or "", action),
+                                               verb.get("method", "POST"))
             else:
                 call.unsupported.append(verb.tag)
         return "end"

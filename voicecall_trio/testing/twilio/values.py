@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,11 +20,17 @@ import trio
 
 API_VERSION = "2010-04-01"
 FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
-WEBHOOK_KINDS = frozenset({"status", "fetch", "inbound", "gather", "redirect"})
+WEBHOOK_KINDS = frozenset({"status", "fetch", "inbound", "gather", "redirect", "connect"})
 SignUrl = Literal["exact", "no-port", "default-port"]
 Outcome = Literal["answered", "busy", "no-answer", "failed"]
 SPEAK_S_PER_CHAR = 0.06  # how long the simulated voices take, before time_scale
 MORE_INFO = "https://www.twilio.com/docs/errors/{code}"
+FRAME_BYTES = 160  # one 20 ms media frame of 8 kHz mu-law, as Twilio sends them
+FRAME_S = 0.02
+ULAW_SILENCE = b"\xff"  # mu-law zero: what Twilio streams while nobody speaks
+#: How much audio a stream record keeps each way by default (10 minutes); beyond it only
+#: the counts grow (``FakeTwilio(stream_record_bytes=...)``; a benchmark may pass 0).
+MAX_RECORDED_BYTES = 8000 * 600
 
 
 class _Marker:
@@ -56,6 +63,9 @@ class Callee:
     script: Sequence[Line] = ()
     confidence: float = 0.92
     ring_s: float = 2.0  # before answering / busy / failed (no-answer rings for Timeout)
+    #: mu-law the callee says on a media stream, from its first frame (``hello_ulaw()``);
+    #: ``fake.play_audio(sid, ...)`` queues more at any time. Silence before and after.
+    stream_audio: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +147,72 @@ class _Doc:
 
 _Ending = Literal["hangup", "end", "error", "gone", "reject", "reject-busy"]
 
+StreamState = Literal["connecting", "open", "closed", "refused", "failed", "unroutable"]
+
+
+@dataclass(eq=False)
+class FakeStream:
+    """One media WebSocket the fake opened for a call (``<Connect><Stream>``, or by hand), and
+    everything that went over it. Times are ``trio.current_time()``.
+
+    ``state``: ``refused`` is an upgrade answered with an HTTP status (``refused``),
+    ``failed`` a socket or handshake error (``error``), ``unroutable`` a host the fake
+    cannot reach (no tunnel, not loopback: it never resolves names).
+    """
+
+    call_sid: str
+    stream_sid: str
+    url: str  # as in the TwiML (what is signed)
+    parameters: dict[str, str]  # the <Parameter>s, sent as start.customParameters
+    signature: str | None  # the X-Twilio-Signature sent (None: no header)
+    state: StreamState = "connecting"
+    refused: int | None = None
+    error: str | None = None
+    opened_at: float | None = None
+    closed_at: float | None = None
+    frames_sent: int = 0  # inbound media frames (callee audio or silence)
+    sent: bytearray = field(default_factory=bytearray)  # their payload bytes, in order
+    received: bytearray = field(default_factory=bytearray)  # outbound media from the daemon
+    received_bytes: int = 0  # counts on past the recording limit
+    arrivals: list[tuple[float, bytes]] = field(default_factory=list)  # each media payload
+    marks: list[str] = field(default_factory=list)  # mark names the daemon sent
+    echoed: list[tuple[float, str]] = field(default_factory=list)  # marks the fake echoed
+    clears: list[float] = field(default_factory=list)
+    cleared_bytes: int = 0  # unplayed audio dropped by clears
+    dtmf_sent: list[str] = field(default_factory=list)
+    stop_sent: bool = False
+    close_code: int | None = None
+    close_reason: str | None = None
+    closed_by: Literal["daemon", "fake", "drop"] | None = None
+    bad_messages: int = 0  # from the daemon: not JSON, unknown event, wrong streamSid, ...
+    problems: list[str] = field(default_factory=list)  # the first few, for a test to read
+    _ending: Literal["stop", "drop"] | None = None
+    _late_stop: bool = False
+    _ended: trio.Event = field(default_factory=trio.Event)  # stop or drop requested
+    _wake: trio.Event = field(default_factory=trio.Event)  # a mark or clear to handle
+    _dtmf: list[str] = field(default_factory=list)  # digits waiting for the next frame
+    _seq: int = 0
+
+    @property
+    def open(self) -> bool:
+        return self.state == "open"
+
+    @property
+    def audio(self) -> bytes:
+        """The daemon's media payloads, joined (what the callee would have heard, uncut)."""
+        return bytes(self.received)
+
+    @property
+    def echoed_names(self) -> list[str]:
+        return [name for _, name in self.echoed]
+
+    def end(self, how: Literal["stop", "drop"]) -> None:
+        """Ask the stream's task to send ``stop`` and close, or to drop the socket."""
+        if self._ending is None:
+            self._ending = how
+            self._ended.set()
+            self._wake.set()
+
 
 class _Watched(Protocol):
     """What a ``FakeCall`` needs of its fake: change notifications to wait on."""
@@ -168,6 +244,7 @@ class FakeCall:
     updates: list[str] = field(default_factory=list)  # TwiML received by REST update
     played: list[str] = field(default_factory=list)
     streams: list[dict[str, str]] = field(default_factory=list)  # url + <Parameter>s
+    media: list[FakeStream] = field(default_factory=list)  # media WebSockets opened
     unsupported: list[str] = field(default_factory=list)  # verbs the fake skipped
     errors: list[str] = field(default_factory=list)  # "11200: ..." as Twilio's debugger
     rejected: str | None = None  # the <Reject> reason
@@ -180,6 +257,9 @@ class FakeCall:
     _pending: _Doc | None = None
     _deferred: list[list[tuple[str, str]]] = field(default_factory=list)
     _owner: _Watched | None = None
+    _audio: deque[bytes] = field(default_factory=deque)  # callee frames not yet streamed
+    _stream_audio_queued: bool = False
+    _media_changed: trio.Event = field(default_factory=trio.Event)  # a stream's state moved
 
     @property
     def terminal(self) -> bool:
@@ -188,6 +268,11 @@ class FakeCall:
     @property
     def answered(self) -> bool:
         return self.answered_at is not None
+
+    @property
+    def stream(self) -> FakeStream | None:
+        """The newest open media stream: the one that carries the callee's audio."""
+        return next((s for s in reversed(self.media) if s.open), None)
 
     def next_line(self) -> Line | None:
         if self._script_pos >= len(self.callee.script):
