@@ -1,0 +1,70 @@
+"""Streaming 16-bit PCM (24 kHz by default) -> 8 kHz mu-law, band-limited.
+
+Phone audio is 8 kHz; OpenAI's speech API answers 24 kHz s16le. Dropping two samples in three
+folds everything above 4 kHz back into the band (a hiss); ``soxr`` (libsoxr, the resampler of
+SoX) low-passes and decimates with a linear-phase filter whose delay it removes itself, so
+sample n out lines up with sample 3n in. Against the vectors' sox-made ``tts_reply_8k.ulaw``
+our output correlates at 0.99999 with the same length (tests/pure/test_resample.py).
+
+Streaming: bytes arrive from the network in pieces of any size, odd ones included; a trailing
+odd byte is held for the next piece, and ``flush()`` drains the filter's tail, so the pieces
+joined equal a one-shot conversion.
+
+Cost, measured on this 2-core box (``soxr`` quality HQ, numpy 2.4): about 90 us of CPU for a
+4800-byte piece (100 ms of 24 kHz audio) including the mu-law table, so a call's speech costs
+under 0.1 % of a core and the conversion runs inline in the event loop; callers keep each piece
+at most ``MAX_PIECE_BYTES`` so no single step grows past that (a 1 MB chunk would be ~20 ms).
+*Pure*: no trio, no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import soxr
+
+from . import mulaw
+
+TARGET_RATE: Final = 8000
+MAX_PIECE_BYTES: Final = 4800  # 100 ms at 24 kHz: what one conversion step may take at most
+_EMPTY: Final = np.zeros(0, dtype=np.int16)
+
+
+class ToUlaw8k:
+    """One utterance's converter: ``feed`` pieces, then ``flush`` once."""
+
+    def __init__(self, source_rate: int = 24000) -> None:
+        if source_rate < TARGET_RATE:
+            raise ValueError(f"source rate {source_rate} Hz is below {TARGET_RATE} Hz")
+        self.source_rate = source_rate
+        self._odd = b""
+        self._stream: soxr.ResampleStream | None = (
+            None if source_rate == TARGET_RATE
+            else soxr.ResampleStream(source_rate, TARGET_RATE, 1, dtype="int16", quality="HQ")
+        )
+
+    def feed(self, pcm_s16le: bytes) -> bytes:
+        """Convert one piece; returns the mu-law bytes ready so far (maybe none)."""
+        if self._odd:
+            pcm_s16le = self._odd + pcm_s16le
+            self._odd = b""
+        if len(pcm_s16le) % 2:
+            self._odd = pcm_s16le[-1:]
+            pcm_s16le = pcm_s16le[:-1]
+        if not pcm_s16le:
+            return b""
+        samples = np.frombuffer(pcm_s16le, dtype="<i2").astype(np.int16, copy=False)
+        if self._stream is None:
+            return mulaw.encode(samples)
+        return mulaw.encode(self._stream.resample_chunk(samples))
+
+    def flush(self) -> bytes:
+        """The filter's tail (a half odd byte at the end is dropped); call once, at the end."""
+        self._odd = b""
+        if self._stream is None:
+            return b""
+        return mulaw.encode(self._stream.resample_chunk(_EMPTY, last=True))
+
+
+__all__ = ["MAX_PIECE_BYTES", "TARGET_RATE", "ToUlaw8k"]
