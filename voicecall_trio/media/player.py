@@ -160,9 +160,8 @@ class Player:
                 task_status.started()
                 await self._send_loop()
         finally:  # producers still writing see their channel closed and stop
-            for utterance in (self._current, *self._queue):
-                if utterance is not None:
-                    utterance.audio.close()
+            for utterance in self._queue:
+                utterance.audio.close()
             self._queue.clear()
 
     def _poke(self) -> None:
@@ -183,7 +182,8 @@ class Player:
                 self._current = utterance
                 try:
                     await self._play(utterance, self._epoch)
-                finally:
+                finally:  # however it ended, its producer may stop now
+                    utterance.audio.close()
                     self._current = None
             else:
                 await self._sender_wait()
@@ -202,7 +202,6 @@ class Player:
         last = framer.flush()
         if last is not None and not await self._send_frame(out, last, epoch):
             return
-        utterance.audio.close()
         if self._epoch != epoch:
             return
         if out.frames == 0:  # no audio at all: nothing to wait for (and never "started")
