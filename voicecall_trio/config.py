@@ -83,11 +83,21 @@ class SttConfig(_Section):
     model: str = "whisper-1"
 
 
+class ElevenLabsConfig(_Section):  # ours
+    api_key: str | None = None
+    voice_id: str = "JBFqnCBsd6RMkjVDRZzb"
+    model_id: str = "eleven_flash_v2_5"
+    base_url: str = "https://api.elevenlabs.io"
+
+
 class TtsConfig(_Section):
     provider: str = "openai"
     model: str = "gpt-4o-mini-tts"
     voice: str = "coral"
     instructions: str | None = None
+    base_url: str = "https://api.openai.com/v1"  # ours
+    api_key: str | None = None  # ours
+    elevenlabs: ElevenLabsConfig = msgspec.field(default_factory=ElevenLabsConfig)  # ours
 
 
 class WebhookSecurityConfig(_Section):
@@ -173,11 +183,21 @@ class VoiceCallConfig(_Section):
     def webhook_url(self) -> str | None:
         return self.public_url
 
+    # -- derived keys --------------------------------------------------------------------
+    def openai_key(self) -> str | None:
+        """``streaming.openaiApiKey`` (``OPENAI_API_KEY`` already falls back into it)."""
+        return self.streaming.openai_api_key or None
+
+    def tts_key(self) -> str | None:
+        """The OpenAI speech key: ``tts.apiKey``, else ``openai_key()``."""
+        return self.tts.api_key or self.openai_key()
+
 
 # -- loading -----------------------------------------------------------------------------
 
 
 _ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("tts", "elevenlabs", "apiKey"), "ELEVENLABS_API_KEY"),
     (("twilio", "accountSid"), "TWILIO_ACCOUNT_SID"),
     (("twilio", "authToken"), "TWILIO_AUTH_TOKEN"),
     (("telnyx", "apiKey"), "TELNYX_API_KEY"),
@@ -191,16 +211,22 @@ _ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 def _apply_env(section: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     out = dict(section)
-    for (group, key), var in _ENV_FALLBACKS:
+    for path, var in _ENV_FALLBACKS:
         value = environ.get(var)
-        if not value:
-            continue
-        sub = out.get(group, {})
-        if not isinstance(sub, dict):
-            continue  # leave the type error to validation
-        if sub.get(key) in (None, ""):
-            out[group] = {**sub, key: value}
+        if value:
+            out = _fill(out, path, value)
     return out
+
+
+def _fill(doc: dict[str, Any], path: tuple[str, ...], value: str) -> dict[str, Any]:
+    """``doc`` with ``value`` at ``path`` unless the file set it (copies, never mutates)."""
+    head, *rest = path
+    if not rest:
+        return doc if doc.get(head) not in (None, "") else {**doc, head: value}
+    sub = doc.get(head, {})
+    if not isinstance(sub, dict):
+        return doc  # leave the type error to validation
+    return {**doc, head: _fill(sub, tuple(rest), value)}
 
 
 def _path_of(message: str, prefix: str) -> str:

@@ -1,0 +1,367 @@
+"""The speech clients against FakeTTS (in memory on the autojump clock, and once on loopback):
+the SDKs' requests, the audio they yield, the timeouts, failures before and after the start."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from voicecall_trio.config import build_config
+from voicecall_trio.errors import SpeechError
+from voicecall_trio.media import mulaw
+from voicecall_trio.testing import FakeTTS
+from voicecall_trio.tts import FIRST_BYTE_S, IDLE_S, SpeechClient, make_speech
+from voicecall_trio.tts.elevenlabs import ElevenLabsSpeech
+from voicecall_trio.tts.openai import MAX_TEXT_CHARS, OpenAISpeech
+from voicecall_trio.tts.stream import error_text, scrub
+
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+if not (VECTORS / "tts_reply.json").exists():
+    pytest.skip(f"TTS vectors not found in {VECTORS}", allow_module_level=True)
+SPEC = json.loads((VECTORS / "tts_reply.json").read_text())
+PCM = (VECTORS / "tts_reply_24k_s16le.pcm").read_bytes()
+ULAW = (VECTORS / "tts_reply_8k.ulaw").read_bytes()
+TEXT = SPEC["text"]
+INSTRUCTIONS = SPEC["openai_speech"]["body"]["instructions"]
+VOICE_ID = "JBFqnCBsd6RMkjVDRZzb"
+KEY = "sk-test-FAKE-tts-key-0000000000000000000000001234"
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert all(KEY not in record.getMessage() for record in caplog.records)
+
+
+def openai(http: httpx.AsyncClient, base_url: str, **kwargs: Any) -> OpenAISpeech:
+    return OpenAISpeech(http, api_key=KEY, base_url=base_url, instructions=INSTRUCTIONS,
+                        **kwargs)
+
+
+def elevenlabs(http: httpx.AsyncClient, base_url: str) -> ElevenLabsSpeech:
+    return ElevenLabsSpeech(http, api_key=KEY, voice_id=VOICE_ID, base_url=base_url)
+
+
+@asynccontextmanager
+async def in_memory(**kwargs: Any) -> AsyncIterator[tuple[FakeTTS, httpx.AsyncClient]]:
+    async with FakeTTS(pcm=PCM, ulaw=ULAW, **kwargs).in_memory("http://tts.test") as fake, \
+            httpx.AsyncClient(transport=fake.transport()) as http:
+        yield fake, http
+
+
+async def speak(client: SpeechClient, text: str = TEXT) -> tuple[list[bytes], float]:
+    """Synthesize; (the chunks, the time ``started()`` came)."""
+    send, receive = trio.open_memory_channel[bytes](math.inf)
+    failure: SpeechError | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(client.synthesize, text, send)
+        except SpeechError as exc:  # raised by start() itself: the caller's, not a group
+            failure = exc
+        started = trio.current_time()
+        chunks = [chunk async for chunk in receive]
+    if failure is not None:
+        raise failure
+    return chunks, started
+
+
+def correlation(a: bytes, b: bytes) -> float:
+    x, y = mulaw.decode(a).astype(np.float64), mulaw.decode(b).astype(np.float64)
+    n = min(len(x), len(y))
+    return float(np.dot(x[:n], y[:n]) / np.sqrt(np.dot(x[:n], x[:n]) * np.dot(y[:n], y[:n])))
+
+
+# -- the requests are the SDKs' ------------------------------------------------------------
+
+
+def test_the_openai_request_is_the_sdk_s() -> None:
+    spec = SPEC["openai_speech"]
+    request = openai(httpx.AsyncClient(), "https://api.openai.com/v1").request(TEXT)
+    assert request.url == spec["url"]
+    assert request.headers["Authorization"] == f"Bearer {KEY}"
+    assert request.headers["Accept"] == spec["headers"]["Accept"]
+    assert request.body == spec["body"] and list(request.body) == list(spec["body"])
+    assert KEY not in repr(request)
+    plain = OpenAISpeech(httpx.AsyncClient(), api_key=KEY).request(TEXT)
+    assert "instructions" not in plain.body and plain.body["response_format"] == "pcm"
+
+
+def test_the_elevenlabs_request_is_the_sdk_s() -> None:
+    spec = SPEC["elevenlabs_stream"]
+    request = elevenlabs(httpx.AsyncClient(), "https://api.elevenlabs.io/").request(TEXT)
+    url = httpx.URL(request.url, params=request.params)
+    assert str(url) == spec["url"]
+    assert request.headers == {"xi-api-key": KEY} and request.body == spec["body"]
+
+
+async def test_over_the_wire_the_requests_carry_the_sdk_s_headers_and_bodies(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with in_memory() as (fake, http):
+        await speak(openai(http, fake.base_url))
+        await speak(elevenlabs(http, fake.elevenlabs_base_url))
+    first, second = fake.requests
+    assert (first.api, first.method, first.path) == ("openai", "POST", "/v1/audio/speech")
+    assert first.headers["authorization"] == f"Bearer {KEY}"
+    assert first.headers["content-type"] == "application/json"
+    assert first.headers["accept"] == "application/octet-stream"
+    assert first.json == SPEC["openai_speech"]["body"]
+    assert second.path == f"/v1/text-to-speech/{VOICE_ID}/stream"
+    assert second.query == {"output_format": "ulaw_8000"}
+    assert second.headers["xi-api-key"] == KEY and "authorization" not in second.headers
+    assert second.headers["content-type"] == "application/json"
+    assert second.json == SPEC["elevenlabs_stream"]["body"]
+
+
+# -- the audio -------------------------------------------------------------------------------
+
+
+async def test_openai_pcm_becomes_8k_mulaw_like_sox_s(autojump_clock: trio.testing.MockClock
+                                                     ) -> None:
+    async with in_memory(chunk_size=4001) as (fake, http):  # odd-sized pieces, as the SDK saw
+        chunks, _ = await speak(openai(http, fake.base_url))
+    audio = b"".join(chunks)
+    assert abs(len(audio) - len(ULAW)) <= 2
+    assert correlation(audio, ULAW) >= 0.99
+
+
+async def test_a_huge_network_chunk_is_converted_in_small_steps(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with in_memory(chunk_size=1 << 20) as (fake, http):  # the whole reply at once
+        chunks, _ = await speak(openai(http, fake.base_url))
+    assert len(chunks) > 15 and max(len(c) for c in chunks) <= 1600  # <= 100 ms a step
+    assert abs(len(b"".join(chunks)) - len(ULAW)) <= 2
+
+
+async def test_elevenlabs_mulaw_is_handed_on_as_is(autojump_clock: trio.testing.MockClock
+                                                  ) -> None:
+    async with in_memory(chunk_size=1000) as (fake, http):
+        chunks, _ = await speak(elevenlabs(http, fake.elevenlabs_base_url))
+    assert b"".join(chunks) == ULAW and len(chunks) == 17
+
+
+async def test_started_comes_with_the_first_audio_not_before(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with in_memory(first_byte_delay=3.0, chunk_delay=0.5) as (fake, http):
+        begin = trio.current_time()
+        _, started = await speak(openai(http, fake.base_url))
+        assert started - begin == pytest.approx(3.0)
+        assert trio.current_time() - begin == pytest.approx(3.0 + 0.5 * 24)  # 25 chunks
+
+
+# -- failures before the first byte: SpeechError ----------------------------------------------
+
+
+async def test_no_first_byte_within_the_limit_is_a_speech_error(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with in_memory(first_byte_delay=FIRST_BYTE_S + 5) as (fake, http):
+        begin = trio.current_time()
+        send, receive = trio.open_memory_channel[bytes](math.inf)
+        with pytest.raises(SpeechError, match=r"OpenAI speech: no audio within 10 s"):
+            await openai(http, fake.base_url).synthesize(TEXT, send)
+        assert trio.current_time() - begin == pytest.approx(FIRST_BYTE_S)
+        with pytest.raises(trio.EndOfChannel):
+            receive.receive_nowait()  # closed, empty
+
+
+@pytest.mark.parametrize(("api", "status", "expected"), [
+    ("openai", 500, "OpenAI speech: HTTP 500: the fake TTS failed"),
+    ("openai", 429, "OpenAI speech: HTTP 429: the fake TTS failed"),
+    ("elevenlabs", 401, "ElevenLabs: HTTP 401: the fake TTS failed"),
+])
+async def test_an_error_status_is_a_speech_error_naming_it(
+        autojump_clock: trio.testing.MockClock, api: str, status: int, expected: str) -> None:
+    async with in_memory() as (fake, http):
+        fake.fail_with(status, times=1)
+        client = (openai(http, fake.base_url) if api == "openai"
+                  else elevenlabs(http, fake.elevenlabs_base_url))
+        with pytest.raises(SpeechError) as caught:
+            await speak(client)
+        assert caught.value.message == expected and caught.value.rpc_code == -32004
+        chunks, _ = await speak(client)  # times=1: the next one works
+        assert chunks
+
+
+async def test_an_error_body_that_echoes_the_key_is_scrubbed(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with in_memory() as (fake, http):
+        fake.fail_with(401, message=f"Incorrect API key provided: {KEY}.\nSee the docs")
+        with pytest.raises(SpeechError) as caught:
+            await speak(openai(http, fake.base_url))
+    assert KEY not in str(caught.value)
+    assert str(caught.value) == (
+        "OpenAI speech: HTTP 401: Incorrect API key provided: ***. See the docs")
+
+
+async def test_a_wrong_key_is_refused_by_the_fake(autojump_clock: trio.testing.MockClock) -> None:
+    async with in_memory(openai_key="sk-other", elevenlabs_key="xi-other") as (fake, http):
+        with pytest.raises(SpeechError, match="HTTP 401: Incorrect API key"):
+            await speak(openai(http, fake.base_url))
+        with pytest.raises(SpeechError, match="HTTP 401: Invalid API key"):
+            await speak(elevenlabs(http, fake.elevenlabs_base_url))
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (httpx.ConnectError("[Errno 111] Connection refused"),
+     "OpenAI speech: could not connect (ConnectError: [Errno 111] Connection refused)"),
+    (httpx.ReadTimeout("timed out"), "OpenAI speech: timed out (ReadTimeout: timed out)"),
+    (httpx.RemoteProtocolError(f"bad header {KEY}"),
+     "OpenAI speech: request failed (RemoteProtocolError: bad header ***)"),
+])
+async def test_transport_failures_are_speech_errors(error: Exception, expected: str) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+        with pytest.raises(SpeechError) as caught:
+            await speak(openai(http, "http://tts.invalid/v1"))
+    assert str(caught.value) == expected
+
+
+async def test_an_empty_reply_is_a_speech_error() -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, content=b""))) as http:
+        with pytest.raises(SpeechError, match="the reply had no audio"):
+            await speak(elevenlabs(http, "http://tts.invalid"))
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "x" * (MAX_TEXT_CHARS + 1)])
+async def test_text_the_api_would_refuse_is_refused_before_any_request(text: str) -> None:
+    calls: list[httpx.Request] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(
+            lambda request: calls.append(request) or httpx.Response(200))) as http:
+        for client in (openai(http, "http://tts.invalid/v1"),
+                       elevenlabs(http, "http://tts.invalid")):
+            send, receive = trio.open_memory_channel[bytes](1)
+            with pytest.raises(SpeechError, match=r"empty text|too long"):
+                await client.synthesize(text, send)
+            with pytest.raises(trio.EndOfChannel):
+                receive.receive_nowait()
+    assert calls == []
+
+
+# -- failures after the start: the utterance just ends ------------------------------------------
+
+
+async def test_a_stall_after_the_start_ends_the_utterance_with_one_line(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    async with in_memory(chunk_size=4000) as (fake, http):
+        fake.stall_after = 12000
+        begin = trio.current_time()
+        chunks, _ = await speak(openai(http, fake.base_url))
+        assert trio.current_time() - begin == pytest.approx(IDLE_S)
+    assert 0 < len(b"".join(chunks)) < len(ULAW) // 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "voicecall.tts"]
+    assert lines == ["OpenAI speech: no audio for 10 s after 12000 bytes; the utterance ends there"]
+
+
+async def test_a_dropped_connection_after_the_start_ends_the_utterance_with_one_line(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    async with in_memory(chunk_size=1000) as (fake, http):
+        fake.break_after = 5500
+        chunks, _ = await speak(elevenlabs(http, fake.elevenlabs_base_url))
+    assert b"".join(chunks) == ULAW[:5500]
+    lines = [r.getMessage() for r in caplog.records if r.name == "voicecall.tts"]
+    assert len(lines) == 1 and "the audio stream broke after 5500 bytes (ReadError" in lines[0]
+
+
+async def test_a_consumer_that_goes_away_stops_the_request_quietly(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    async with in_memory(chunk_size=1000, chunk_delay=0.1) as (fake, http):
+        send, receive = trio.open_memory_channel[bytes](0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(elevenlabs(http, fake.elevenlabs_base_url).synthesize, TEXT,
+                                send)
+            assert await receive.receive() == ULAW[:1000]
+            receive.close()  # a barge-in dropped the utterance
+        assert trio.current_time() < 1.0
+    assert [r for r in caplog.records if r.name == "voicecall.tts"] == []
+
+
+# -- the real thing, once: loopback HTTP ------------------------------------------------------
+
+
+async def test_on_loopback_both_apis_stream() -> None:
+    with trio.fail_after(20):
+        async with FakeTTS(pcm=PCM, ulaw=ULAW, chunk_size=3001) as fake, httpx.AsyncClient(
+                timeout=5) as http:
+            assert fake.base_url.startswith("http://127.0.0.1:") and fake.base_url.endswith("/v1")
+            pcm_chunks, _ = await speak(openai(http, fake.base_url))
+            ulaw_chunks, _ = await speak(elevenlabs(http, fake.elevenlabs_base_url))
+            fake.fail_with(503)
+            with pytest.raises(SpeechError, match="HTTP 503"):
+                await speak(openai(http, fake.base_url))
+    assert correlation(b"".join(pcm_chunks), ULAW) >= 0.99
+    assert b"".join(ulaw_chunks) == ULAW
+    assert [r.api for r in fake.requests] == ["openai", "elevenlabs", "openai"]
+
+
+# -- the helpers -------------------------------------------------------------------------------
+
+
+def test_make_speech_needs_a_key_and_follows_the_fallbacks() -> None:
+    http = httpx.AsyncClient()
+    assert make_speech(build_config({}, {}), http) is None
+    by_env = make_speech(build_config({}, {"OPENAI_API_KEY": "sk-env"}), http)
+    assert isinstance(by_env, OpenAISpeech) and by_env.request("hi").secret == "sk-env"
+    by_streaming = make_speech(build_config({"streaming": {"openaiApiKey": "sk-st"}}, {}), http)
+    assert isinstance(by_streaming, OpenAISpeech) and by_streaming.request("hi").secret == "sk-st"
+    own = make_speech(build_config({"tts": {"apiKey": "sk-tts", "baseUrl": "http://x/v1/",
+                                            "voice": "ash", "model": "m"}},
+                                   {"OPENAI_API_KEY": "sk-env"}), http)
+    assert isinstance(own, OpenAISpeech)
+    request = own.request("hi")
+    assert request.secret == "sk-tts" and request.url == "http://x/v1/audio/speech"
+    assert request.body == {"model": "m", "input": "hi", "voice": "ash",
+                            "response_format": "pcm"}
+
+
+def test_make_speech_for_elevenlabs() -> None:
+    http = httpx.AsyncClient()
+    doc: dict[str, Any] = {"tts": {"provider": "elevenlabs"}}
+    assert make_speech(build_config(doc, {"OPENAI_API_KEY": "sk"}), http) is None
+    env = make_speech(build_config(doc, {"ELEVENLABS_API_KEY": "xi-env"}), http)
+    assert isinstance(env, ElevenLabsSpeech) and env.request("hi").secret == "xi-env"
+    assert env.voice_id == VOICE_ID and env.model_id == "eleven_flash_v2_5"
+    filed = build_config({"tts": {"provider": "elevenlabs", "elevenlabs": {
+        "apiKey": "xi-file", "voiceId": "v/1", "baseUrl": "http://el"}}},
+        {"ELEVENLABS_API_KEY": "xi-env"})
+    client = make_speech(filed, http)
+    assert isinstance(client, ElevenLabsSpeech)
+    assert client.request("hi").url == "http://el/v1/text-to-speech/v%2F1/stream"
+    assert client.request("hi").secret == "xi-file"  # the file wins over the environment
+    assert make_speech(build_config({"tts": {"provider": "polly"}}, {}), http) is None
+
+
+def test_config_keys_and_helpers() -> None:
+    config = build_config({}, {})
+    assert config.tts.base_url == "https://api.openai.com/v1"
+    assert config.tts.elevenlabs.base_url == "https://api.elevenlabs.io"
+    assert config.openai_key() is None and config.tts_key() is None
+    config = build_config({"streaming": {"openaiApiKey": "sk-a"}}, {})
+    assert config.openai_key() == "sk-a" and config.tts_key() == "sk-a"
+    with pytest.raises(Exception, match=r"tts.elevenlabs.bogus: unknown key"):
+        build_config({"tts": {"elevenlabs": {"bogus": 1}}}, {})
+    with pytest.raises(Exception, match=r"tts.elevenlabs"):
+        build_config({"tts": {"elevenlabs": "nope"}}, {"ELEVENLABS_API_KEY": "xi"})
+
+
+def test_error_text_and_scrub() -> None:
+    assert error_text(b'{"error": {"message": "quota"}}') == "quota"
+    assert error_text(b'{"detail": {"status": "x", "message": "bad voice"}}') == "bad voice"
+    assert error_text(b'{"detail": "Not Found"}') == "Not Found"
+    assert error_text(b"\xff<html>") == "\ufffd<html>"
+    assert error_text(b"[1, 2]") == "[1, 2]"
+    assert scrub("a\r\nb\x00 key=SECRET", "SECRET") == "a b key=***"
+    assert scrub("x" * 500, "").endswith("...") and len(scrub("x" * 500, "")) == 203
