@@ -289,6 +289,56 @@ async def test_a_consumer_that_goes_away_stops_the_request_quietly(
     assert [r for r in caplog.records if r.name == "voicecall.tts"] == []
 
 
+# -- speech into the player: what a streamed call does ---------------------------------------
+
+
+class FrameSink:
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, str, Any]] = []
+
+    async def send_audio(self, frame: bytes) -> None:
+        self.sent.append((trio.current_time(), "media", frame))
+
+    async def send_mark(self, name: str) -> None:
+        self.sent.append((trio.current_time(), "mark", name))
+
+    async def send_clear(self) -> None:
+        self.sent.append((trio.current_time(), "clear", None))
+
+
+async def test_speech_plays_as_paced_frames_then_a_mark(autojump_clock: trio.testing.MockClock
+                                                       ) -> None:
+    from voicecall_trio.media.pacing import FRAME_S, LEAD_S
+    from voicecall_trio.media.player import Player, Utterance
+
+    spoken: list[float] = []
+    sink = FrameSink()
+    player = Player(on_started=lambda u: None, on_spoken=lambda u: spoken.append(
+        trio.current_time()))
+    # 24000 B = 500 ms of audio a chunk, 50 ms apart: the TTS runs ahead of real time
+    async with in_memory(chunk_size=24000, chunk_delay=0.05, first_byte_delay=0.3) as (
+            fake, http), trio.open_nursery() as nursery:
+        await nursery.start(player.run)
+        player.attach(sink)
+        begin = trio.current_time()
+        send, receive = trio.open_memory_channel[bytes](4)
+        await nursery.start(openai(http, fake.base_url).synthesize, TEXT, send)
+        player.enqueue(Utterance(id="bot:" + "a" * 32, text=TEXT, audio=receive))
+        await trio.sleep(5)
+        assert spoken and sink.sent[-1] == (sink.sent[-2][0], "mark", "bot:" + "a" * 32)
+        nursery.cancel_scope.cancel()
+    frames = [(at, f) for at, kind, f in sink.sent if kind == "media"]
+    assert len(frames) == 104 and {len(f) for _, f in frames} == {160}  # 16557 B: 103 + 77
+    assert frames[-1][1].endswith(b"\xff" * 83)
+    assert frames[0][0] == pytest.approx(begin + 0.3)  # the first audio leaves at once
+    audio = b"".join(f for _, f in frames)[:len(ULAW)]
+    assert correlation(audio, ULAW) >= 0.99
+    # frames go at the pace, from the first one on
+    for n, (at, _) in enumerate(frames):
+        assert at == pytest.approx(begin + 0.3 + max(0.0, n * FRAME_S - LEAD_S), abs=1e-6)
+    assert spoken == [pytest.approx(begin + 0.3 + 104 * FRAME_S + 2.0)]  # no echo here
+
+
 # -- the real thing, once: loopback HTTP ------------------------------------------------------
 
 

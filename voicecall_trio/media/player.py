@@ -169,9 +169,11 @@ class Player:
         self._watch_wake.set()
 
     async def _sender_wait(self, deadline: float = math.inf) -> None:
+        """Until ``deadline`` or a poke; the frame-pacing sleep, so nothing new per frame."""
         with trio.move_on_at(deadline):
             await self._sender_wake.wait()
-        self._sender_wake = trio.Event()
+        if self._sender_wake.is_set():
+            self._sender_wake = trio.Event()
 
     async def _send_loop(self) -> None:
         while True:
@@ -286,7 +288,8 @@ class Player:
                            default=math.inf)
             with trio.move_on_at(deadline):
                 await self._watch_wake.wait()
-            self._watch_wake = trio.Event()
+            if self._watch_wake.is_set():
+                self._watch_wake = trio.Event()
 
 
 __all__ = ["FRAME_S", "MAX_QUEUED", "AudioSink", "Player", "Utterance"]
