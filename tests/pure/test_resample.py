@@ -112,3 +112,15 @@ def test_frames_of_the_converted_reply_end_in_padding() -> None:
     last = framer.flush()
     assert len(frames) == 103 and last is not None
     assert len(last) == FRAME_BYTES and last.endswith(b"\xff" * (FRAME_BYTES - 77))
+
+
+def test_flush_and_close_let_go_of_the_resampler() -> None:
+    converter = ToUlaw8k()
+    converter.feed(PCM[:4800])
+    converter.flush()
+    with pytest.raises(ValueError, match="after flush"):
+        converter.feed(PCM[:4800])
+    cut_short = ToUlaw8k()
+    cut_short.feed(PCM[:4800])
+    cut_short.close()
+    assert cut_short.flush() == b""

@@ -64,15 +64,23 @@ class ToUlaw8k:
             return b""
         samples = np.frombuffer(pcm_s16le, dtype="<i2").astype(np.int16, copy=False)
         if self._stream is None:
+            if self.source_rate != TARGET_RATE:
+                raise ValueError("feed after flush() or close()")
             return mulaw.encode(samples)
         return mulaw.encode(self._stream.resample_chunk(samples))
 
     def flush(self) -> bytes:
         """The filter's tail (a half odd byte at the end is dropped); call once, at the end."""
         self._odd = b""
-        if self._stream is None:
+        stream, self._stream = self._stream, None
+        if stream is None:
             return b""
-        return mulaw.encode(self._stream.resample_chunk(_EMPTY, last=True))
+        return mulaw.encode(stream.resample_chunk(_EMPTY, last=True))
+
+    def close(self) -> None:
+        """Let go of the native resampler now (an utterance cut short never flushes): an
+        object still alive at interpreter exit makes nanobind print a leak report."""
+        self._stream = None
 
 
 __all__ = ["MAX_PIECE_BYTES", "TARGET_RATE", "ToUlaw8k"]

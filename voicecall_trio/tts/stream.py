@@ -47,6 +47,7 @@ class Converter(Protocol):
 
     def feed(self, data: bytes) -> bytes: ...
     def flush(self) -> bytes: ...
+    def close(self) -> None: ...
 
 
 class Passthrough:
@@ -57,6 +58,9 @@ class Passthrough:
 
     def flush(self) -> bytes:
         return b""
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ async def stream_speech(http: httpx.AsyncClient, request: SpeechRequest, convert
     before that raise ``SpeechError``. ``piece_bytes`` caps how much one conversion step takes.
     """
     async with send, AsyncExitStack() as stack:
+        stack.callback(converter.close)
         with trio.move_on_after(FIRST_BYTE_S) as waiting:
             try:
                 response = await stack.enter_async_context(http.stream(
