@@ -415,3 +415,16 @@ def test_error_text_and_scrub() -> None:
     assert error_text(b"[1, 2]") == "[1, 2]"
     assert scrub("a\r\nb\x00 key=SECRET", "SECRET") == "a b key=***"
     assert scrub("x" * 500, "").endswith("...") and len(scrub("x" * 500, "")) == 203
+
+
+async def test_a_reply_that_never_ends_is_cut_at_the_cap(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from voicecall_trio.tts import stream
+
+    monkeypatch.setattr(stream, "MAX_AUDIO_S", 1)  # 8000 bytes of mu-law
+    async with in_memory(chunk_size=3000) as (fake, http):
+        chunks, _ = await speak(elevenlabs(http, fake.elevenlabs_base_url))
+    assert b"".join(chunks) == ULAW[:8000]
+    assert [r.getMessage() for r in caplog.records if r.name == "voicecall.tts"] == [
+        "ElevenLabs: more than 1 s of audio; the utterance is cut there"]

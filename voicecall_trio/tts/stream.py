@@ -13,7 +13,9 @@ Two kinds of failure, kept apart on purpose:
 - *after* it (the connection breaks, the provider stalls): the audio so far is already
   playing, so the utterance just ends there: the channel is closed and one warning is logged.
 
-A consumer that closes its end (a barge-in dropped the utterance) stops the request quietly.
+A consumer that closes its end (a barge-in dropped the utterance) stops the request quietly; a
+reply longer than ``MAX_AUDIO_S`` is cut there (one warning), so a provider that never stops
+cannot hold the line.
 Messages name the provider and the failure, and are scrubbed of the key: an error body may
 echo what it was sent, so nothing from the provider reaches a log or a client unscrubbed.
 """
@@ -37,6 +39,7 @@ log = logging.getLogger("voicecall.tts")
 
 FIRST_BYTE_S: Final = 10.0  # to answer 2xx and send the first audio byte
 IDLE_S: Final = 10.0  # between two chunks once audio flows
+MAX_AUDIO_S: Final = 600  # of 8 kHz mu-law in one utterance; a reply that never ends is cut
 MAX_ERROR_BODY: Final = 4096  # bytes of an error reply read for its message
 MAX_MESSAGE_CHARS: Final = 200  # of the provider's own error text, in our message
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\s]+")  # control characters and runs of space
@@ -161,13 +164,20 @@ async def _pump(request: SpeechRequest, first: bytes, body: AsyncIterator[bytes]
                 piece_bytes: int | None) -> None:
     """Convert and forward until the body ends; a failure now only ends the utterance."""
     received, data = 0, first
+    room = MAX_AUDIO_S * 8000  # mu-law bytes this utterance may still send
     try:
         while True:
             received += len(data)
             step = piece_bytes or len(data) or 1
             for at in range(0, len(data), step):
                 out = converter.feed(data[at:at + step])
+                if len(out) >= room:
+                    await send.send(out[:room])
+                    log.warning("%s: more than %d s of audio; the utterance is cut there",
+                                request.provider, MAX_AUDIO_S)
+                    return
                 if out:
+                    room -= len(out)
                     await send.send(out)
             with trio.move_on_after(IDLE_S) as idle:
                 try:
@@ -189,5 +199,5 @@ async def _pump(request: SpeechRequest, first: bytes, body: AsyncIterator[bytes]
                                                       request.secret))
 
 
-__all__ = ["FIRST_BYTE_S", "IDLE_S", "Converter", "Passthrough", "SpeechRequest",
+__all__ = ["FIRST_BYTE_S", "IDLE_S", "MAX_AUDIO_S", "Converter", "Passthrough", "SpeechRequest",
            "error_text", "scrub", "stream_speech"]
