@@ -428,3 +428,20 @@ async def test_a_reply_that_never_ends_is_cut_at_the_cap(
     assert b"".join(chunks) == ULAW[:8000]
     assert [r.getMessage() for r in caplog.records if r.name == "voicecall.tts"] == [
         "ElevenLabs: more than 1 s of audio; the utterance is cut there"]
+
+
+@pytest.mark.parametrize("key", ["", "sk-with space", "sk-new\nline", "sk-\u00e9"])
+async def test_a_key_that_cannot_be_a_header_is_refused_without_showing_it(key: str) -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, content=b"\xff"))) as http:
+        for client in (OpenAISpeech(http, api_key=key),
+                       ElevenLabsSpeech(http, api_key=key, voice_id="v")):
+            with pytest.raises(SpeechError, match="the API key is empty or has") as caught:
+                await speak(client)
+            assert not key or key not in str(caught.value)
+
+
+def test_deeply_nested_error_bodies_and_escaped_keys() -> None:
+    assert error_text(b"[" * 5000) == "[" * 5000  # not a RecursionError
+    assert scrub("Illegal header value b'Bearer sk-a\\nb'", "sk-a\nb") == (
+        "Illegal header value b'Bearer ***'")

@@ -279,6 +279,7 @@ class Player:
             now = trio.current_time()
             for out in [o for o in self._out if o.deadline is not None and o.deadline <= now]:
                 self._out.remove(out)
+                self._sender_wake.set()  # a mark still waiting for a stream is moot now
                 level = logging.DEBUG if self._echo_missing_logged else logging.WARNING
                 self._echo_missing_logged = True
                 log.log(level, "no mark echo for %s within %.1f s of its end; counted as spoken",

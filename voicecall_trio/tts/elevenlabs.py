@@ -16,7 +16,7 @@ import trio
 
 from ..errors import SpeechError
 from .openai import _checked
-from .stream import Passthrough, SpeechRequest, stream_speech
+from .stream import Passthrough, SpeechRequest, checked_key, stream_speech
 
 MAX_TEXT_CHARS: Final = 4096  # well under the API's limits; a phone reply is a few sentences
 
@@ -38,12 +38,13 @@ class ElevenLabsSpeech:
     def request(self, text: str) -> SpeechRequest:
         """The request for ``text`` (raises ``SpeechError`` for empty or overlong text)."""
         text = _checked(text, self.provider, MAX_TEXT_CHARS)
+        key = checked_key(self._api_key, self.provider)
         voice = quote(self.voice_id, safe="")
         return SpeechRequest(
             provider=self.provider, url=f"{self.base_url}/v1/text-to-speech/{voice}/stream",
             params={"output_format": "ulaw_8000"},
             body={"text": text, "model_id": self.model_id},
-            headers={"xi-api-key": self._api_key}, secret=self._api_key)
+            headers={"xi-api-key": key}, secret=key)
 
     async def synthesize(self, text: str, send: trio.MemorySendChannel[bytes], *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

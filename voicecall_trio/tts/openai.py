@@ -17,7 +17,7 @@ import trio
 
 from ..errors import SpeechError
 from ..media.resample import MAX_PIECE_BYTES, ToUlaw8k
-from .stream import SpeechRequest, stream_speech
+from .stream import SpeechRequest, checked_key, stream_speech
 
 SOURCE_RATE: Final = 24000  # what response_format "pcm" is
 MAX_TEXT_CHARS: Final = 4096  # the API's limit on `input`
@@ -41,15 +41,15 @@ class OpenAISpeech:
     def request(self, text: str) -> SpeechRequest:
         """The request for ``text`` (raises ``SpeechError`` for text the API would refuse)."""
         text = _checked(text, self.provider)
+        key = checked_key(self._api_key, self.provider)
         body: dict[str, str] = {"model": self.model, "input": text, "voice": self.voice}
         if self.instructions:
             body["instructions"] = self.instructions
         body["response_format"] = "pcm"
         return SpeechRequest(
             provider=self.provider, url=f"{self.base_url}/audio/speech", body=dict(body),
-            headers={"Authorization": f"Bearer {self._api_key}",
-                     "Accept": "application/octet-stream"},
-            secret=self._api_key)
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/octet-stream"},
+            secret=key)
 
     async def synthesize(self, text: str, send: trio.MemorySendChannel[bytes], *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -79,9 +79,12 @@ class SpeechRequest:
 
 
 def scrub(text: str, secret: str) -> str:
-    """``text`` without ``secret`` or control characters, at most ``MAX_MESSAGE_CHARS``."""
+    """``text`` without ``secret`` (as is or escaped, as a repr shows it) or control
+    characters, at most ``MAX_MESSAGE_CHARS``."""
     if secret:
-        text = text.replace(secret, "***")
+        for form in sorted({secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]},
+                           key=len, reverse=True):
+            text = text.replace(form, "***")
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
 
@@ -91,7 +94,7 @@ def error_text(body: bytes) -> str:
     ``{detail: {message}}`` or ``{detail: "..."}``; else the body as text."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
         return body.decode("utf-8", "replace")
     if isinstance(doc, dict):
         for key in ("error", "detail"):
@@ -112,6 +115,14 @@ async def _error_body(response: httpx.Response) -> bytes:
     return bytes(data[:MAX_ERROR_BODY])
 
 
+def checked_key(key: str, provider: str) -> str:
+    """``key`` if it can go in a header as is; else a ``SpeechError`` that does not show it."""
+    if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise SpeechError(f"{provider}: the API key is empty or has spaces or control "
+                          "characters; check the config")
+    return key
+
+
 def _failure(request: SpeechRequest, exc: httpx.HTTPError) -> SpeechError:
     if isinstance(exc, httpx.TimeoutException):
         what = "timed out"
@@ -119,7 +130,8 @@ def _failure(request: SpeechRequest, exc: httpx.HTTPError) -> SpeechError:
         what = "could not connect"
     else:
         what = "request failed"
-    detail = scrub(str(exc), request.secret)
+    # a LocalProtocolError is about our own request, whose headers hold the key: no detail
+    detail = "" if isinstance(exc, httpx.LocalProtocolError) else scrub(str(exc), request.secret)
     return SpeechError(f"{request.provider}: {what} ({type(exc).__name__}"
                        f"{': ' + detail if detail else ''})")
 
@@ -200,4 +212,4 @@ async def _pump(request: SpeechRequest, first: bytes, body: AsyncIterator[bytes]
 
 
 __all__ = ["FIRST_BYTE_S", "IDLE_S", "MAX_AUDIO_S", "Converter", "Passthrough", "SpeechRequest",
-           "error_text", "scrub", "stream_speech"]
+           "checked_key", "error_text", "scrub", "stream_speech"]
