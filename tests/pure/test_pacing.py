@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from voicecall_trio.media.framer import FRAME_BYTES, Framer
@@ -101,3 +104,18 @@ def test_framer_cuts_pads_and_keeps_the_rest() -> None:
     assert framer.flush() is None
     exact = framer.push(b"\x04" * FRAME_BYTES)
     assert exact == [b"\x04" * FRAME_BYTES] and framer.flush() is None
+
+
+def test_the_pure_media_modules_import_nothing_heavy() -> None:
+    """DESIGN section 3: the media cores import no trio, httpx or web framework (a fresh
+    interpreter, since this one has trio loaded already)."""
+    modules = ["voicecall_trio.media", "voicecall_trio.media.mulaw",
+               "voicecall_trio.media.resample", "voicecall_trio.media.framer",
+               "voicecall_trio.media.pacing"]
+    heavy = {"trio", "httpx", "quart", "quart_trio", "hypercorn", "trio_websocket"}
+    code = (f"import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy!r})))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == ""
