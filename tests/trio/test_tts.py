@@ -445,3 +445,91 @@ def test_deeply_nested_error_bodies_and_escaped_keys() -> None:
     assert error_text(b"[" * 5000) == "[" * 5000  # not a RecursionError
     assert scrub("Illegal header value b'Bearer sk-a\\nb'", "sk-a\nb") == (
         "Illegal header value b'Bearer ***'")
+
+
+# -- the fake and its in-memory transport ------------------------------------------------------
+
+
+async def test_the_fake_refuses_what_the_real_apis_would(autojump_clock: trio.testing.MockClock
+                                                        ) -> None:
+    async with in_memory() as (fake, http):
+        base = "http://tts.test"
+        good = {"model": "m", "input": "hi", "voice": "coral", "response_format": "pcm"}
+        cases = [
+            (await http.post(f"{base}/v1/nothing", json=good), 404),
+            (await http.get(f"{base}/v1/audio/speech"), 405),
+            (await http.post(f"{base}/v1/audio/speech", json={**good, "response_format": "mp3"}),
+             400),
+            (await http.post(f"{base}/v1/audio/speech", content=b"not json"), 400),
+            (await http.post(f"{base}/v1/text-to-speech/v/stream", json={"text": "hi"}), 400),
+            (await http.post(f"{base}/v1/text-to-speech/v/stream?output_format=ulaw_8000",
+                             json={"text": ""}), 422),
+        ]
+        assert [r.status_code for r, _ in cases] == [want for _, want in cases]
+        assert cases[2][0].json()["error"]["type"] == "invalid_request_error"
+        assert "message" in cases[5][0].json()["detail"]
+        assert [r.api for r in fake.requests] == [
+            "other", "openai", "openai", "openai", "elevenlabs", "elevenlabs"]
+        fake.fail_with(503)
+        assert (await http.post(f"{base}/v1/audio/speech", json=good)).status_code == 503
+        assert (await http.post(f"{base}/v1/audio/speech", json=good)).status_code == 503
+        fake.fail_with(None)
+        ok = await http.post(f"{base}/v1/audio/speech", json=good)
+        assert ok.status_code == 200 and ok.content == PCM
+        assert len(await fake.wait_for_requests(9)) == 9
+
+
+async def test_the_transport_streams_as_the_app_sends(autojump_clock: trio.testing.MockClock
+                                                     ) -> None:
+    async with in_memory(chunk_size=10000, chunk_delay=1.0) as (fake, http):
+        begin = trio.current_time()
+        async with http.stream("POST", f"{fake.base_url}/audio/speech", json={
+                "model": "m", "input": "hi", "voice": "v", "response_format": "pcm"}) as reply:
+            arrivals = [(trio.current_time() - begin, len(chunk))
+                        async for chunk in reply.aiter_raw()]
+    assert arrivals[:3] == [(0.0, 10000), (1.0, 10000), (2.0, 10000)]
+    assert sum(n for _, n in arrivals) == len(PCM)
+
+
+async def test_the_transport_reports_an_app_that_fails(autojump_clock: trio.testing.MockClock
+                                                      ) -> None:
+    from voicecall_trio.testing.asgi_stream import StreamingASGITransport
+
+    async def before(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    async def after(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        raise RuntimeError("boom")
+
+    async with trio.open_nursery() as nursery:
+        async with httpx.AsyncClient(transport=StreamingASGITransport(before, nursery)) as http:
+            with pytest.raises(httpx.RemoteProtocolError, match="RuntimeError"):
+                await http.get("http://app.test/")
+        async with httpx.AsyncClient(transport=StreamingASGITransport(after, nursery)) as http:
+            async with http.stream("GET", "http://app.test/") as reply:
+                got = b""
+                with pytest.raises(httpx.ReadError, match="connection lost"):
+                    async for chunk in reply.aiter_raw():
+                        got += chunk
+            assert got == b"abc"
+
+
+async def test_the_fake_needs_to_run_for_its_transport() -> None:
+    with pytest.raises(RuntimeError, match="not running"):
+        FakeTTS().transport()
+    tone = FakeTTS()  # no files: a one-second tone, and that tone as mu-law
+    assert len(tone.pcm) == 48000 and abs(len(tone.ulaw) - 8000) <= 2
+    section = tone.config("elevenlabs", api_key="k")
+    assert section["provider"] == "elevenlabs" and section["elevenlabs"]["apiKey"] == "k"
+
+
+@pytest.mark.parametrize("provider", ["openai", "elevenlabs"])
+async def test_make_speech_from_the_fake_s_config_section(
+        autojump_clock: trio.testing.MockClock, provider: str) -> None:
+    async with in_memory() as (fake, http):
+        client = make_speech(build_config({"tts": fake.config(provider)}, {}), http)
+        assert client is not None
+        chunks, _ = await speak(client)
+    assert correlation(b"".join(chunks), ULAW) >= 0.99
