@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from voicecall_trio.media.framer import FRAME_BYTES, Framer
 from voicecall_trio.media.pacing import FRAME_S, LEAD_S, Pacer, heard_ms
@@ -82,6 +84,26 @@ def test_bad_parameters() -> None:
         Pacer(frame_s=0)
     with pytest.raises(ValueError):
         Pacer(lead_s=-1)
+
+
+@given(st.lists(st.tuples(st.floats(0, 0.5), st.floats(0, 0.01)), min_size=1, max_size=200),
+       st.sampled_from([0.0, 0.02, 0.06, 0.2]))
+def test_never_more_than_the_lead_ahead_and_never_a_burst(
+        gaps: list[tuple[float, float]], lead: float) -> None:
+    """Frames become available after random gaps (TTS stalls) and the sender wakes a little
+    late (jitter): a frame is never sent earlier than lead before it plays, plays at most a
+    frame after it was sent, and what is buffered over there never exceeds lead + a frame."""
+    pacer = Pacer(lead_s=lead)
+    now = 0.0
+    for gap, jitter in gaps:
+        now += gap if gap > 0.3 else 0.0  # mostly back to back, sometimes a stall
+        at = pacer.send_at()
+        if at is not None and at > now:
+            now = at + jitter
+        plays = pacer.sent(now)
+        assert plays >= now - FRAME_S - 1e-9  # late by at most a frame: no catch-up burst
+        assert plays <= now + lead + 1e-9  # early by at most the lead
+        assert pacer.ahead(now) <= lead + FRAME_S + 1e-9
 
 
 @pytest.mark.parametrize(("frames", "ahead", "heard"), [
