@@ -15,8 +15,7 @@ import httpx
 import trio
 
 from ..errors import SpeechError
-from .openai import _checked
-from .stream import Passthrough, SpeechRequest, checked_key, stream_speech
+from .stream import Passthrough, SpeechRequest, checked_key, checked_text, stream_speech
 
 MAX_TEXT_CHARS: Final = 4096  # well under the API's limits; a phone reply is a few sentences
 
@@ -37,7 +36,7 @@ class ElevenLabsSpeech:
 
     def request(self, text: str) -> SpeechRequest:
         """The request for ``text`` (raises ``SpeechError`` for empty or overlong text)."""
-        text = _checked(text, self.provider, MAX_TEXT_CHARS)
+        text = checked_text(text, self.provider, MAX_TEXT_CHARS)
         key = checked_key(self._api_key, self.provider)
         voice = quote(self.voice_id, safe="")
         return SpeechRequest(

@@ -17,7 +17,7 @@ import trio
 
 from ..errors import SpeechError
 from ..media.resample import MAX_PIECE_BYTES, ToUlaw8k
-from .stream import SpeechRequest, checked_key, stream_speech
+from .stream import SpeechRequest, checked_key, checked_text, stream_speech
 
 SOURCE_RATE: Final = 24000  # what response_format "pcm" is
 MAX_TEXT_CHARS: Final = 4096  # the API's limit on `input`
@@ -40,7 +40,7 @@ class OpenAISpeech:
 
     def request(self, text: str) -> SpeechRequest:
         """The request for ``text`` (raises ``SpeechError`` for text the API would refuse)."""
-        text = _checked(text, self.provider)
+        text = checked_text(text, self.provider, MAX_TEXT_CHARS)
         key = checked_key(self._api_key, self.provider)
         body: dict[str, str] = {"model": self.model, "input": text, "voice": self.voice}
         if self.instructions:
@@ -62,14 +62,6 @@ class OpenAISpeech:
             raise
         await stream_speech(self._http, request, ToUlaw8k(SOURCE_RATE), send,
                             task_status=task_status, piece_bytes=MAX_PIECE_BYTES)
-
-
-def _checked(text: str, provider: str, limit: int = MAX_TEXT_CHARS) -> str:
-    if not text.strip():
-        raise SpeechError(f"{provider}: nothing to say (empty text)")
-    if len(text) > limit:
-        raise SpeechError(f"{provider}: text too long ({len(text)} characters, at most {limit})")
-    return text
 
 
 __all__ = ["MAX_TEXT_CHARS", "OpenAISpeech"]

@@ -115,6 +115,15 @@ async def _error_body(response: httpx.Response) -> bytes:
     return bytes(data[:MAX_ERROR_BODY])
 
 
+def checked_text(text: str, provider: str, limit: int) -> str:
+    """``text`` if there is something to say and the API takes that much; else SpeechError."""
+    if not text.strip():
+        raise SpeechError(f"{provider}: nothing to say (empty text)")
+    if len(text) > limit:
+        raise SpeechError(f"{provider}: text too long ({len(text)} characters, at most {limit})")
+    return text
+
+
 def checked_key(key: str, provider: str) -> str:
     """``key`` if it can go in a header as is; else a ``SpeechError`` that does not show it."""
     if not key or not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
@@ -212,4 +221,4 @@ async def _pump(request: SpeechRequest, first: bytes, body: AsyncIterator[bytes]
 
 
 __all__ = ["FIRST_BYTE_S", "IDLE_S", "MAX_AUDIO_S", "Converter", "Passthrough", "SpeechRequest",
-           "checked_key", "error_text", "scrub", "stream_speech"]
+           "checked_key", "checked_text", "error_text", "scrub", "stream_speech"]
