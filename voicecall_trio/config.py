@@ -301,6 +301,10 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
         raise ConfigError(f"{key('serve.port')}: must be a TCP port (0-65535)")
     if config.serve.max_connections < 1:
         raise ConfigError(f"{key('serve.maxConnections')}: must be at least 1")
+    for name, url in (("tts.baseUrl", config.tts.base_url),
+                      ("tts.elevenlabs.baseUrl", config.tts.elevenlabs.base_url)):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key(name)}: must be an http:// or https:// URL")
 
 
 def build_config(

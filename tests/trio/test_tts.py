@@ -405,6 +405,10 @@ def test_config_keys_and_helpers() -> None:
         build_config({"tts": {"elevenlabs": {"bogus": 1}}}, {})
     with pytest.raises(Exception, match=r"tts.elevenlabs"):
         build_config({"tts": {"elevenlabs": "nope"}}, {"ELEVENLABS_API_KEY": "xi"})
+    with pytest.raises(Exception, match=r"^tts.baseUrl: must be an http"):
+        build_config({"tts": {"baseUrl": "api.openai.com/v1"}}, {})
+    with pytest.raises(Exception, match=r"^tts.elevenlabs.baseUrl: must be an http"):
+        build_config({"tts": {"elevenlabs": {"baseUrl": "ftp://x"}}}, {})
 
 
 def test_error_text_and_scrub() -> None:
