@@ -15,7 +15,7 @@ import trio.testing
 from voicecall_trio.errors import SpeechError
 from voicecall_trio.media.framer import FRAME_BYTES
 from voicecall_trio.media.pacing import FRAME_S, LEAD_S
-from voicecall_trio.media.player import MAX_QUEUED, Player, Utterance
+from voicecall_trio.media.player import MAX_QUEUED, SEND_TIMEOUT_S, Player, Utterance
 
 
 class Sink:
@@ -25,11 +25,14 @@ class Sink:
         self.name = name
         self.sent: list[tuple[float, str, Any]] = []
         self.broken = False
+        self.stuck = False
         self.on_send: Callable[[str, Any], None] | None = None
 
     async def _record(self, kind: str, value: Any) -> None:
         if self.broken:
             raise trio.BrokenResourceError("socket gone")
+        if self.stuck:
+            await trio.sleep_forever()  # a peer that stopped reading
         self.sent.append((trio.current_time(), kind, value))
         if self.on_send is not None:
             self.on_send(kind, value)
@@ -345,3 +348,20 @@ async def test_a_takeover_during_a_send_resends_the_frame_on_the_new_stream(
         assert len(old.frames()) == 1 and len(new.frames()) == 3
         assert new.frames()[0][1] == old.frames()[0][1]
 
+
+
+async def test_a_sink_that_stops_taking_messages_is_given_up_after_the_send_timeout(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    stuck, good = Sink("stuck"), Sink("good")
+    async with rig(stuck) as r:
+        start = trio.current_time()
+        r.say(audio(10))
+        await trio.sleep(0.05)
+        stuck.stuck = True
+        await trio.sleep(SEND_TIMEOUT_S + 1)
+        assert len(stuck.frames()) == 6
+        r.player.attach(good)
+        await trio.sleep(1)
+        assert len(good.frames()) == 4 and good.kinds()[-1] == "mark"
+        assert good.frames()[0][0] == pytest.approx(start + 0.05 + SEND_TIMEOUT_S + 1)
+    assert any("send failed (TooSlowError)" in rec.getMessage() for rec in caplog.records)

@@ -10,8 +10,9 @@ it counts as spoken (``on_spoken``). If no echo comes within the utterance's pla
 
 The stream (the *sink*) may change under a playing utterance: ``attach(new)`` when a second
 stream takes over, ``attach(None)`` when it is gone. Without one the player waits, and audio
-keeps buffering in the channel. A sink whose send raises is treated as gone until the next
-``attach``; the player never dies of it.
+keeps buffering in the channel. A sink whose send raises, or does not return within
+``SEND_TIMEOUT_S`` (a peer that stopped reading), is treated as gone until the next ``attach``;
+the player never dies of it, nor hangs on it.
 
 ``clear()`` (barge-in) is synchronous, for the STT's event handler: it says how much of the
 playing utterance was heard, closes the channels of it and of everything queued behind it
@@ -39,6 +40,7 @@ from .pacing import FRAME_S, LEAD_S, Pacer, heard_ms
 log = logging.getLogger("voicecall.media.player")
 
 MAX_QUEUED: Final = 64  # utterances waiting behind the playing one; more is a runaway producer
+SEND_TIMEOUT_S: Final = 5.0  # a stream that takes longer to accept one message is treated as gone
 
 
 class AudioSink(Protocol):
@@ -225,7 +227,8 @@ class Player:
                 await self._sender_wait(at)
                 continue  # woken early: check clear and sink again
             try:
-                await sink.send_audio(frame)
+                with trio.fail_after(SEND_TIMEOUT_S):
+                    await sink.send_audio(frame)
             except Exception as exc:  # the socket went away under us: wait for the next one
                 self._sink_failed(sink, exc)
                 continue
@@ -249,7 +252,8 @@ class Player:
                 await self._sender_wait()
                 continue
             try:
-                await sink.send_mark(out.utterance.id)
+                with trio.fail_after(SEND_TIMEOUT_S):
+                    await sink.send_mark(out.utterance.id)
                 return
             except Exception as exc:
                 self._sink_failed(sink, exc)
@@ -260,7 +264,8 @@ class Player:
         if sink is None:
             return  # a new stream holds none of the old audio
         try:
-            await sink.send_clear()
+            with trio.fail_after(SEND_TIMEOUT_S):
+                await sink.send_clear()
         except Exception as exc:
             self._sink_failed(sink, exc)
 
@@ -293,4 +298,4 @@ class Player:
                 self._watch_wake = trio.Event()
 
 
-__all__ = ["FRAME_S", "MAX_QUEUED", "AudioSink", "Player", "Utterance"]
+__all__ = ["FRAME_S", "MAX_QUEUED", "SEND_TIMEOUT_S", "AudioSink", "Player", "Utterance"]
