@@ -88,11 +88,11 @@ class SttConfig(_Section):
     model: str = "whisper-1"
 
 
-class ElevenLabsConfig(_Section):
+class ElevenLabsConfig(_Section):  # ours
     api_key: str | None = None
-    voice_id: str | None = None
-    model_id: str | None = None
-    base_url: str = "https://api.elevenlabs.io"  # ours
+    voice_id: str = "JBFqnCBsd6RMkjVDRZzb"
+    model_id: str = "eleven_flash_v2_5"
+    base_url: str = "https://api.elevenlabs.io"
 
 
 class TtsConfig(_Section):
@@ -224,6 +224,7 @@ class VoiceCallConfig(_Section):
 
 
 _ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("tts", "elevenlabs", "apiKey"), "ELEVENLABS_API_KEY"),
     (("twilio", "accountSid"), "TWILIO_ACCOUNT_SID"),
     (("twilio", "authToken"), "TWILIO_AUTH_TOKEN"),
     (("telnyx", "apiKey"), "TELNYX_API_KEY"),
@@ -352,10 +353,6 @@ def _validate_streaming(config: VoiceCallConfig, key: Any) -> None:
         scheme, sep, rest = url.partition("://")
         if not sep or scheme.lower() not in schemes or not rest.strip("/"):
             raise ConfigError(f"{key(name)}: {url!r} is not a {' or '.join(schemes)} URL")
-    if (config.tts.provider == "elevenlabs" and s.enabled
-            and not config.tts.elevenlabs.voice_id):
-        raise ConfigError(f"{key('tts.elevenlabs.voiceId')}: required for tts.provider "
-                          "elevenlabs")
 
 
 def build_config(

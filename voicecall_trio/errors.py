@@ -15,6 +15,7 @@ quart or msgspec.
     │   ├── CallNotConnected           rpc -32002  the call is not connected, or has ended
     │   ├── ConcurrencyLimit           rpc -32003  "Maximum concurrent calls (N) reached"
     │   ├── CarrierError               rpc -32004  the carrier refused or failed a request
+    │   ├── SpeechError                rpc -32004  the TTS provider failed before any audio
     │   ├── TranscriptTimeout          rpc -32005  no final transcript in time
     │   └── InvalidInput               rpc -32006  e.g. a non-E.164 number, an empty message
     ├── ProviderError                  -> CarrierError (rpc -32004), see ``carrier_error``
@@ -37,6 +38,9 @@ Where each is raised:
 
 - ``VoiceCallError`` and its subclasses: by the supervisor and the RPC method handlers; the
   RPC server turns one into an error object with ``rpc_code`` and ``message``.
+- ``SpeechError``: by the speech clients (``tts/``) when the provider answers an error status,
+  times out or cannot be reached before the first audio byte (the message names the provider
+  and the failure, never a key), and by ``media.player.Player.enqueue`` when its queue is full.
 - ``ProviderError``: by the carrier shells and the REST executor (``status`` is the carrier's
   HTTP status, ``code`` its error code). It never reaches a client as is: ``carrier_error`` is
   the one place it becomes a ``CarrierError``.
@@ -111,6 +115,13 @@ class ConcurrencyLimit(VoiceCallError):
 
 class CarrierError(VoiceCallError):
     """Raised when the carrier refused or failed a request (made by ``carrier_error``)."""
+
+    rpc_code = -32004
+
+
+class SpeechError(VoiceCallError):
+    """Raised when speech could not be made: the TTS provider refused (status), timed out or
+    was unreachable before its first audio byte, or the call's speech queue is full."""
 
     rpc_code = -32004
 
@@ -262,6 +273,7 @@ __all__ = [
     "RpcError",
     "SignatureRejected",
     "SocketInUse",
+    "SpeechError",
     "TelnyxParseError",
     "TranscriptTimeout",
     "UsageError",

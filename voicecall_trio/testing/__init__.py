@@ -5,6 +5,8 @@ simulators; ``running_daemon`` starts a whole daemon inside the caller's trio ru
 ``serve_asgi`` serves any ASGI app on 127.0.0.1 with an ephemeral port. ``FakeDirectory``
 (a ``CallDirectory`` in memory) and ``FakeProvider`` (a ``Provider`` that records and obeys)
 are the small pieces carrier, gate and front tests compose instead of writing their own.
+``FakeTTS`` serves OpenAI's and ElevenLabs' speech APIs (streamed, in memory through
+``StreamingASGITransport`` when a test needs the autojump clock).
 """
 
 from .daemon import RunningDaemon, running_daemon
@@ -13,10 +15,12 @@ from .fake_telnyx import FakeTelnyx
 from .fake_twilio import FakeTwilio
 from .provider import FakeProvider
 from .server import serve_asgi
+from .tts import FakeTTS
 
 __all__ = [
     "FakeDirectory",
     "FakeProvider",
+    "FakeTTS",
     "FakeTelnyx",
     "FakeTwilio",
     "RunningDaemon",

@@ -1,0 +1,13 @@
+"""The media layer: a call's audio over a carrier's media WebSocket, carrier-neutral.
+
+=============  ==========================================================================
+``mulaw``      G.711 mu-law <-> int16 by table (*pure*)
+``resample``   ``ToUlaw8k``: streaming 24 kHz s16le -> 8 kHz mu-law, band-limited (*pure*)
+``framer``     ``Framer``: mu-law of any chunking -> 160-byte (20 ms) frames (*pure*)
+``pacing``     ``Pacer``: when each frame may leave; ``heard_ms`` for barge-in (*pure*)
+``player``     ``Player``: a call's utterances as paced frames + marks, ``clear`` (trio)
+=============  ==========================================================================
+
+This file imports nothing, so ``import voicecall_trio.media.<x>`` costs only what ``x`` needs
+(numpy and soxr are loaded by ``mulaw`` and ``resample`` alone).
+"""
