@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from voicecall_trio.config import build_config
-from voicecall_trio.errors import SpeechError
+from voicecall_trio.errors import ConfigError, SpeechError
 from voicecall_trio.media import mulaw
 from voicecall_trio.testing import FakeTTS
 from voicecall_trio.tts import FIRST_BYTE_S, IDLE_S, SpeechClient, make_speech
@@ -391,7 +391,8 @@ def test_make_speech_for_elevenlabs() -> None:
     assert isinstance(client, ElevenLabsSpeech)
     assert client.request("hi").url == "http://el/v1/text-to-speech/v%2F1/stream"
     assert client.request("hi").secret == "xi-file"  # the file wins over the environment
-    assert make_speech(build_config({"tts": {"provider": "polly"}}, {}), http) is None
+    with pytest.raises(ConfigError, match=r"tts\.provider"):  # only the two providers
+        build_config({"tts": {"provider": "polly"}}, {})
 
 
 def test_config_keys_and_helpers() -> None:
@@ -405,9 +406,9 @@ def test_config_keys_and_helpers() -> None:
         build_config({"tts": {"elevenlabs": {"bogus": 1}}}, {})
     with pytest.raises(Exception, match=r"tts.elevenlabs"):
         build_config({"tts": {"elevenlabs": "nope"}}, {"ELEVENLABS_API_KEY": "xi"})
-    with pytest.raises(Exception, match=r"^tts.baseUrl: must be an http"):
+    with pytest.raises(Exception, match=r"^tts\.baseUrl: .* is not a http or https URL"):
         build_config({"tts": {"baseUrl": "api.openai.com/v1"}}, {})
-    with pytest.raises(Exception, match=r"^tts.elevenlabs.baseUrl: must be an http"):
+    with pytest.raises(Exception, match=r"^tts\.elevenlabs\.baseUrl: .* not a http"):
         build_config({"tts": {"elevenlabs": {"baseUrl": "ftp://x"}}}, {})
 
 
