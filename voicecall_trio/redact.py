@@ -38,8 +38,10 @@ SECRET_ENV = ("OPENAI_API_KEY", "ELEVENLABS_API_KEY", "NGROK_AUTHTOKEN", "TWILIO
               "TELNYX_API_KEY")
 _SECRET_NAME = re.compile(r"(key|token|secret|password)$", re.IGNORECASE)
 
+# the header's value up to the end of its credential (the scheme, if any, is kept)
 _AUTHORIZATION = re.compile(
-    r"(?P<head>\b(?:proxy-)?authorization\b['\"]?\s*[:=]\s*['\"]?)(?P<value>[^'\"\r\n,}]+)",
+    r"(?P<head>\b(?:proxy-)?authorization\b['\"]?\s*[:=]\s*['\"]?"
+    r"(?:(?:basic|bearer|digest|token)\s+)?)(?P<value>[^\s'\",}]+)",
     re.IGNORECASE)
 # 12+ characters: a credential, not the English word after "basic"
 _CREDENTIAL = re.compile(r"(?P<head>\b(?:bearer|basic)\s+)(?P<value>[A-Za-z0-9._~+/=-]{12,})",

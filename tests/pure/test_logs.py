@@ -80,7 +80,8 @@ def test_keys_added_later_are_found_by_their_names() -> None:
     f"{{'Authorization': 'Bearer {OPENAI}'}}",
     "Authorization: Basic QUMxMjM0NTY3ODk6c2VjcmV0c2VjcmV0",
     "headers=[(b'authorization', b'Bearer abcdefghijklmnop')]",
-    "proxy-authorization=Digest username=x, response=abc",
+    "proxy-authorization=Digest abcdefghijklmnop",
+    "Authorization: abcdefghijklmnop",
 ])
 def test_secrets_and_credentials_are_removed(text: str) -> None:
     out = Redactor([TOKEN, OPENAI]).redact(text)
@@ -98,6 +99,11 @@ def test_url_encoded_forms_of_a_secret_are_removed_too() -> None:
 def test_stream_tokens_lose_their_mac_but_keep_the_call_id() -> None:
     out = Redactor().redact(f"stream token {CALL_ID}.{MAC} refused")
     assert MAC not in out and f"{CALL_ID}.{REDACTED}" in out
+
+
+def test_an_authorization_value_is_removed_but_the_rest_of_the_line_stays() -> None:
+    out = Redactor().redact("Authorization: Basic c2VjcmV0 sent to +15550001234, ok")
+    assert out == f"Authorization: Basic {REDACTED} sent to +15550001234, ok"
 
 
 def test_harmless_text_is_left_alone() -> None:
