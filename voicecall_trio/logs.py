@@ -75,10 +75,24 @@ class JsonFormatter(_Scrub, logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose failures stay quiet about the record: logging's own
+    ``handleError`` prints the raw message and arguments, unredacted."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        kind = sys.exc_info()[0]
+        try:
+            self.stream.write(f"logging error: a {record.levelname} record of {record.name} "
+                              f"could not be formatted ({kind.__name__ if kind else '?'})\n")
+            self.flush()
+        except Exception:
+            pass
+
+
 def make_handler(log_format: LogFormat = "text", redactor: Redactor | None = None,
                  stream: IO[str] | None = None) -> logging.Handler:
     """A stderr handler (or ``stream``) in ``log_format`` that redacts with ``redactor``."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = _Handler(stream if stream is not None else sys.stderr)
     scrubber = redactor if redactor is not None else Redactor()
     formatter = JsonFormatter(scrubber) if log_format == "json" else TextFormatter(scrubber)
     handler.setFormatter(formatter)
@@ -93,6 +107,7 @@ def configure_logging(level: int | LogLevel = logging.INFO, *, log_format: LogFo
     root = logging.getLogger()
     root.handlers[:] = [make_handler(log_format, redactor, stream)]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings too go through the handler: formatted, redacted
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
 

@@ -50,7 +50,8 @@ _CREDENTIAL = re.compile(r"(?P<head>\b(?:bearer|basic)\s+)(?P<value>[A-Za-z0-9._
 _STREAM_TOKEN = re.compile(
     r"(?P<head>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\.)"
     r"(?P<value>[A-Za-z0-9_-]{24})(?![A-Za-z0-9_-])")
-_PHONE = re.compile(r"(?<![\w+*])\+[1-9]\d{6,14}(?!\d)")
+# "+" or its form/URL encoding "%2B", then 7 to 15 digits not part of a longer number or word
+_PHONE = re.compile(r"(?<![\w+*%])(?P<plus>\+|%2[Bb])(?P<digits>[1-9]\d{6,14})(?!\d)")
 
 
 def secret_values(section: Any) -> Iterator[str]:
@@ -113,7 +114,7 @@ class Redactor:
 
 def mask_phones(text: str) -> str:
     """Every E.164 number in ``text`` as ``policy.mask`` shows it."""
-    return _PHONE.sub(lambda m: mask(m.group(0)), text)
+    return _PHONE.sub(lambda m: m.group("plus") + mask("+" + m.group("digits"))[1:], text)
 
 
 __all__ = ["MIN_SECRET_LEN", "REDACTED", "SECRET_ENV", "Redactor", "config_secrets",

@@ -127,3 +127,17 @@ def test_prompts_on_a_terminal_never_echo_the_secret(tmp_path: Path) -> None:
     assert SID.encode() in seen  # ordinary answers echo, as a terminal does
     assert TOKEN.encode() not in seen  # the secret does not
     assert load_config(target, {}).twilio.auth_token == TOKEN
+
+
+def test_a_path_init_cannot_write_is_refused_before_anything_is_asked(tmp_path: Path) -> None:
+    done = run(*TWILIO, "--config", str(tmp_path / "c.json"), home=tmp_path)
+    assert done.returncode == 2 and ".toml" in done.stderr
+    (tmp_path / "d.toml").mkdir()
+    done = run(*TWILIO, "--config", str(tmp_path / "d.toml"), "--force", home=tmp_path)
+    assert done.returncode == 1 and "is a directory" in done.stderr
+    blocked = tmp_path / "ro"
+    blocked.mkdir(mode=0o500)
+    done = run(*TWILIO, "--config", str(blocked / "sub" / "c.toml"), home=tmp_path)
+    if os.geteuid() != 0:  # root writes anywhere
+        assert done.returncode == 1 and "cannot write" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -31,10 +31,11 @@ def directives(text: str) -> dict[str, list[str]]:
 # -- the command ------------------------------------------------------------------------------
 
 
-def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+def run(*args: str, home: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("VOICECALL_CONFIG", "VOICECALL_SOCKET", "XDG_CONFIG_HOME")}
     env["HOME"] = str(home)
+    env.update(extra_env)
     return subprocess.run([VOICECALL, "systemd-unit", *args], capture_output=True, text=True,
                           timeout=30, env=env, stdin=subprocess.DEVNULL)
 
@@ -44,8 +45,10 @@ def test_the_command_fills_in_this_user_this_venv_and_the_config(tmp_path: Path)
     store.mkdir()
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"store": str(store), "shutdownGraceSeconds": 3}))
-    done = run("--config", str(config), home=tmp_path)
+    # VOICECALL_SOCKET of this shell is not the unit's: the socket is the config's
+    done = run("--config", str(config), home=tmp_path, VOICECALL_SOCKET="/elsewhere/x.sock")
     assert done.returncode == 0, done.stderr
+    assert "/elsewhere" not in done.stdout
     d = directives(done.stdout)
     assert d["User"] == [pwd.getpwuid(os.getuid()).pw_name]
     assert d["ExecStart"] == [f"{VOICECALL} serve --config {config}"]

@@ -132,6 +132,8 @@ def test_phone_numbers_keep_only_their_last_four_digits() -> None:
         "from +1******1234 to +4*******0123."
     assert mask_phones("id AB+15550001234 x") == "id AB+15550001234 x"  # part of a token
     assert mask_phones("+1******1234") == "+1******1234"  # already masked
+    assert mask_phones("From=%2B15550001234&To=%2b447700900123") == \
+        "From=%2B1******1234&To=%2b4*******0123"  # as a form or URL carries them
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -190,5 +192,34 @@ def test_configure_logging_installs_one_redacting_handler_and_learn_secrets_exte
         assert len(lines) == 1
         assert json.loads(lines[0])["msg"] == " ".join([REDACTED] * 3)
     finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
+def test_a_record_that_cannot_be_formatted_does_not_dump_its_arguments() -> None:
+    stream = io.StringIO()
+    handler = make_handler("text", Redactor([TOKEN]), stream)
+    handler.handle(record("two args expected %s %s", TOKEN))  # a call-site bug
+    out = stream.getvalue()
+    assert "could not be formatted (TypeError)" in out and TOKEN not in out
+    assert len(out.splitlines()) == 1
+
+
+def test_warnings_go_through_the_redacting_handler() -> None:
+    import warnings
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    logging.captureWarnings(False)  # another test's capture may be stale (pytest resets it)
+    try:
+        configure_logging("info", log_format="json", redactor=Redactor([TOKEN]), stream=stream)
+        # what warnings.warn ends in (pytest records warnings itself, so call it directly)
+        warnings.showwarning(f"deprecated thing used with {TOKEN}", UserWarning, __file__, 1)
+        (only,) = stream.getvalue().splitlines()
+        obj = json.loads(only)
+        assert obj["logger"] == "py.warnings" and TOKEN not in only and REDACTED in obj["msg"]
+    finally:
+        logging.captureWarnings(False)
         root.handlers[:], level = saved
         root.setLevel(level)

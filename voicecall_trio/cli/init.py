@@ -168,9 +168,12 @@ class Asker:
     secret: Callable[[str], str] = ask_secret
 
     def ask(self, field: Field) -> str:
+        read = self.secret if field.secret else self.line
         for _ in range(PROMPT_TRIES):
-            read = self.secret if field.secret else self.line
-            answer = read(f"{field.label}{' (not shown)' if field.secret else ''}: ")
+            try:
+                answer = read(f"{field.label}{' (not shown)' if field.secret else ''}: ")
+            except (EOFError, KeyboardInterrupt):
+                raise UsageError(f"no value for {field.flag}; nothing written") from None
             if answer:
                 return answer
         raise UsageError(f"no value for {field.flag}")
@@ -229,6 +232,13 @@ def check(text: str, environ: Mapping[str, str]) -> None:
 
 def write_private(path: str, text: str, *, force: bool) -> None:
     """Write ``text`` to ``path`` with mode 0600; never replace a file unless ``force``."""
+    try:
+        _write_private(path, text, force=force)
+    except OSError as exc:
+        raise Failed(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_private(path: str, text: str, *, force: bool) -> None:
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
         os.makedirs(parent, mode=0o700)
@@ -252,7 +262,11 @@ def write_private(path: str, text: str, *, force: bool) -> None:
     finally:
         os.close(fd)
     if target != path:
-        os.replace(target, path)
+        try:
+            os.replace(target, path)
+        except OSError:
+            os.unlink(target)
+            raise
 
 
 def run_doctor(path: str) -> None:
@@ -312,11 +326,18 @@ def init(*, provider: Provider | None = None, from_number: str | None = None,
     if chosen is None:
         if not asker.interactive:
             raise UsageError("--provider is required (twilio, telnyx or mock)")
-        chosen = asker.line("Carrier (twilio, telnyx or mock): ").lower()
+        try:
+            chosen = asker.line("Carrier (twilio, telnyx or mock): ").lower()
+        except (EOFError, KeyboardInterrupt):
+            raise UsageError("no value for --provider; nothing written") from None
         if chosen not in PROVIDERS:
             raise UsageError(f"--provider: {chosen!r} is not twilio, telnyx or mock")
     path = os.path.abspath(os.path.expanduser(config)) if config else default_path(env)
-    if os.path.exists(path) and not force:
+    if not path.endswith(".toml"):
+        raise UsageError(f"--config {path}: init writes TOML; the name must end in .toml")
+    if os.path.isdir(path):
+        raise Failed(f"{path} is a directory")
+    if os.path.lexists(path) and not force:
         raise Failed(f"{path} exists; pass --force to replace it")
     given = {"from_number": from_number, "account_sid": account_sid, "auth_token": auth_token,
              "api_key": api_key, "connection_id": connection_id, "public_key": public_key}

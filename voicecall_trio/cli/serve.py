@@ -13,7 +13,7 @@ import sys
 from typing import Literal
 
 from ..errors import Failed
-from .outcome import EXIT_OK
+from .outcome import EXIT_FAILED, EXIT_OK
 
 
 def serve(*, config: str | None = None, socket: str | None = None,
@@ -34,6 +34,7 @@ def serve(*, config: str | None = None, socket: str | None = None,
     log_level
         debug shows phone numbers in full; info and warning mask them.
     """
+    import logging
     from pathlib import Path
 
     import msgspec
@@ -58,6 +59,10 @@ def serve(*, config: str | None = None, socket: str | None = None,
         raise Failed(exc.message) from None
     except KeyboardInterrupt:
         pass
+    except Exception:  # through the log handler (redacted), not Python's raw traceback
+        logging.getLogger("voicecall.daemon").critical("the daemon stopped on an error",
+                                                       exc_info=True)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -179,10 +179,11 @@ def systemd_unit(*, config: str | None = None,
         raise Failed("no config file: run `voicecall init` first, or pass --config")
     path = os.path.abspath(os.path.expanduser(path))
     cfg = load_config(path)
+    # the unit's environment has no VOICECALL_SOCKET: the socket is the config's
     user = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid()).gr_name
     unit = Unit(executable=find_executable(), config=path, user=user, group=group,
-                store=str(cfg.store_dir.absolute()), socket=str(cfg.socket_path().absolute()),
+                store=str(cfg.store_dir.absolute()), socket=str(cfg.socket_path({}).absolute()),
                 grace_s=cfg.shutdown_grace_seconds, log_format=log_format)
     text = render_unit(unit)
     if os.getuid() == 0:
