@@ -35,6 +35,7 @@ def serve(*, config: str | None = None, socket: str | None = None,
         debug shows phone numbers in full; info and warning mask them.
     """
     import logging
+    import signal
     from pathlib import Path
 
     import msgspec
@@ -46,6 +47,9 @@ def serve(*, config: str | None = None, socket: str | None = None,
     from ..logs import configure_logging
     from ..redact import Redactor, config_secrets
 
+    # until the daemon's SIGHUP handler is installed, a reload request must not kill it (the
+    # default action); the file is read just below, so nothing is missed before that
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     redactor = Redactor(config_secrets({}, os.environ))
     configure_logging(log_level, log_format=log_format, redactor=redactor)
     path = config if config is not None else default_config_path(os.environ)
