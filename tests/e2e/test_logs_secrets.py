@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from conftest import MakeDaemon
+from conftest import VOICECALL, MakeDaemon, clean_env
 
 from voicecall_trio.providers.twilio.signature import compute_signature
 from voicecall_trio.testing.fake_twilio import Callee, FakeTwilio
@@ -107,3 +109,24 @@ async def test_no_secret_in_serve_output_during_a_whole_call(
         for line in output.splitlines():
             record = json.loads(line)
             assert {"ts", "level", "logger", "msg"} <= set(record), line
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_refused_start_is_one_line_in_the_chosen_format(
+    tmp_path: Path, log_format: str
+) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"provider": "twilio", "fromNumber": FROM,
+                                  "twilio": {"accountSid": ACCOUNT, "authToken": TOKEN},
+                                  "maxConcurrentCalls": 0}))
+    done = subprocess.run([VOICECALL, "serve", "--config", str(config), "--log-format",
+                           log_format], capture_output=True, text=True, timeout=60,
+                          env=clean_env(), stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    if log_format == "json":
+        record = json.loads(line)
+        assert record["level"] == "ERROR" and "maxConcurrentCalls" in record["msg"]
+    else:
+        assert line.startswith("error: maxConcurrentCalls")
+    assert TOKEN not in done.stderr

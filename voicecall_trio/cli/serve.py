@@ -43,7 +43,7 @@ def serve(*, config: str | None = None, socket: str | None = None,
     from ..config import load_config
     from ..configfile import default_config_path
     from ..daemon import serve_forever
-    from ..errors import DaemonStartError
+    from ..errors import ConfigError, DaemonStartError
     from ..logs import configure_logging
     from ..redact import Redactor, config_secrets
 
@@ -52,20 +52,30 @@ def serve(*, config: str | None = None, socket: str | None = None,
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     redactor = Redactor(config_secrets({}, os.environ))
     configure_logging(log_level, log_format=log_format, redactor=redactor)
+    log = logging.getLogger("voicecall.daemon")
+
+    def refuse(message: str) -> int:
+        if log_format == "json":  # stderr stays one JSON object a line
+            log.error("%s", message)
+            return EXIT_FAILED
+        raise Failed(message)
+
     path = config if config is not None else default_config_path(os.environ)
-    cfg = load_config(path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        return refuse(exc.message)
     redactor.add(config_secrets(msgspec.to_builtins(cfg), os.environ))
     socket_path = Path(os.path.expanduser(socket)) if socket else None
     try:
         serve_forever(cfg, socket_path=socket_path,
                       config_path=Path(path).absolute() if path is not None else None)
     except DaemonStartError as exc:
-        raise Failed(exc.message) from None
+        return refuse(exc.message)
     except KeyboardInterrupt:
         pass
     except Exception:  # through the log handler (redacted), not Python's raw traceback
-        logging.getLogger("voicecall.daemon").critical("the daemon stopped on an error",
-                                                       exc_info=True)
+        log.critical("the daemon stopped on an error", exc_info=True)
         return EXIT_FAILED
     return EXIT_OK
 
