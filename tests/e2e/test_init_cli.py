@@ -75,6 +75,8 @@ def test_no_terminal_and_missing_values_is_exit_2_naming_the_flags(tmp_path: Pat
 def test_a_bad_number_is_exit_2_naming_the_flag_and_writes_nothing(tmp_path: Path) -> None:
     done = run("--provider", "mock", "--from-number", "12345", "--skip-doctor", home=tmp_path)
     assert done.returncode == 2 and "--from-number" in done.stderr
+    done = run(*TWILIO, "--public-url", "voice.example.com", home=tmp_path)
+    assert done.returncode == 2 and "--public-url" in done.stderr
     assert not (tmp_path / ".config" / "voicecall" / "config.toml").exists()
 
 
@@ -117,6 +119,8 @@ def test_prompts_on_a_terminal_never_echo_the_secret(tmp_path: Path) -> None:
         os.write(primary, TOKEN.encode() + b"\n")
         read_until(primary, b"E.164", seen)
         os.write(primary, FROM.encode() + b"\n")
+        read_until(primary, b"Public URL", seen)
+        os.write(primary, b"https://voice.example.com\n")
         read_until(primary, b"next: voicecall serve", seen)
         assert child.wait(30) == 0
     finally:
@@ -126,7 +130,8 @@ def test_prompts_on_a_terminal_never_echo_the_secret(tmp_path: Path) -> None:
         os.close(primary)
     assert SID.encode() in seen  # ordinary answers echo, as a terminal does
     assert TOKEN.encode() not in seen  # the secret does not
-    assert load_config(target, {}).twilio.auth_token == TOKEN
+    config = load_config(target, {})
+    assert config.twilio.auth_token == TOKEN and config.public_url == "https://voice.example.com"
 
 
 def test_a_path_init_cannot_write_is_refused_before_anything_is_asked(tmp_path: Path) -> None:

@@ -179,6 +179,29 @@ class Asker:
         raise UsageError(f"no value for {field.flag}")
 
 
+def public_url_of(value: str | None) -> str | None:
+    """``--public-url`` checked: an absolute http(s) URL, or None."""
+    if not value:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--public-url {value!r}: must be an http(s) URL, like "
+                         "https://voice.example.com")
+    return value
+
+
+def ask_public_url(asker: Asker) -> str | None:
+    """On a terminal, the public URL (optional: an empty answer leaves it unset)."""
+    try:
+        answer = asker.line("Public URL carriers reach this machine at (empty: none yet, or "
+                            "use --tunnel): ")
+    except (EOFError, KeyboardInterrupt):
+        raise UsageError("no answer for --public-url; nothing written") from None
+    return public_url_of(answer)
+
+
 def collect(provider: str, given: Mapping[str, str | None], environ: Mapping[str, str],
             asker: Asker) -> tuple[dict[str, str], dict[str, str]]:
     """(key path -> value, key path -> env var) for ``provider``'s required fields: flags
@@ -342,6 +365,10 @@ def init(*, provider: Provider | None = None, from_number: str | None = None,
     given = {"from_number": from_number, "account_sid": account_sid, "auth_token": auth_token,
              "api_key": api_key, "connection_id": connection_id, "public_key": public_key}
     values, from_env = collect(chosen, given, env, asker)
+    public_url = public_url_of(public_url)
+    if (chosen != "mock" and public_url is None and (tunnel or "none") == "none"
+            and asker.interactive):
+        public_url = ask_public_url(asker)
     text = render_config(chosen, values, from_env, public_url=public_url, tunnel=tunnel)
     check(text, env)
     write_private(path, text, force=force)
