@@ -11,6 +11,8 @@ from datetime import datetime
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voicecall_trio.config import build_config
 from voicecall_trio.logs import configure_logging, learn_secrets, make_handler, redactors
@@ -223,3 +225,28 @@ def test_warnings_go_through_the_redacting_handler() -> None:
         logging.captureWarnings(False)
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+TOKEN_CHARS = st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_")
+
+
+@settings(max_examples=200, deadline=None)
+@given(secret=st.text(TOKEN_CHARS, min_size=6, max_size=40),
+       before=st.text(max_size=40), after=st.text(max_size=40),
+       times=st.integers(min_value=1, max_value=3))
+def test_a_known_secret_never_survives_whatever_surrounds_it(
+    secret: str, before: str, after: str, times: int
+) -> None:
+    text = before + (secret + after) * times
+    assert secret not in Redactor([secret]).redact(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200))
+def test_redaction_and_masking_never_fail_and_only_remove(text: str) -> None:
+    out = mask_phones(Redactor([TOKEN]).redact(text))
+    assert TOKEN not in out
+    if REDACTED not in out and "*" not in out:
+        assert out == text  # nothing matched: untouched
