@@ -29,8 +29,8 @@ def serve(*, config: str | None = None, socket: str | None = None,
     socket
         Control socket path (default <store>/voicecall.sock).
     log_format
-        text (one readable line per record) or json (one object per line: ts, level,
-        logger, msg, exc), on stderr. Secrets are redacted either way.
+        On stderr: text, or json (one object a line: ts, level, logger, msg, exc).
+        Secrets are redacted either way.
     log_level
         debug shows phone numbers in full; info and warning mask them.
     """
