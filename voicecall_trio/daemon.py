@@ -8,11 +8,12 @@ Start order (each child reports ready through ``task_status.started()``)::
         ├── provider.run          (the mock's simulated callees)
         ├── supervisor.run        reconciles replayed calls, then owns one task per call
         └── front
+            ├── signal watcher    SIGTERM / SIGINT -> graceful stop (installed before
+            │                     anything answers, so an early SIGTERM is graceful too)
+            ├── reloader          SIGHUP -> re-read the config file (reloader.py)
             ├── JSON-RPC server   on the Unix socket bound first, as the single-instance lock
             ├── HTTP front        front.py: webhooks answered in place; other requests
             │                     (/healthz, h2, chunked) handed to Hypercorn and Quart
-            ├── signal watcher    SIGTERM / SIGINT -> graceful stop
-            ├── reloader          SIGHUP -> re-read the config file (reloader.py)
             └── systemd watchdog  when WATCHDOG_USEC is set (systemd.py)
 
 Stopping runs the other way: calls are ended (up to ``shutdownGraceSeconds``), then the HTTP
@@ -227,14 +228,14 @@ async def _run_calls(
         http_stop = trio.Event()
         http_done = trio.Event()
         async with trio.open_nursery() as front:
+            if handle_signals:  # before anything answers: a SIGTERM from then on is graceful
+                await front.start(_watch_signals, handle.stop_event)
+                handle.reloader = Reloader(handle, handle.config_path, env)
+                await front.start(handle.reloader.watch)
             await front.start(rpc.serve, handle.socket_path, listener)
             handle.http_binds = await front.start(
                 _serve_http, config, provider, supervisor, health, http_stop, http_done
             )
-            if handle_signals:
-                front.start_soon(_watch_signals, handle.stop_event)
-                handle.reloader = Reloader(handle, handle.config_path, env)
-                await front.start(handle.reloader.watch)
             interval = systemd.watchdog_interval_s(env)
             if interval:
                 front.start_soon(systemd.watchdog, interval, env)
@@ -325,10 +326,12 @@ def find_leaf(exc: BaseException, kind: type[E]) -> E | None:
     return None
 
 
-async def _watch_signals(stop: trio.Event) -> None:
+async def _watch_signals(stop: trio.Event, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Keep the handlers installed for the whole stop: a second SIGTERM while calls are being
     hung up must not kill the process with the default action (no cleanup, socket left)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             if stop.is_set():
                 log.warning("received %s again: already stopping (calls are being ended)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import stat
 import subprocess
 import sys
@@ -146,3 +147,40 @@ def test_a_path_init_cannot_write_is_refused_before_anything_is_asked(tmp_path: 
     if os.geteuid() != 0:  # root writes anywhere
         assert done.returncode == 1 and "cannot write" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_init_then_serve_is_the_whole_set_up() -> None:
+    """The README's two commands: ``voicecall init`` writes the default config, and a plain
+    ``voicecall serve`` finds it and runs with it."""
+    from conftest import RpcConnection, short_tmpdir
+
+    with short_tmpdir() as home:
+        done = run("--provider", "mock", "--from-number", FROM, "--skip-doctor", home=home)
+        assert done.returncode == 0, done.stderr
+        config = home / ".config" / "voicecall" / "config.toml"
+        text = config.read_text()
+        config.write_text(text.replace("[serve]", "[serve]\nport = 0"))  # a free port
+        serve = subprocess.Popen([VOICECALL, "serve"], env=env_for(home),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            sock = home / "clawd" / "voice-calls" / "voicecall.sock"
+            deadline = time.monotonic() + 20
+            while True:
+                assert serve.poll() is None, serve.stderr.read() if serve.stderr else ""
+                try:
+                    with RpcConnection(sock, timeout=2.0) as conn:
+                        health = conn.call("daemon.health")
+                    break
+                except (OSError, ConnectionError):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+            assert health["provider"] == "mock"
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(20) == 0
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait(10)
+            if serve.stderr is not None:
+                serve.stderr.close()

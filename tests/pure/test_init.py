@@ -151,3 +151,21 @@ def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     assert not target.exists()
     write_private(str(link), "x", force=True)  # replaces the link itself
     assert not link.is_symlink() and not target.exists()
+
+
+def test_telnyx_config_loads_back_with_a_real_public_key() -> None:
+    import base64
+
+    import nacl.signing
+
+    key = base64.b64encode(bytes(nacl.signing.SigningKey.generate().verify_key)).decode()
+    values, from_env = collect("telnyx", {"api_key": TELNYX_KEY, "connection_id": "conn-1",
+                                          "public_key": key, "from_number": FROM}, {},
+                               no_prompts())
+    text = render_config("telnyx", values, from_env, public_url=None,
+                         tunnel="tailscale-funnel")
+    check_config(text, {})
+    config = build_config(tomllib.loads(text), {})
+    assert (config.telnyx.api_key, config.telnyx.connection_id, config.telnyx.public_key) == \
+        (TELNYX_KEY, "conn-1", key)
+    assert config.tunnel.provider == "tailscale-funnel"
