@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from voicecall_trio.config import load_config
+from voicecall_trio.config import ServeConfig, VoiceCallConfig, load_config
 from voicecall_trio.daemon import DaemonHandle, run_daemon
 from voicecall_trio.errors import ConcurrencyLimit
 from voicecall_trio.reload import ReloadPlan
@@ -154,3 +154,18 @@ async def test_several_signals_are_coalesced_and_never_kill_the_daemon(tmp_path:
         assert all(isinstance(o, ReloadPlan) and not o.changed
                    for o in handle.reloader.outcomes)
         assert not handle.stop_event.is_set()
+
+
+async def test_a_daemon_started_without_a_file_says_there_is_nothing_to_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = VoiceCallConfig(store=str(tmp_path / "s"), serve=ServeConfig(port=0))
+    async with trio.open_nursery() as nursery:
+        handle: DaemonHandle = await nursery.start(
+            lambda task_status: run_daemon(config, environ={}, handle_signals=True,
+                                           task_status=task_status))
+        outcome = await hup(handle)
+        assert isinstance(outcome, str) and "without a config file" in outcome
+        assert handle.config is config and not handle.stop_event.is_set()
+        handle.stop()
+    assert "nothing to re-read" in caplog.text
