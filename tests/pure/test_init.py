@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from voicecall_trio.cli.init import FROM as FROM_FIELD
-from voicecall_trio.cli.init import Asker, collect, render_config, toml_string, write_private
+from voicecall_trio.cli.config_template import FROM as FROM_FIELD
+from voicecall_trio.cli.config_template import render_config, toml_string
+from voicecall_trio.cli.init import Asker, collect, write_private
 from voicecall_trio.cli.init import check as check_config
 from voicecall_trio.config import build_config
 from voicecall_trio.errors import Failed, UsageError
