@@ -1,5 +1,5 @@
 """sd_notify and the watchdog against a fake ``NOTIFY_SOCKET`` (a datagram socket of ours):
-the pure parts, the watchdog task on the autojump clock, and a whole in-process daemon."""
+the pure parts and the watchdog task on the autojump clock. A whole daemon: e2e/."""
 
 from __future__ import annotations
 
@@ -9,18 +9,12 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-import trio.testing
 
 from voicecall_trio import systemd
-from voicecall_trio.daemon import DaemonHandle, run_daemon
-from voicecall_trio.testing.daemon import daemon_config
-
-WAIT_S = 20  # real seconds: a hang fails
 
 
 @contextmanager
@@ -103,46 +97,3 @@ async def test_watchdog_pings_at_once_then_every_interval(autojump_clock: Any) -
         with trio.move_on_after(10.05):  # virtual seconds
             await systemd.watchdog(2.5, {"NOTIFY_SOCKET": path})
         assert received(sock) == ["WATCHDOG=1"] * 5  # t = 0, 2.5, 5, 7.5, 10
-
-
-# -- a whole daemon -------------------------------------------------------------------------
-
-
-async def next_message(sock: trio.socket.SocketType) -> str:
-    with trio.fail_after(WAIT_S):
-        return (await sock.recv(4096)).decode()
-
-
-async def test_daemon_says_ready_pings_the_watchdog_and_says_stopping(tmp_path: Path) -> None:
-    directory = tempfile.mkdtemp(prefix="sd", dir="/tmp")
-    path = os.path.join(directory, "notify")
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    await sock.bind(path)
-    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}  # a ping every 50 ms
-    config = daemon_config({}, store=Path(directory) / "store")
-    try:
-        async with trio.open_nursery() as nursery:
-            handle: DaemonHandle = await nursery.start(
-                lambda task_status: run_daemon(config, environ=env, handle_signals=False,
-                                               task_status=task_status))
-            seen = [await next_message(sock) for _ in range(4)]
-            # the first ping may go out just before READY=1; both come, then more pings
-            assert "READY=1" in seen[:2]
-            assert seen.count("WATCHDOG=1") >= 3
-            handle.stop()
-            while (message := await next_message(sock)) != "STOPPING=1":
-                assert message == "WATCHDOG=1"
-    finally:
-        sock.close()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-async def test_no_watchdog_task_without_watchdog_usec(tmp_path: Path) -> None:
-    with notify_socket() as (raw, path):
-        config = daemon_config({}, store=tmp_path / "store")
-        async with trio.open_nursery() as nursery:
-            handle: DaemonHandle = await nursery.start(
-                lambda task_status: run_daemon(config, environ={"NOTIFY_SOCKET": path},
-                                               handle_signals=False, task_status=task_status))
-            handle.stop()
-        assert received(raw) == ["READY=1", "STOPPING=1"]
