@@ -14,12 +14,18 @@ systemd that does not read (a full queue) or has gone away costs one dropped dat
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
 
 import trio
+
+log = logging.getLogger("voicecall.systemd")
+
+# a misconfigured WatchdogSec of a few microseconds must not turn the ping into a busy loop
+MIN_INTERVAL_S = 0.01
 
 
 def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -53,7 +59,7 @@ def watchdog_interval_s(environ: Mapping[str, str] | None = None,
         value = int(usec)
     except ValueError:
         return None
-    return value / 2_000_000 if value > 0 else None
+    return max(MIN_INTERVAL_S, value / 2_000_000) if value > 0 else None
 
 
 def reloading(environ: Mapping[str, str] | None = None) -> bool:
@@ -63,10 +69,17 @@ def reloading(environ: Mapping[str, str] | None = None) -> bool:
 
 
 async def watchdog(interval_s: float, environ: Mapping[str, str] | None = None) -> None:
-    """Ping ``WATCHDOG=1`` now and every ``interval_s`` for as long as the task runs."""
+    """Ping ``WATCHDOG=1`` now and every ``interval_s`` for as long as the task runs. A ping
+    that cannot be sent is logged once (then again only after one got through): systemd will
+    soon think the daemon hung, and the log should say why."""
+    reachable = True
     while True:
-        notify("WATCHDOG=1", environ)
+        sent = notify("WATCHDOG=1", environ)
+        if not sent and reachable:
+            log.warning("watchdog: cannot send WATCHDOG=1 to NOTIFY_SOCKET; systemd will "
+                        "restart the daemon if this goes on")
+        reachable = sent
         await trio.sleep(interval_s)
 
 
-__all__ = ["notify", "reloading", "watchdog", "watchdog_interval_s"]
+__all__ = ["MIN_INTERVAL_S", "notify", "reloading", "watchdog", "watchdog_interval_s"]

@@ -72,6 +72,7 @@ def test_notify_never_blocks_on_a_systemd_that_does_not_read() -> None:
     ({"WATCHDOG_USEC": "30000000"}, 15.0),
     ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "4242"}, 15.0),
     ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, None),  # someone else's watchdog
+    ({"WATCHDOG_USEC": "1"}, systemd.MIN_INTERVAL_S),  # never a busy loop
     ({"WATCHDOG_USEC": "0"}, None),
     ({"WATCHDOG_USEC": "-5"}, None),
     ({"WATCHDOG_USEC": "soon"}, None),
@@ -97,3 +98,12 @@ async def test_watchdog_pings_at_once_then_every_interval(autojump_clock: Any) -
         with trio.move_on_after(10.05):  # virtual seconds
             await systemd.watchdog(2.5, {"NOTIFY_SOCKET": path})
         assert received(sock) == ["WATCHDOG=1"] * 5  # t = 0, 2.5, 5, 7.5, 10
+
+
+async def test_an_unreachable_systemd_is_logged_once_not_per_ping(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.move_on_after(10.05):
+        await systemd.watchdog(1.0, {"NOTIFY_SOCKET": "/nonexistent/notify"})
+    warnings = [r for r in caplog.records if "cannot send WATCHDOG=1" in r.getMessage()]
+    assert len(warnings) == 1
