@@ -68,7 +68,10 @@ class Reloader:
             log.warning("reload: %s", reason)
             self._finish(reason)
             return None
-        systemd.reloading(self.environ)
+        # during start-up, READY=1 is start-up's to send, not ours
+        tell_systemd = self.handle.ready
+        if tell_systemd:
+            systemd.reloading(self.environ)
         try:
             try:
                 new = await trio.to_thread.run_sync(load_config, self.path, self.environ)
@@ -83,14 +86,15 @@ class Reloader:
                             path)
             if plan.changed:
                 apply_config(self.handle, plan.config)
-                log.info("reload: applied %s (calls in progress keep their settings)",
-                         ", ".join(plan.applied))
+                log.info("reload: applied %s (for new calls and replies; calls in progress keep "
+                         "their limits)", ", ".join(plan.applied))
             elif not plan.needs_restart:
                 log.info("reload: %s unchanged", self.path)
             self._finish(plan)
             return plan
         finally:
-            systemd.notify("READY=1", self.environ)
+            if tell_systemd:
+                systemd.notify("READY=1", self.environ)
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
