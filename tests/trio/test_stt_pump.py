@@ -473,3 +473,51 @@ async def test_the_fake_refuses_a_missing_key_or_intent_and_wants_session_update
                 await ws.get_message()
             assert closed.value.reason is not None and closed.value.reason.code == 1008
     assert [c.status for c in stt.connections] == [401, 401, 400, 101]
+
+
+async def test_a_refusal_on_a_real_socket_is_retried() -> None:
+    data = audio(1600)
+    with trio.fail_after(20):
+        async with FakeRealtimeSTT() as stt:
+            stt.refuse_next(1, status=503)
+            rig = Rig(stt, connect=pump.open_realtime)
+            rig.feed(data)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(rig.t.run)
+                await stt.wait_for(lambda: len(stt.sessions) == 1 and
+                                   len(stt.sessions[0].audio) == len(data))
+                nursery.cancel_scope.cancel()
+    assert [c.status for c in stt.connections] == [503, 101]
+    assert bytes(stt.sessions[0].audio) == data
+
+
+async def test_the_beta_shape_has_its_header_and_update(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with FakeRealtimeSTT() as stt:
+        rig = Rig(stt, beta=True, language="en")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.t.run)
+            session = await stt.wait_sessions(1)
+            nursery.cancel_scope.cancel()
+    assert session.headers["openai-beta"] == "realtime=v1"
+    assert session.updates == [json.loads(session_update(
+        "gpt-4o-transcribe", 0.5, 800, language="en", beta=True))]
+
+
+async def test_a_raising_on_event_ends_the_session_with_a_traceback_in_the_log(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="voicecall.stt")
+
+    async with FakeRealtimeSTT([("Boom.", 100, 100)]) as stt:
+        rig = Rig(stt)
+
+        def explode(event: SttEvent) -> None:
+            raise RuntimeError("a bug in the caller")
+
+        rig.t._on_event = explode
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.t.run)
+            rig.feed(audio(8 * 300))
+            await stt.wait_sessions(2)
+            nursery.cancel_scope.cancel()
+    assert any(r.exc_info and "unexpectedly" in r.getMessage() for r in caplog.records)

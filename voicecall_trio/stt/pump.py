@@ -22,9 +22,10 @@ sender, so it never blocks and never awaits. Everything else happens in ``run``:
   returns, and later audio is dropped. An HTTP 401/403 counts as a failure like any other,
   and its log line says the key was refused.
 - **Events.** Server events go through ``realtime.RealtimeDecoder``; its ``SttEvent`` values
-  go to ``on_event`` as they come (``on_event`` must not raise or block). ``error`` events
-  arrive there as ``SttFailure`` for the caller to log; the session carries on. Malformed
-  server messages are counted and logged at most once a minute.
+  go to ``on_event`` as they come (it must not block; should it raise, the session ends as
+  if dropped, with the traceback logged). ``error`` events arrive there as ``SttFailure``
+  for the caller to log; the session carries on. Malformed server messages are counted and
+  logged at most once a minute.
 
 Cost per frame (``scripts/stt_frame_cost.py``, a 160-byte frame, best of 5 on this 2-core
 box under load): 0.14 us in ``send_audio`` and 0.28 us to encode it as its own append (0.23 us
@@ -44,6 +45,7 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
+    HandshakeError,
     WebSocketConnection,
     open_websocket_url,
 )
@@ -92,12 +94,12 @@ class _Throttled:
         self._count = 0
         self._next_at = -math.inf
 
-    def __call__(self, detail: str) -> None:
+    def __call__(self, detail: str, exc: BaseException | None = None) -> None:
         self._count += 1
         now = trio.current_time()
         if now >= self._next_at:
             log.warning("%s: %s (%d time(s) since the last such line)", self.message, detail,
-                        self._count)
+                        self._count, exc_info=exc)
             self._count = 0
             self._next_at = now + self.every_s
 
@@ -141,6 +143,7 @@ class RealtimeTranscriber:
         self._overflow = _Throttled("STT audio buffer full, oldest audio dropped")
         self._malformed = _Throttled("malformed messages from the realtime STT skipped")
         self._reconnect = _Throttled("realtime STT session ended, reconnecting")
+        self._unexpected = _Throttled("realtime STT session failed unexpectedly")
         self.sessions_opened = 0
         self.appends_sent = 0
         self.bytes_sent = 0
@@ -185,6 +188,8 @@ class RealtimeTranscriber:
                     reason = _rejected(exc.status_code)
                 except Exception as exc:  # one attempt's failure, whatever it is, is contained
                     reason = _describe(exc)
+                    if not _is_network(exc):  # a bug (on_event raised?): show where, once a minute
+                        self._unexpected(reason, exc)
                 lasted = trio.current_time() - self._opened_at >= STABLE_S
                 if self._opened and lasted and not self._stalled:
                     failures = 0
@@ -297,6 +302,17 @@ def _rejected(status: int) -> str:
         return (f"HTTP {status}: the realtime server refused the API key "
                 "(streaming.openaiApiKey / OPENAI_API_KEY)")
     return f"HTTP {status} on connect"
+
+
+_NETWORK = (HandshakeError, ConnectionClosed, OSError, trio.TooSlowError,
+            trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _is_network(exc: BaseException) -> bool:
+    """Whether ``exc`` is the network's doing (else a bug worth a traceback)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_network(e) for e in exc.exceptions)
+    return isinstance(exc, _NETWORK)
 
 
 def _describe(exc: BaseException) -> str:
