@@ -355,3 +355,26 @@ def test_the_codec_imports_no_trio() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                  max_size=4),
+    max_leaves=12)
+_field_names = st.sampled_from(["item_id", "previous_item_id", "audio_start_ms",
+                                "audio_end_ms", "delta", "transcript", "error", "message"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([*sorted(realtime.KNOWN_TYPES), "other"]),
+       st.dictionaries(_field_names, _json | st.text(max_size=300), max_size=6),
+       st.lists(st.integers(0, 6), max_size=3))
+def test_hostile_events_of_every_type_never_raise(
+        kind: str, fields: dict[str, Any], cuts: list[int]) -> None:
+    decoder = RealtimeDecoder()
+    message = json.dumps({"type": kind, **fields})
+    for event in decoder.receive(message):
+        assert isinstance(event, SpeechStarted | SpeechStopped | Interim | Final | SttFailure)
+    for cut in cuts:  # a message cut short is no JSON at all
+        assert decoder.receive(message[: len(message) * cut // 7]) == []
