@@ -521,3 +521,43 @@ async def test_a_raising_on_event_ends_the_session_with_a_traceback_in_the_log(
             await stt.wait_sessions(2)
             nursery.cancel_scope.cancel()
     assert any(r.exc_info and "unexpectedly" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_first_hold_survives_failed_first_attempts(
+        autojump_clock: trio.testing.MockClock) -> None:
+    data = audio(5 * 8000)
+    async with FakeRealtimeSTT() as stt:
+        stt.refuse_next(2)
+        rig = Rig(stt)
+        rig.feed(data[:8000])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.t.run)
+            await stt.wait_for(lambda: len(stt.connections) >= 2)
+            rig.feed(data[8000:])  # 5 s in all before any session: nothing is lost
+            await stt.wait_for(lambda: bool(stt.sessions) and
+                               len(stt.sessions[0].audio) == len(data))
+            nursery.cancel_scope.cancel()
+    assert bytes(stt.sessions[0].audio) == data and rig.t.bytes_dropped == 0
+
+
+async def test_a_turn_that_never_completes_is_skipped_and_logged(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="voicecall.stt")
+    async with FakeRealtimeSTT(listen=False) as stt:
+        rig = Rig(stt)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.t.run)
+            await stt.wait_sessions(1)
+            prev = None
+            for n in range(5):
+                await stt.send_event({"type": "input_audio_buffer.committed",
+                                      "item_id": f"t{n}", "previous_item_id": prev})
+                prev = f"t{n}"
+            for n in range(1, 5):
+                await stt.send_event({
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": f"t{n}", "transcript": f"turn {n}"})
+            await rig.wait_for(lambda: len(rig.finals()) == 4)
+            nursery.cancel_scope.cancel()
+    assert rig.finals() == ["turn 1", "turn 2", "turn 3", "turn 4"]
+    assert sum("never transcribed" in r.getMessage() for r in caplog.records) == 1

@@ -6,11 +6,12 @@ sender, so it never blocks and never awaits. Everything else happens in ``run``:
 
 - **Connecting.** ``run`` reports started at once and connects in the background (the URL
   gets ``?intent=transcription``, the key goes in ``Authorization: Bearer``; it is never
-  logged). Audio that arrives meanwhile is held (at most ``FIRST_HOLD_BYTES``, 10 s; beyond
-  that the oldest is dropped) and goes out first, right after ``session.update``, so the STT
-  hears the stream byte-identical and in order from its first frame. Connecting is bounded by
-  ``CONNECT_TIMEOUT_S``, sending one message by ``SEND_STALL_S``; a ping every
-  ``PING_EVERY_S`` that gets no pong within ``PONG_TIMEOUT_S`` ends a dead session.
+  logged). Audio that arrives meanwhile is held (at most ``FIRST_HOLD_BYTES``, 10 s, also
+  across failed first attempts; beyond that the oldest is dropped) and goes out first, right
+  after ``session.update``, so the STT hears the stream byte-identical and in order from its
+  first frame. Connecting is bounded by ``CONNECT_TIMEOUT_S``, sending one message by
+  ``SEND_STALL_S``; a ping every ``PING_EVERY_S`` that gets no pong within
+  ``PONG_TIMEOUT_S`` ends a dead session.
 - **Batching.** When the sender wakes it sends everything pending as one append (at most
   ``MAX_APPEND_BYTES``, 32 KiB, a message). With ``batch_s`` > 0 it first waits that long
   (at most ``MAX_BATCH_S``, 100 ms) to gather frames: fewer messages, more latency.
@@ -24,8 +25,8 @@ sender, so it never blocks and never awaits. Everything else happens in ``run``:
 - **Events.** Server events go through ``realtime.RealtimeDecoder``; its ``SttEvent`` values
   go to ``on_event`` as they come (it must not block; should it raise, the session ends as
   if dropped, with the traceback logged). ``error`` events arrive there as ``SttFailure``
-  for the caller to log; the session carries on. Malformed server messages are counted and
-  logged at most once a minute.
+  for the caller to log; the session carries on. Malformed server messages, and turns
+  skipped because they never completed, are counted and logged at most once a minute.
 
 Cost per frame (``scripts/stt_frame_cost.py``, a 160-byte frame, best of 5 on this 2-core
 box under load): 0.14 us in ``send_audio`` and 0.28 us to encode it as its own append (0.23 us
@@ -140,10 +141,12 @@ class RealtimeTranscriber:
         self._opened_at = 0.0
         self._end_reason = ""
         self._malformed_seen = 0
+        self._skipped_seen = 0
         self._overflow = _Throttled("STT audio buffer full, oldest audio dropped")
         self._malformed = _Throttled("malformed messages from the realtime STT skipped")
         self._reconnect = _Throttled("realtime STT session ended, reconnecting")
         self._unexpected = _Throttled("realtime STT session failed unexpectedly")
+        self._skipped = _Throttled("a caller turn was never transcribed, skipped")
         self.sessions_opened = 0
         self.appends_sent = 0
         self.bytes_sent = 0
@@ -276,6 +279,9 @@ class RealtimeTranscriber:
             if decoder.malformed != self._malformed_seen:
                 self._malformed_seen = decoder.malformed
                 self._malformed(f"{decoder.malformed} so far")
+            if decoder.skipped != self._skipped_seen:
+                self._skipped_seen = decoder.skipped
+                self._skipped(f"{decoder.skipped} so far")
 
     @staticmethod
     async def _keepalive(ws: WebSocketConnection) -> None:
