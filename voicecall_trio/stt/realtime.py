@@ -240,8 +240,9 @@ class RealtimeDecoder:
     """A call's server events in, ``SttEvent`` values out (one instance across reconnects).
 
     ``receive(message)`` never raises: an unknown type counts in ``ignored``, a malformed
-    message in ``malformed``, and both yield nothing. ``new_session()`` is called when a new
-    connection starts: turns of the old one that completed are released, the rest forgotten.
+    message in ``malformed``, and both yield nothing. ``new_session()`` is called when a
+    connection ends: its turns that completed are released, the rest forgotten (item ids are
+    per session, and the next session's first turn has no predecessor).
     """
 
     def __init__(self, *, skip_after: int = SKIP_AFTER) -> None:
@@ -256,6 +257,7 @@ class RealtimeDecoder:
         return self._order.skipped
 
     def receive(self, message: str | bytes) -> list[SttEvent]:
+        """One WebSocket message from the server."""
         event = decode_event(message)
         if event is None:
             if is_known_type(message):
@@ -287,6 +289,7 @@ class RealtimeDecoder:
         return [SttFailure(describe_error(event.error))]
 
     def new_session(self) -> list[SttEvent]:
+        """The session ended: the finals it still held, in order."""
         self._interim.clear()
         return self._finals(self._order.reset())
 
