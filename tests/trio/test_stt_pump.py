@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from voicecall_trio.stt.realtime import (
 from voicecall_trio.testing.realtime_stt import FAKE_API_KEY, FakeRealtimeSTT
 
 FRAME = 160  # 20 ms of 8 kHz mu-law
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 Connector = Callable[[str, dict[str, str]], AbstractAsyncContextManager[WebSocketConnection]]
 
 
@@ -122,10 +124,12 @@ async def test_audio_from_the_first_frame_arrives_identical_incl_what_came_while
     assert rig.t.phase == "closed"
 
 
-async def test_on_a_real_loopback_socket() -> None:
-    data = audio(8000)
+async def test_the_vectors_call_audio_on_a_real_loopback_socket() -> None:
+    data = (VECTORS / "hello_table_for_two_8k.ulaw").read_bytes()  # 163 frames, 3.26 s
+    assert len(data) == 163 * FRAME
     with trio.fail_after(20):
-        async with FakeRealtimeSTT([("Hello there.", 100, 300)]) as stt:
+        async with FakeRealtimeSTT([("Hello, I would like to book a table for two.", 300,
+                                     2500)]) as stt:
             rig = Rig(stt, connect=pump.open_realtime)
             rig.feed(data[:800])
             async with trio.open_nursery() as nursery:
@@ -138,7 +142,7 @@ async def test_on_a_real_loopback_socket() -> None:
     assert bytes(stt.sessions[0].audio) == data
     assert stt.sessions[0].headers["authorization"] == f"Bearer {FAKE_API_KEY}"
     assert stt.sessions[0].query == {"intent": "transcription"}
-    assert rig.finals() == ["Hello there."]
+    assert rig.finals() == ["Hello, I would like to book a table for two."]
 
 
 async def test_pending_audio_goes_as_one_append_of_at_most_32_kib(
