@@ -565,3 +565,18 @@ async def test_a_turn_that_never_completes_is_skipped_and_logged(
             nursery.cancel_scope.cancel()
     assert rig.finals() == ["turn 1", "turn 2", "turn 3", "turn 4"]
     assert sum("never transcribed" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_server_close_is_followed_by_a_new_session(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="voicecall.stt")
+    async with FakeRealtimeSTT() as stt:
+        rig = Rig(stt)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rig.t.run)
+            await stt.wait_sessions(1)
+            await stt.close_current(1011, "internal error")
+            await stt.wait_sessions(2)
+            nursery.cancel_scope.cancel()
+    assert rig.t.sessions_opened == 2
+    assert any("closed the session (1011)" in r.getMessage() for r in caplog.records)
