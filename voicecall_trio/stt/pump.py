@@ -29,10 +29,12 @@ sender, so it never blocks and never awaits. Everything else happens in ``run``:
   skipped because they never completed, are counted and logged at most once a minute.
 
 Cost per frame (``scripts/stt_frame_cost.py``, a 160-byte frame, best of 5 on this 2-core
-box under load): 0.14 us in ``send_audio`` and 0.28 us to encode it as its own append (0.23 us
-a frame when five share one), so well under 1 us of the issue's 30 us budget for the whole
-inbound frame path. What batching saves is the per-message cost of the WebSocket send, which
-the benchmark (``scripts/bench.py``) measures on real sockets.
+box under load): 0.15 us in ``send_audio``, 0.3 us to encode it as its own append (0.2 us a
+frame when five share one) and 4 us for wsproto to frame that message (1.1 us a frame when
+five share one); the socket write comes on top, once per message. So the frame path stays
+far below the issue's 30 us budget, and what batching saves is per message: with many calls
+the sender batches by itself (it sends everything pending when it runs); ``batch_s`` forces
+it, at the price of that much latency (the benchmark decides; the default is 0).
 """
 
 from __future__ import annotations
