@@ -32,7 +32,7 @@ quart or msgspec.
     ├── Failed                         exit 1      a command's operation failed
     ├── JournalError (OSError)         -> VoiceCallError (rpc -32000) "...; the call was not placed"
     ├── PeerClosed                     -           the fast front's peer stopped or ran late
-    └── ChatError                      -           a built-in reply failed (status, refused, timeout)
+    └── ChatError                      -           a built-in reply failed (status, refused, time)
         └── ChatStreamError            -           a malformed, oversized or truncated reply stream
 
 Where each is raised:
