@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .agent.waterfall import Waterfall
 from .errors import ProviderError, VoiceCallError
 from .model import CallRecord
 
@@ -52,6 +53,7 @@ class LiveCall:
         self.continue_waiting = False
         self.nursery: trio.Nursery | None = None  # the call's own nursery, while it runs
         self.reply_scope: trio.CancelScope | None = None
+        self.waterfall: Waterfall | None = Waterfall()  # per-turn latency (replies.py)
 
     def set(self, record: CallRecord) -> None:
         self.record = record

@@ -33,11 +33,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 
 from . import __version__, systemd
+from .agent.builtin import make_builtin
+from .agent.chat import model_name
 from .config import VoiceCallConfig
 from .errors import DaemonStartError, SocketInUse
 from .health import health_report
@@ -174,6 +177,10 @@ async def _run_bound(
     supervisor = Supervisor(config, provider, journal, clock=time.time,
                             ids=lambda: str(uuid.uuid4()))
     journal.live_records = supervisor.live_records
+    # the reply client has its own connections: an injected carrier client may be in memory
+    chat_http = httpx.AsyncClient(timeout=10.0)
+    supervisor.builtin = make_builtin(config, chat_http)
+    _log_replies(config, supervisor.builtin is not None)
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal)
     try:
         async with trio.open_nursery() as root:
@@ -184,9 +191,21 @@ async def _run_bound(
             finally:
                 await journal.close()
     finally:
-        if own_client:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await chat_http.aclose()
+            if own_client:
                 await http.aclose()
+
+
+def _log_replies(config: VoiceCallConfig, builtin: bool) -> None:
+    """Say once who answers callers when no gateway agent is registered (never the key)."""
+    if builtin:
+        host = urlsplit(config.response_base_url).netloc
+        log.info("built-in replies: %s at %s (a registered agent takes precedence)",
+                 model_name(config.response_model), host)
+    else:
+        log.info("no built-in replies (responseBaseUrl is OpenAI's and no key is set): "
+                 "callers are answered only by a registered agent")
 
 
 async def _run_calls(

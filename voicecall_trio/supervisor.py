@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -70,6 +70,9 @@ from .replay import ReplayResult
 from .replies import Responder
 from .text import check_text, clean_event, clean_text, repaired
 
+if TYPE_CHECKING:
+    from .agent.builtin import BuiltinResponder
+
 log = logging.getLogger("voicecall.calls")
 
 DIAL_TIMEOUT_S = 30.0  # a dial is shielded from the caller's cancellation, up to this long
@@ -98,6 +101,7 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._accepting = True
         self.responder: Responder | None = None  # a registered agent (agent.register)
+        self.builtin: BuiltinResponder | None = None  # built-in replies, when configured
         self.started_at = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------

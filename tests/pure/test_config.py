@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,22 @@ def test_unreadable_or_garbage_files_are_config_errors(tmp_path: Path) -> None:
     bad.write_text("{nope")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(bad, {})
+
+
+@pytest.mark.parametrize(("doc", "env", "key"), [
+    ({"responseApiKey": "sk-ours", "streaming": {"openaiApiKey": "sk-stream"}},
+     {"OPENAI_API_KEY": "sk-env"}, "sk-ours"),
+    ({"streaming": {"openaiApiKey": "sk-stream"}}, {"OPENAI_API_KEY": "sk-env"}, "sk-env"),
+    ({"streaming": {"openaiApiKey": "sk-stream"}}, {}, "sk-stream"),
+    ({}, {}, None),
+])
+def test_the_reply_key_is_ours_then_the_env_then_streaming(
+        doc: dict[str, Any], env: dict[str, str], key: str | None) -> None:
+    assert build_config(doc, env).response_key() == key
+
+
+def test_reply_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^responseTimeoutMs:"):
+        build_config({"responseTimeoutMs": 0}, {})
+    with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
+        build_config({"responseBaseUrl": "ftp://x"}, {})
