@@ -170,10 +170,13 @@ class FakeChatCompletions(BackgroundService):
 
             nursery.start_soon(watch)
             await self._answer(reply, doc, send)
-            finished = True
+            finished = True  # everything sent (a client may close before the last frame)
             self.completed += 1
             self._notify()
-            nursery.cancel_scope.cancel()
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                nursery.cancel_scope.cancel()
 
     def _next(self, request: ChatRequest) -> Reply:
         if self.respond is not None:
@@ -186,10 +189,10 @@ class FakeChatCompletions(BackgroundService):
         await trio.sleep(reply.first_token_s)
         if reply.status != 200:
             await _json(send, reply.status, {"error": reply.error or _ERRORS.get(
-                reply.status, _ERRORS[500])}, reply.headers)
+                reply.status, _ERRORS[500])}, reply.headers, last=False)
             return
         if doc.get("stream") is not True:
-            await _json(send, 200, completion(reply), reply.headers)
+            await _json(send, 200, completion(reply), reply.headers, last=False)
             return
         await send({"type": "http.response.start", "status": 200, "headers": _headers(
             {"content-type": "text/event-stream; charset=utf-8", **reply.headers})})
@@ -197,7 +200,6 @@ class FakeChatCompletions(BackgroundService):
             if n > 1:  # the role chunk and the first token go out together
                 await trio.sleep(reply.token_s)
             await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 # -- the wire shapes ------------------------------------------------------------------------
@@ -260,12 +262,13 @@ def _headers(values: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode(), v.encode()) for k, v in {**values, "connection": "close"}.items()]
 
 
-async def _json(send: Any, status: int, doc: Any, extra: dict[str, str] | None = None) -> None:
+async def _json(send: Any, status: int, doc: Any, extra: dict[str, str] | None = None, *,
+                last: bool = True) -> None:
     data = json.dumps(doc).encode()
     await send({"type": "http.response.start", "status": status, "headers": _headers(
         {"content-type": "application/json", "content-length": str(len(data)),
          **(extra or {})})})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
+    await send({"type": "http.response.body", "body": data, "more_body": not last})
 
 
 __all__ = ["CHAT_PATH", "ChatRequest", "FakeChatCompletions", "Reply", "completion",
