@@ -101,17 +101,16 @@ async def test_the_turns_of_test_calls(tmp_path: Path,
     store = tmp_path / "store"
     mock = {"answerDelayMs": 10, "replyDelayMs": 10, "speakMsPerChar": 0,
             "callerScript": ["One.", "Two.", "Three."]}
-    async with FakeChatCompletions(default=Reply("Noted, thanks.", token_s=0.002)) as fake:
-        async with running_daemon({"responseBaseUrl": fake.url, "mock": mock},
-                                  store=store) as d:
-            ids = []
-            for _ in range(2):
-                placed = await d.rpc("voicecall.initiate", {
-                    "to": "+15555550123", "message": "Hi.", "mode": "conversation"})
-                call = d.handle.supervisor.live[placed["callId"]]
-                with trio.fail_after(15):
-                    await call.wait_until(lambda r: r.terminal)
-                ids.append(placed["callId"])
+    async with FakeChatCompletions(default=Reply("Noted, thanks.", token_s=0.002)) as fake, \
+            running_daemon({"responseBaseUrl": fake.url, "mock": mock}, store=store) as d:
+        ids = []
+        for _ in range(2):
+            placed = await d.rpc("voicecall.initiate", {
+                "to": "+15555550123", "message": "Hi.", "mode": "conversation"})
+            call = d.handle.supervisor.live[placed["callId"]]
+            with trio.fail_after(15):
+                await call.wait_until(lambda r: r.terminal)
+            ids.append(placed["callId"])
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"store": str(store)}))
     assert latency(json=True, config=str(config)) == 0
