@@ -39,7 +39,7 @@ def test_the_request_is_the_vector_s() -> None:
     assert build_request("gpt-4o-mini", request["messages"]) == request
     assert build_request("m", [], stream=False, end_call=False) == {"model": "m",
                                                                     "messages": []}
-    assert END_CALL_TOOL == request["tools"][0]
+    assert request["tools"][0] == END_CALL_TOOL
 
 
 @pytest.mark.parametrize(("configured", "sent"), [
