@@ -26,6 +26,7 @@ the reply's own latency to ``metadata.turnLatencyMs`` (the last 50).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,29 @@ FALLBACK_REPLY = "Sorry, I'm having trouble answering right now. Could you say t
 TURN_LATENCIES_KEPT = 50
 MAX_QUEUED_SENTENCES = 64  # a reply's sentences waiting to be spoken on a stream
 SPOKEN_WAIT_S = 60.0  # how long a reply waits for the carrier to report its speech played
+
+
+class _Throttle:
+    """One warning line per ``every_s`` for a failure that may repeat on every turn of every
+    call (a reply server that is down), with how often it happened meanwhile."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self.count = 0
+        self._next_at = float("-inf")
+
+    def warn(self, message: str, *args: object) -> None:
+        self.count += 1
+        now = time.monotonic()  # process-wide, like the log it limits
+        if now >= self._next_at:
+            suffix = f" ({self.count - 1} more since the last such line)" if self.count > 1 \
+                else ""
+            log.warning(message + suffix, *args)
+            self.count = 0
+            self._next_at = now + self.every_s
+
+
+_reply_failures = _Throttle()
 
 
 @dataclass(frozen=True)
@@ -192,7 +216,8 @@ async def _builtin_reply(sup: Supervisor, call: LiveCall, builtin: BuiltinRespon
             failure = exc
     _note_latency(sup, call, started)
     if failure is not None:
-        log.warning("call %s: built-in reply failed: %s", record.call_id, failure.message)
+        _reply_failures.warn("call %s: built-in reply failed: %s", record.call_id,
+                             failure.message)
         if said:
             return  # some of it was spoken: that is what the caller heard
         await _say(sup, call, FALLBACK_REPLY)
