@@ -282,8 +282,11 @@ async def _say_and_hang_up(sup: Supervisor, call: LiveCall, text: str) -> None:
     """Say the goodbye without listening, then hang up once it was played."""
     if text:
         before = call.record.spoken
-        if await _say(sup, call, text, listen=False):
-            await _wait_spoken(sup, call, before + 1)
+        if await _say(sup, call, text, listen=False) and await _wait_spoken(
+                sup, call, before + 1):
+            waterfall = _waterfall(sup, call)
+            if waterfall is not None and not speech_queues(sup, call):
+                waterfall.mark("heard", at=trio.current_time())
     _hang_up(sup, call, "the reply ended the call")
 
 

@@ -10,13 +10,14 @@ files like ``tail`` does, so it works while the daemon is down. Pure stdlib: the
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .connect import journal_path
-from .journal_stats import latest_records, nearest_rank
+from .journal_stats import latest_records
 from .outcome import EXIT_OK
 from .render import emit
 
@@ -38,9 +39,16 @@ def turns_of(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return out
 
 
+def nearest_rank(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least ``q`` of the values at
+    or below it (p50 of [1, 2] is 1, p99 of 100 values the 99th)."""
+    rank = max(1, math.ceil(q * len(sorted_values) - 1e-9))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     values.sort()
-    return {name: nearest_rank(values, q) or 0.0 for name, q in PERCENTILES.items()}
+    return {name: nearest_rank(values, q) for name, q in PERCENTILES.items()}
 
 
 def waterfall_summary(turns: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -132,5 +140,6 @@ def latency(*, call_id: str | None = None, json: bool = False,
     return EXIT_OK
 
 
-__all__ = ["STAGES", "describe_waterfall", "journal_files", "latency", "read_records",
+__all__ = ["STAGES", "describe_waterfall", "journal_files", "latency", "nearest_rank",
+           "read_records",
            "turns_of", "waterfall_summary"]
