@@ -196,8 +196,12 @@ class FakeChatCompletions(BackgroundService):
             return
         await send({"type": "http.response.start", "status": 200, "headers": _headers(
             {"content-type": "text/event-stream; charset=utf-8", **reply.headers})})
-        for n, data in enumerate(stream_chunks(reply)):
-            if n > 1:  # the role chunk and the first token go out together
+        chunks = stream_chunks(reply)
+        paced = len(chunks) - 3 if chunks[-1].startswith(b"data: [DONE]") else len(chunks)
+        for n, data in enumerate(chunks):
+            # the role chunk goes out with the first token; the finish, usage and [DONE]
+            # events follow the last token at once
+            if 1 < n < paced:
                 await trio.sleep(reply.token_s)
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
