@@ -155,6 +155,25 @@ async def test_a_registered_agent_takes_precedence_and_can_end_the_call() -> Non
     assert fake.requests == []  # the built-in client was not asked
 
 
+async def test_end_call_only_for_a_json_true() -> None:
+    async with FakeChatCompletions() as fake, daemon_with(fake, ["Hang up?", "Bye"]) as d:
+        from voicecall_trio.rpc.aclient import TrioClient
+
+        async def respond(params: dict[str, Any]) -> dict[str, Any]:
+            return {"text": "Not yet.", "endCall": "true"}
+
+        async with trio.open_nursery() as nursery:
+            agent = await TrioClient.connect(d.handle.socket_path, {"agent.respond": respond})
+            nursery.start_soon(agent.run)
+            await agent.call("agent.register")
+            call = await place(d)
+            final = await until(call, lambda r: r.terminal)
+            await agent.aclose()
+            nursery.cancel_scope.cancel()
+    assert final.end_reason == "hangup-user"  # the callee's script ran out, not end_call
+    assert bot_lines(final)[1:] == ["Not yet.", "Not yet."]
+
+
 async def test_notify_calls_get_no_replies() -> None:
     async with FakeChatCompletions() as fake, daemon_with(fake, ["Thanks!"]) as d:
         call = await place(d, "Your order is ready.", mode="notify")

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from voicecall_trio.agent.chat import TextDelta, ToolCallDelta
-from voicecall_trio.agent.client import ChatClient
+from voicecall_trio.agent.client import MAX_REPLY_CHARS, ChatClient
 from voicecall_trio.errors import ChatError, ChatStreamError
 from voicecall_trio.testing.chat import FakeChatCompletions, Reply
 
@@ -182,3 +182,18 @@ async def test_the_key_is_not_in_the_repr() -> None:
         client = ChatClient(http, base_url="https://api.openai.com/v1", api_key="sk-secret",
                             model="m")
         assert "sk-secret" not in repr(client)
+
+
+async def test_an_oversized_event_is_refused() -> None:
+    async with served(Reply("x" * 1_100_000)) as (_, client):  # one "token" over 1 MiB
+        with pytest.raises(ChatStreamError, match="over 1048576 bytes"):
+            await client.complete(MESSAGES, deadline=budget())
+
+
+async def test_a_reply_over_the_cap_is_cut_and_its_stream_closed() -> None:
+    endless = Reply(" ".join(["word"] * 2000))  # ~10,000 characters
+    async with served(endless) as (fake, client):
+        reply = await client.complete(MESSAGES, deadline=budget())
+        assert len(reply.text) == MAX_REPLY_CHARS
+        with trio.fail_after(5):
+            await fake.wait_for(lambda f: f.abandoned + f.completed == 1)
