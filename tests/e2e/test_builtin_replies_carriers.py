@@ -5,11 +5,15 @@ the carrier reports it played, and only then does the daemon hang up (``hangup-b
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import trio
-from test_telnyx_e2e import store, telnyx_daemon, texts, wait_record  # noqa: F401
+from test_telnyx_e2e import telnyx_daemon, wait_record
 from test_twilio_e2e import (
     CALLEE,
     call_done,
@@ -19,7 +23,6 @@ from test_twilio_e2e import (
     transcript,
     twilio_call_of,
     twilio_daemon,
-    wait_call,
 )
 
 from voicecall_trio.testing.chat import FakeChatCompletions, Reply
@@ -27,6 +30,16 @@ from voicecall_trio.testing.fake_telnyx import Callee as TelnyxCallee
 from voicecall_trio.testing.fake_twilio import Callee as TwilioCallee
 
 LIMIT_S = 15
+
+
+@pytest.fixture
+def store() -> Iterator[Path]:
+    """A short store path: the control socket lives in it (108-byte limit)."""
+    path = Path(tempfile.mkdtemp(prefix="vcr", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 GOODBYE = Reply("Goodbye, see you at eight!", end_call="the caller is done")
 
 
@@ -47,7 +60,7 @@ async def test_twilio_gather_turns_get_replies_and_end_call_hangs_up_after_the_s
                            "Goodbye, see you at eight!"]
     reply_doc, goodbye_doc = twilio.updates[:2]
     assert [e.tag for e in ET.fromstring(reply_doc)] == ["Say", "Gather"]  # keeps listening
-    assert [e.tag for e in ET.fromstring(goodbye_doc)][0] == "Say"
+    assert next(e.tag for e in ET.fromstring(goodbye_doc)) == "Say"
     assert "Gather" not in goodbye_doc  # the goodbye does not listen
     assert twilio.ended_by == "rest"  # our hang-up, after Twilio said the goodbye
     assert call["endReason"] == "hangup-bot"
