@@ -7,7 +7,7 @@ Task tree (see docs/architecture.md)::
     ├── max-duration timer          starts when the call is answered
     ├── initial message             for carriers that don't speak it themselves
     ├── notify hang-up              notify mode: hang up N s after the message was spoken
-    └── agent reply                 replies.py, started by the supervisor per final transcript
+    └── reply                       replies.py (agent or built-in), per final transcript
 
 The task starts once the call exists at the carrier (the supervisor dials first) or was
 offered by it. Whatever ends it (the callee hanging up, ``end``, a timer, cancellation at

@@ -186,15 +186,20 @@ async def _builtin_reply(sup: Supervisor, call: LiveCall, builtin: BuiltinRespon
     spoken_before = call.record.spoken
     said = 0  # sentences handed to speech on a stream
 
+    dropped = 0
+
     def on_sentence(text: str) -> None:
+        nonlocal dropped
         if not queued:
             sentences.append(text)
             return
         try:
             send.send_nowait(text)
-        except trio.WouldBlock:
-            log.warning("call %s: reply sentence dropped (%d waiting)", record.call_id,
-                        MAX_QUEUED_SENTENCES)
+        except trio.WouldBlock:  # speech is far behind the model: keep what is queued
+            dropped += 1
+            if dropped == 1:
+                log.warning("call %s: %d reply sentences wait to be spoken; dropping more",
+                            record.call_id, MAX_QUEUED_SENTENCES)
 
     async def speak_sentences() -> None:
         nonlocal said
