@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from voicecall_trio.agent.chat import (
     END_CALL_TOOL,
@@ -138,3 +140,34 @@ def test_errors_of_the_vectors(name: str, retryable: bool) -> None:
 def test_an_error_body_that_is_not_json() -> None:
     error = error_from_response(502, b"<html>bad gateway</html>")
     assert error.retryable and error.code is None and "502" in error.message
+
+
+def test_hostile_nesting_is_a_stream_error_not_a_crash() -> None:
+    deep = "[" * 200_000 + "]" * 200_000
+    with pytest.raises(ChatStreamError):
+        ChunkDecoder().feed(deep)
+    calls = ToolCalls()
+    calls.add(ToolCallDelta(index=0, name="end_call", arguments="[" * 2000 + "]" * 2000))
+    assert calls.calls()[0].arguments == {}
+    assert error_from_response(500, deep.encode()).retryable
+
+
+@given(st.text(max_size=300))
+def test_any_event_text_decodes_or_is_a_stream_error(data: str) -> None:
+    try:
+        ChunkDecoder().feed(data)
+    except ChatStreamError:
+        pass
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.sampled_from(
+                        ["choices", "delta", "content", "tool_calls", "index", "function",
+                         "arguments", "name", "usage", "finish_reason", "error", "message"]),
+                        inner, max_size=4), max_leaves=20))
+def test_any_json_shape_decodes_or_is_a_stream_error(doc: object) -> None:
+    try:
+        ChunkDecoder().feed(json.dumps(doc))
+    except ChatStreamError:
+        pass

@@ -66,3 +66,14 @@ def test_bounded_lines_and_events() -> None:
 
 def test_invalid_utf8_is_replaced_not_raised() -> None:
     assert parse(b"data: \xff\xfe ok\n\n") == [SseEvent("\ufffd\ufffd ok")]
+
+
+@given(st.lists(st.binary(max_size=200), max_size=20))
+def test_any_bytes_parse_or_are_a_stream_error(chunks: list[bytes]) -> None:
+    parser = SseParser(max_event_bytes=500)
+    try:
+        for chunk in chunks:
+            for event in parser.feed(chunk):
+                assert isinstance(event.data, str)
+    except ChatStreamError:
+        pass

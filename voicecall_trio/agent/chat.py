@@ -132,7 +132,7 @@ class ToolCalls:
             raw = "".join(self._arguments[index]).strip()
             try:
                 arguments = json.loads(raw) if raw else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 arguments = {}
             out.append(ToolCall(self._names.get(index, ""),
                                 arguments if isinstance(arguments, dict) else {}))
@@ -152,7 +152,7 @@ class ChunkDecoder:
             return [Done()]
         try:
             chunk = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting a server could abuse, too
             raise ChatStreamError("a reply stream event is not JSON") from None
         if not isinstance(chunk, dict):
             raise ChatStreamError("a reply stream event is not a JSON object")
@@ -231,7 +231,7 @@ def error_from_response(status: int, body: bytes) -> ChatError:
         if isinstance(error, dict):
             code = error.get("code") if isinstance(error.get("code"), str) else None
             kind = error.get("type") if isinstance(error.get("type"), str) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     label = code or kind
     retryable = (status == 429 and "insufficient_quota" not in (code, kind)) or status >= 500

@@ -103,7 +103,7 @@ class ChatClient:
                 if response.status_code != 200:
                     raise _status_error(response.status_code, await _read(response),
                                         response.headers)
-                kind = response.headers.get("content-type", "")
+                kind = response.headers.get("content-type", "").lower()
                 if kind.startswith("application/json"):
                     reply = ChatReply()
                     for event in decode_response(await _read(response)):
