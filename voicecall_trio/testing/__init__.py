@@ -5,8 +5,10 @@ simulators; ``running_daemon`` starts a whole daemon inside the caller's trio ru
 ``serve_asgi`` serves any ASGI app on 127.0.0.1 with an ephemeral port. ``FakeDirectory``
 (a ``CallDirectory`` in memory) and ``FakeProvider`` (a ``Provider`` that records and obeys)
 are the small pieces carrier, gate and front tests compose instead of writing their own.
+``FakeChatCompletions`` is a local OpenAI-compatible Chat Completions server (``testing/chat.py``).
 """
 
+from .chat import FakeChatCompletions
 from .daemon import RunningDaemon, running_daemon
 from .directory import FakeDirectory
 from .fake_telnyx import FakeTelnyx
@@ -15,6 +17,7 @@ from .provider import FakeProvider
 from .server import serve_asgi
 
 __all__ = [
+    "FakeChatCompletions",
     "FakeDirectory",
     "FakeProvider",
     "FakeTelnyx",
