@@ -117,3 +117,14 @@ def test_reply_settings_are_checked() -> None:
         build_config({"responseTimeoutMs": 0}, {})
     with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
         build_config({"responseBaseUrl": "ftp://x"}, {})
+
+
+def test_doctor_says_who_answers_without_the_key() -> None:
+    from voicecall_trio.cli.doctor import _replies
+
+    assert _replies(build_config({}, {})).startswith("no built-in replies")
+    keyed = _replies(build_config({}, {"OPENAI_API_KEY": "sk-secret"}))
+    assert keyed == "built-in: gpt-4o-mini at api.openai.com (key set)"
+    local = build_config({"responseBaseUrl": "http://127.0.0.1:11434/v1",
+                          "responseModel": "ollama/llama3.1"}, {})
+    assert _replies(local) == "built-in: llama3.1 at 127.0.0.1:11434 (no key)"
