@@ -33,14 +33,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 import trio
 
 from . import __version__, systemd
 from .agent.builtin import make_builtin
-from .agent.chat import model_name
+from .agent.chat import model_name, shown_url
 from .config import VoiceCallConfig
 from .errors import DaemonStartError, SocketInUse
 from .health import health_report
@@ -200,9 +199,8 @@ async def _run_bound(
 def _log_replies(config: VoiceCallConfig, builtin: bool) -> None:
     """Say once who answers callers when no gateway agent is registered (never the key)."""
     if builtin:
-        host = urlsplit(config.response_base_url).netloc
         log.info("built-in replies: %s at %s (a registered agent takes precedence)",
-                 model_name(config.response_model), host)
+                 model_name(config.response_model), shown_url(config.response_base_url))
     else:
         log.info("no built-in replies (responseBaseUrl is OpenAI's and no key is set): "
                  "callers are answered only by a registered agent")

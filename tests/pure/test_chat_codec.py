@@ -171,3 +171,11 @@ def test_any_json_shape_decodes_or_is_a_stream_error(doc: object) -> None:
         ChunkDecoder().feed(json.dumps(doc))
     except ChatStreamError:
         pass
+
+
+def test_urls_are_shown_without_credentials() -> None:
+    from voicecall_trio.agent.chat import shown_url
+
+    assert shown_url("https://user:sk-pw@llm.example:8443/v1?key=sk-q") == \
+        "https://llm.example:8443/v1"
+    assert shown_url("http://[::1") == "(unparsable URL)"

@@ -124,7 +124,9 @@ def test_doctor_says_who_answers_without_the_key() -> None:
 
     assert _replies(build_config({}, {})).startswith("no built-in replies")
     keyed = _replies(build_config({}, {"OPENAI_API_KEY": "sk-secret"}))
-    assert keyed == "built-in: gpt-4o-mini at api.openai.com (key set)"
+    assert keyed == "built-in: gpt-4o-mini at https://api.openai.com/v1 (key set)"
     local = build_config({"responseBaseUrl": "http://127.0.0.1:11434/v1",
                           "responseModel": "ollama/llama3.1"}, {})
-    assert _replies(local) == "built-in: llama3.1 at 127.0.0.1:11434 (no key)"
+    assert _replies(local) == "built-in: llama3.1 at http://127.0.0.1:11434/v1 (no key)"
+    secret = build_config({"responseBaseUrl": "https://user:sk-pw@llm.example/v1?key=sk-q"}, {})
+    assert "sk-" not in _replies(secret)

@@ -56,6 +56,16 @@ def is_openai(base_url: str) -> bool:
     return host == OPENAI_HOST
 
 
+def shown_url(url: str) -> str:
+    """``url`` for a log line or a message: no user, password or query (they may be keys)."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
 def build_request(model: str, messages: Sequence[Mapping[str, str]], *,
                   stream: bool = True, end_call: bool = True) -> dict[str, Any]:
     """The JSON body of ``POST /chat/completions``."""
@@ -252,5 +262,5 @@ def _error_text(chunk: Mapping[str, Any]) -> str:
 __all__ = [
     "END_CALL", "END_CALL_TOOL", "ChatEvent", "ChunkDecoder", "Done", "Finished",
     "TextDelta", "ToolCall", "ToolCallDelta", "ToolCalls", "Usage", "build_request",
-    "decode_response", "error_from_response", "is_openai", "model_name",
+    "decode_response", "error_from_response", "is_openai", "model_name", "shown_url",
 ]

@@ -32,6 +32,7 @@ from .chat import (
     build_request,
     decode_response,
     error_from_response,
+    shown_url,
 )
 from .sse import SseParser
 
@@ -66,7 +67,7 @@ class ChatClient:
         self.end_call = end_call
 
     def __repr__(self) -> str:  # never the key
-        return f"ChatClient({self.url!r}, model={self.model!r})"
+        return f"ChatClient({shown_url(self.url)!r}, model={self.model!r})"
 
     async def complete(self, messages: Sequence[Mapping[str, str]], *, deadline: float,
                        on_event: Callable[[ChatEvent], None] | None = None) -> ChatReply:
@@ -113,7 +114,8 @@ class ChatClient:
         except httpx.TimeoutException:
             raise ChatError("the reply server did not answer in time") from None
         except httpx.ConnectError:
-            raise ChatError(f"cannot connect to the reply server at {self.url}") from None
+            raise ChatError(f"cannot connect to the reply server at {shown_url(self.url)}"
+                            ) from None
         except httpx.HTTPError as exc:
             raise ChatStreamError(f"the reply stream broke: {type(exc).__name__}") from None
 

@@ -78,11 +78,9 @@ def doctor(*, json: bool = False, socket: str | None = None, config: str | None 
 
 def _replies(cfg: Any) -> str:
     """Who answers callers when no gateway agent is registered (never the key itself)."""
-    from urllib.parse import urlsplit
+    from ..agent.chat import is_openai, model_name, shown_url
 
-    from ..agent.chat import is_openai, model_name
-
-    host = urlsplit(cfg.response_base_url).netloc
+    host = shown_url(cfg.response_base_url)
     if cfg.response_key():
         return f"built-in: {model_name(cfg.response_model)} at {host} (key set)"
     if not is_openai(cfg.response_base_url):
