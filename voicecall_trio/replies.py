@@ -167,6 +167,11 @@ async def _agent_reply(sup: Supervisor, call: LiveCall, responder: Responder,
     reply = answer if isinstance(answer, AgentReply) else AgentReply(answer)
     # an agent's text is repaired, never stored raw
     text = clean_text(str(reply.text)).strip() if reply.text is not None else ""
+    waterfall = _waterfall(sup, call)
+    if text and waterfall is not None:  # an agent answers whole: its first token and
+        now = trio.current_time()      # sentence are its answer
+        waterfall.mark("firstToken", at=now)
+        waterfall.mark("firstSentence", at=now)
     _note_latency(sup, call, started)
     if reply.end_call:
         await _say_and_hang_up(sup, call, text)
