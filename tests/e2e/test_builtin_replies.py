@@ -153,6 +153,9 @@ async def test_a_registered_agent_takes_precedence_and_can_end_the_call() -> Non
     assert final.end_reason == "hangup-bot"
     assert bot_lines(final)[-1] == "Sure, goodbye."
     assert fake.requests == []  # the built-in client was not asked
+    [turn] = final.metadata["turns"]
+    assert {"replyRequested", "firstToken", "firstSentence", "firstAudioOut", "heard"} <= set(
+        turn)
 
 
 async def test_end_call_only_for_a_json_true() -> None:
