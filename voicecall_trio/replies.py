@@ -116,6 +116,8 @@ def interrupt(sup: Supervisor, call: LiveCall) -> None:
 def _waterfall(sup: Supervisor, call: LiveCall) -> Waterfall | None:
     waterfall: Waterfall | None = getattr(call, "waterfall", None)
     if waterfall is not None and waterfall.on_change is None:
+        waterfall.restore(call.record.metadata.get("turns"))  # a resumed call keeps them
+
         def publish() -> None:
             if not call.record.terminal:
                 sup.note(call, turns=waterfall.turns())

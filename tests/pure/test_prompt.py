@@ -103,3 +103,14 @@ def test_marks_before_any_turn_are_ignored() -> None:
     fall.mark("heard", at=1.0)
     fall.usage({"total_tokens": 1})
     assert fall.turns() == [] and fall.current() is None
+
+
+def test_a_resumed_call_keeps_its_journaled_turns() -> None:
+    fall = Waterfall(max_turns=3)
+    fall.restore([{"callerStopped": 0, "firstAudioOut": 5.0}, "junk",
+                  {"callerStopped": 0, "firstAudioOut": 6.0}])
+    fall.mark("finalTranscript", at=1.0)
+    fall.mark("finalTranscript", at=2.0)
+    assert [t.get("firstAudioOut") for t in fall.turns()] == [6.0, None, None]
+    fall.restore([{"callerStopped": 0}])  # only before any new turn
+    assert len(fall.turns()) == 3

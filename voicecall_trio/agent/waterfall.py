@@ -36,8 +36,16 @@ class Waterfall:
     """One call's turns and their milestones."""
 
     def __init__(self, max_turns: int = MAX_TURNS) -> None:
+        self.max_turns = max_turns
         self._turns: deque[_Turn] = deque(maxlen=max_turns)
+        self._earlier: list[dict[str, Any]] = []  # journaled before a restart (offsets)
         self.on_change: Callable[[], None] | None = None
+
+    def restore(self, journaled: Any) -> None:
+        """Keep the turns a record already has (a call resumed after a restart), so the
+        next ``turns()`` adds to them instead of replacing them."""
+        if isinstance(journaled, list) and not self._turns:
+            self._earlier = [t for t in journaled if isinstance(t, dict)][-self.max_turns:]
 
     def mark(self, stage: str, *, at: float) -> None:
         """Record ``stage`` of the current turn at ``at`` (seconds, the trio clock)."""
@@ -64,7 +72,9 @@ class Waterfall:
         return dict(self._turns[-1].marks) if self._turns else None
 
     def turns(self) -> list[dict[str, Any]]:
-        return [_offsets(turn) for turn in self._turns]
+        """The last ``max_turns`` turns, oldest first, as ``metadata.turns`` keeps them."""
+        current = [_offsets(turn) for turn in self._turns]
+        return [*self._earlier, *current][-self.max_turns:]
 
     def _changed(self) -> None:
         if self.on_change is not None:
