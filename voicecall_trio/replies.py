@@ -178,8 +178,9 @@ async def _agent_reply(sup: Supervisor, call: LiveCall, responder: Responder,
     if reply.end_call:
         await _say_and_hang_up(sup, call, text)
         return
+    before = call.record.spoken
     await _say(sup, call, text or FALLBACK_REPLY)
-    await _wait_heard(sup, call, call.record.spoken)
+    await _wait_heard(sup, call, before)
 
 
 # -- the built-in client ----------------------------------------------------------------------
@@ -192,7 +193,6 @@ async def _builtin_reply(sup: Supervisor, call: LiveCall, builtin: BuiltinRespon
     sentences: list[str] = []
     spoken_before = call.record.spoken
     said = 0  # sentences handed to speech on a stream
-
     dropped = 0
 
     def on_sentence(text: str) -> None:
@@ -232,8 +232,9 @@ async def _builtin_reply(sup: Supervisor, call: LiveCall, builtin: BuiltinRespon
                              failure.message)
         if said:
             return  # some of it was spoken: that is what the caller heard
+        before = call.record.spoken
         await _say(sup, call, FALLBACK_REPLY)
-        await _wait_heard(sup, call, call.record.spoken)
+        await _wait_heard(sup, call, before)
         return
     text = " ".join(sentences)
     if end_call:
