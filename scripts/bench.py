@@ -75,6 +75,7 @@ class Daemon:
         self.socket = self.dir / "voicecall.sock"
         self.env = {**os.environ, "VOICECALL_CONFIG": str(self.config_path)}
         self.env.pop("VOICECALL_SOCKET", None)
+        self.env.pop("OPENAI_API_KEY", None)  # built-in replies must not call OpenAI here
         self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115
         command = [sys.executable, *python_args, "-m", "voicecall_trio.cli", "serve"]
         self.proc = subprocess.Popen(pinned(command, core), env=self.env,
