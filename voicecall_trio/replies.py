@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,8 @@ class _Throttle:
             self._next_at = now + self.every_s
 
 
-_reply_failures = _Throttle()
+# per supervisor (one daemon, or one test's rig), so one daemon's failures never hide another's
+_reply_failures: weakref.WeakKeyDictionary[Supervisor, _Throttle] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,8 @@ async def _builtin_reply(sup: Supervisor, call: LiveCall, builtin: BuiltinRespon
             failure = exc
     _note_latency(sup, call, started)
     if failure is not None:
-        _reply_failures.warn("call %s: built-in reply failed: %s", record.call_id,
-                             failure.message)
+        throttle = _reply_failures.setdefault(sup, _Throttle())
+        throttle.warn("call %s: built-in reply failed: %s", record.call_id, failure.message)
         if said:
             return  # some of it was spoken: that is what the caller heard
         before = call.record.spoken

@@ -211,3 +211,28 @@ async def test_a_newer_transcript_cancels_the_reply_in_flight() -> None:
     assert "This reply is too slow to matter." not in bot_lines(record)
     assert fake.requests[1].messages[-1] == {
         "role": "user", "content": "First words. And one more thing."}
+
+
+async def test_a_refused_key_and_a_refused_connection_never_log_the_key(
+        caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    key = "sk-test-SECRET-0123456789"
+    async with FakeChatCompletions(api_key="sk-other") as fake, \
+            daemon_with(fake, ["Hello?", "Bye"], responseApiKey=key) as d:
+        call = await place(d)
+        record = await until(call, lambda r: FALLBACK_REPLY in bot_lines(r))
+        assert len(fake.requests) == 1  # a 401 is never retried
+    assert not record.terminal
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    await listener.aclose()  # nothing listens there now
+    async with running_daemon({"responseBaseUrl": f"http://u:{key}@127.0.0.1:{port}/v1",
+                               "responseApiKey": key,
+                               "mock": {**FAST_MOCK, "callerScript": ["Hi?", "Bye"]}}) as d:
+        call = await place(d)
+        await until(call, lambda r: FALLBACK_REPLY in bot_lines(r))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "built-in reply failed" in logged
+    assert key not in logged and "sk-test" not in logged
