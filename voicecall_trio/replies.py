@@ -55,20 +55,24 @@ class _Throttle:
     """One warning line per ``every_s`` for a failure that may repeat on every turn of every
     call (a reply server that is down), with how often it happened meanwhile."""
 
-    def __init__(self, every_s: float = 60.0) -> None:
+    def __init__(self, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.every_s = every_s
+        self.clock = clock  # process-wide by default, like the log it limits
         self.count = 0
         self._next_at = float("-inf")
 
-    def warn(self, message: str, *args: object) -> None:
+    def warn(self, message: str, *args: object) -> bool:
+        """Log ``message`` unless a line went out less than ``every_s`` ago; True if logged."""
         self.count += 1
-        now = time.monotonic()  # process-wide, like the log it limits
-        if now >= self._next_at:
-            suffix = f" ({self.count - 1} more since the last such line)" if self.count > 1 \
-                else ""
-            log.warning(message + suffix, *args)
-            self.count = 0
-            self._next_at = now + self.every_s
+        now = self.clock()
+        if now < self._next_at:
+            return False
+        suffix = f" ({self.count - 1} more since the last such line)" if self.count > 1 else ""
+        log.warning(message + suffix, *args)
+        self.count = 0
+        self._next_at = now + self.every_s
+        return True
 
 
 # per supervisor (one daemon, or one test's rig), so one daemon's failures never hide another's

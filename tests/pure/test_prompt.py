@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,18 @@ def test_a_resumed_call_keeps_its_journaled_turns() -> None:
     assert [t.get("firstAudioOut") for t in fall.turns()] == [6.0, None, None]
     fall.restore([{"callerStopped": 0}])  # only before any new turn
     assert len(fall.turns()) == 3
+
+
+def test_reply_failures_are_logged_once_a_minute_with_a_count(caplog: Any) -> None:
+    from voicecall_trio.replies import _Throttle
+
+    now = [0.0]
+    throttle = _Throttle(60.0, clock=lambda: now[0])
+    assert throttle.warn("failed: %s", "a")
+    assert not throttle.warn("failed: %s", "b")
+    now[0] = 59.9
+    assert not throttle.warn("failed: %s", "c")
+    now[0] = 60.0
+    assert throttle.warn("failed: %s", "d")
+    assert [r.getMessage() for r in caplog.records] == [
+        "failed: a", "failed: d (2 more since the last such line)"]
