@@ -279,6 +279,8 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
                 raise ConfigError(f"{prefix + '.' if prefix else ''}{exc}") from None
     if config.max_concurrent_calls < 1:
         raise ConfigError(f"{key('maxConcurrentCalls')}: must be at least 1")
+    if not config.response_model.strip():
+        raise ConfigError(f"{key('responseModel')}: must name a model (like openai/gpt-4o-mini)")
     if config.response_timeout_ms < 1:
         raise ConfigError(f"{key('responseTimeoutMs')}: must be at least 1")
     if not config.response_base_url.startswith(("http://", "https://")):

@@ -117,6 +117,8 @@ def test_reply_settings_are_checked() -> None:
         build_config({"responseTimeoutMs": 0}, {})
     with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
         build_config({"responseBaseUrl": "ftp://x"}, {})
+    with pytest.raises(ConfigError, match=r"^responseModel:"):
+        build_config({"responseModel": " "}, {})
 
 
 def test_doctor_says_who_answers_without_the_key() -> None:
