@@ -40,6 +40,8 @@ import httpx
 import trio
 
 from . import __version__, systemd
+from .agent.builtin import make_builtin
+from .agent.chat import model_name, shown_url
 from .config import VoiceCallConfig
 from .errors import DaemonStartError, SocketInUse
 from .health import health_report
@@ -186,6 +188,10 @@ async def _run_bound(
         from .voice import voice_factory
 
         supervisor.voice_factory = voice_factory(config, provider, http)
+    # the reply client has its own connections: an injected carrier client may be in memory
+    chat_http = httpx.AsyncClient(timeout=10.0)
+    supervisor.builtin = make_builtin(config, chat_http)
+    _log_replies(config, supervisor.builtin is not None)
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal,
                           config_path=config_path)
     try:
@@ -197,9 +203,20 @@ async def _run_bound(
             finally:
                 await journal.close()
     finally:
-        if own_client:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await chat_http.aclose()
+            if own_client:
                 await http.aclose()
+
+
+def _log_replies(config: VoiceCallConfig, builtin: bool) -> None:
+    """Say once who answers callers when no gateway agent is registered (never the key)."""
+    if builtin:
+        log.info("built-in replies: %s at %s (a registered agent takes precedence)",
+                 model_name(config.response_model), shown_url(config.response_base_url))
+    else:
+        log.info("no built-in replies (responseBaseUrl is OpenAI's and no key is set): "
+                 "callers are answered only by a registered agent")
 
 
 async def _run_calls(

@@ -32,7 +32,9 @@ quart or msgspec.
     ├── UsageError                     exit 2      a command's arguments make no sense together
     ├── Failed                         exit 1      a command's operation failed
     ├── JournalError (OSError)         -> VoiceCallError (rpc -32000) "...; the call was not placed"
-    └── PeerClosed                     -           the fast front's peer stopped or ran late
+    ├── PeerClosed                     -           the fast front's peer stopped or ran late
+    └── ChatError                      -           a built-in reply failed (status, refused, time)
+        └── ChatStreamError            -           a malformed, oversized or truncated reply stream
 
 Where each is raised:
 
@@ -61,6 +63,11 @@ Where each is raised:
 - ``UsageError`` / ``Failed``: by CLI commands; ``cli.outcome.guard`` maps them to exit codes.
 - ``JournalError``: by the journal writer (``journal.py``) when a record cannot be written;
   an ``initiate`` whose first record fails is refused before any dial.
+- ``ChatError``: by the built-in reply client (``agent/client.py``): ``status`` is the LLM
+  server's HTTP status (None: refused, timed out), ``code`` its ``error.code``, ``retryable``
+  whether one retry may help (429 other than ``insufficient_quota``, 5xx). ``ChatStreamError``
+  by the sans-IO SSE and chunk decoders. Neither reaches a client: ``replies.py`` logs one line
+  (never the key) and speaks a fallback.
 - ``PeerClosed``: by the fast front's connection (``front_connection.py``) when a peer stops
   sending or reading within the request timeout; the connection is dropped.
 """
@@ -261,6 +268,8 @@ __all__ = [
     "CallNotConnected",
     "CallNotFound",
     "CarrierError",
+    "ChatError",
+    "ChatStreamError",
     "ConcurrencyLimit",
     "ConfigError",
     "DaemonStartError",
@@ -290,3 +299,20 @@ class JournalError(OSError):
 
 class PeerClosed(Exception):
     """The fast front's peer went away or stalled: drop the connection."""
+
+
+class ChatError(Exception):
+    """A built-in reply failed: the LLM server's status and ``error.code``, if it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retryable: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
+
+
+class ChatStreamError(ChatError):
+    """A reply stream that cannot be read: bad JSON, an error event, oversized, or cut short."""

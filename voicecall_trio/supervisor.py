@@ -71,6 +71,7 @@ from .replies import Responder
 from .text import check_text, clean_event, clean_text, repaired
 
 if TYPE_CHECKING:
+    from .agent.builtin import BuiltinResponder
     from .voice import MediaStream, VoiceSession
 
 log = logging.getLogger("voicecall.calls")
@@ -104,6 +105,7 @@ class Supervisor:
         # streamed calls: the daemon sets this when streaming runs (voice.voice_factory)
         self.voice_factory: Callable[[Supervisor, LiveCall], VoiceSession | None] | None = None
         self.stream_sessions = _StreamSessions(self)
+        self.builtin: BuiltinResponder | None = None  # built-in replies, when configured
         self.started_at = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------

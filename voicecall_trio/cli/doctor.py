@@ -53,6 +53,8 @@ def doctor(*, json: bool = False, socket: str | None = None, config: str | None 
         check("socket permissions", mode == 0o600, f"{sock} is {mode:o} (want 600)")
     except DaemonUnreachable as exc:
         check("daemon", False, str(exc))
+    if cfg is not None:
+        check("replies", True, _replies(cfg))
     if cfg is not None and cfg.provider != "mock":
         public = cfg.public_url
         check("public URL", bool(public),
@@ -72,3 +74,16 @@ def doctor(*, json: bool = False, socket: str | None = None, config: str | None 
         for c in checks:
             print(f"[{'ok' if c['ok'] else '!!'}] {c['check']}: {c['detail']}")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _replies(cfg: Any) -> str:
+    """Who answers callers when no gateway agent is registered (never the key itself)."""
+    from ..agent.chat import is_openai, model_name, shown_url
+
+    host = shown_url(cfg.response_base_url)
+    if cfg.response_key():
+        return f"built-in: {model_name(cfg.response_model)} at {host} (key set)"
+    if not is_openai(cfg.response_base_url):
+        return f"built-in: {model_name(cfg.response_model)} at {host} (no key)"
+    return ("no built-in replies: set OPENAI_API_KEY or responseApiKey, or point "
+            "responseBaseUrl at a local server; until then only a registered agent answers")
