@@ -11,6 +11,9 @@ Start order (each child reports ready through ``task_status.started()``)::
             ├── JSON-RPC server   on the Unix socket bound first, as the single-instance lock
             ├── HTTP front        front.py: webhooks answered in place; other requests
             │                     (/healthz, h2, chunked) handed to Hypercorn and Quart
+            ├── tunnel            tunnel/: ngrok or Tailscale, once the port is bound; its
+            │                     URL is the provider's before ready (publicUrl: none)
+            ├── model check       model_lifecycle.py: one warning per model near shutdown
             ├── signal watcher    SIGTERM / SIGINT -> graceful stop
             └── systemd watchdog  when WATCHDOG_USEC is set
 
@@ -25,6 +28,7 @@ import gc
 import logging
 import os
 import resource
+import secrets
 import signal
 import time
 import uuid
@@ -48,6 +52,7 @@ from .rpc.methods import build_methods
 from .rpc.server import RpcServer
 from .rpc.unix import open_unix_listener
 from .supervisor import Supervisor
+from .tunnel.supervisor import TunnelSupervisor
 
 log = logging.getLogger("voicecall.daemon")
 
@@ -64,6 +69,9 @@ class DaemonHandle:
     http_binds: list[str] = field(default_factory=list)
     stop_event: trio.Event = field(default_factory=trio.Event)
     ready: bool = False  # every part started (what READY=1 tells systemd)
+    tunnel: TunnelSupervisor | None = None  # the tunnel in force (None: publicUrl or none)
+    # echoed to doctor's reachability probe (web.PROBE_HEADER); shown on the socket only
+    probe_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -121,9 +129,6 @@ async def run_daemon(
     if config.streaming.enabled:
         log.warning("streaming.enabled: the media-stream route and realtime STT are not "
                     "implemented yet; Twilio conversation calls will get no transcripts")
-    if config.tunnel.provider != "none" or config.tailscale.mode != "off":
-        log.warning("tunnel/tailscale settings are accepted but the daemon does not start a "
-                    "tunnel yet; set publicUrl to the URL of a tunnel you run")
     store_lock = lock_store(config.store_dir)
     try:
         try:
@@ -211,8 +216,9 @@ async def _run_calls(
                                  listen=handle.http_binds)
 
         def rpc_health() -> dict[str, Any]:  # daemon.health: also whether all parts started
-            return health_report(supervisor, started=started, public_url=provider.public_url,
-                                 listen=handle.http_binds, ready=handle.ready)
+            return {**health_report(supervisor, started=started,
+                                    public_url=provider.public_url, listen=handle.http_binds,
+                                    ready=handle.ready), "probeToken": handle.probe_token}
 
         methods = build_methods(supervisor, health=rpc_health, simulate_inbound=simulate)
         rpc = RpcServer(methods)
@@ -220,9 +226,15 @@ async def _run_calls(
         http_done = trio.Event()
         async with trio.open_nursery() as front:
             await front.start(rpc.serve, handle.socket_path, listener)
-            handle.http_binds = await front.start(
-                _serve_http, config, provider, supervisor, health, http_stop, http_done
-            )
+            handle.http_binds = await front.start(partial(
+                _serve_http, config, provider, supervisor, health, http_stop, http_done,
+                probe_token=handle.probe_token))
+            # the tunnel forwards to the bound port; its URL is in force before ready
+            from .model_lifecycle import warn_about_models
+            from .tunnel.task import start_tunnel
+
+            handle.tunnel = await start_tunnel(front, config, provider.set_public_url,
+                                               handle.http_binds, env)
             if handle_signals:
                 front.start_soon(_watch_signals, handle.stop_event)
             interval = systemd.watchdog_interval_s(env)
@@ -236,6 +248,7 @@ async def _run_calls(
             gc.freeze()
             systemd.notify("READY=1", env)
             task_status.started(handle)
+            front.start_soon(warn_about_models, config, env)  # never delays or fails start-up
             await handle.stop_event.wait()
             log.info("stopping: ending %d live call(s)", supervisor.active_count)
             systemd.notify("STOPPING=1", env)
@@ -256,6 +269,7 @@ async def _serve_http(
     stop: trio.Event,
     done: trio.Event,
     *,
+    probe_token: str | None = None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     from hypercorn.config import Config as HypercornConfig
@@ -265,7 +279,7 @@ async def _serve_http(
     from .front_limits import FD_RESERVE, connection_cap
     from .web import WebhookGate, create_app_for
 
-    gate = WebhookGate(config, provider, supervisor)
+    gate = WebhookGate(config, provider, supervisor, probe_token=probe_token)
     app = create_app_for(gate, health=health)
     hc = HypercornConfig()
     hc.accesslog = None

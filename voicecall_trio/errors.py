@@ -11,6 +11,7 @@ quart or msgspec.
     ├── VoiceCallError                 rpc -32000  application error a handler raises
     │   ├── ConfigError                rpc -32000  a bad config; the message names the key path
     │   ├── DaemonStartError           exit 1      the daemon cannot start (config, lock, port)
+    │   │   └── TunnelError            exit 1      the tunnel could not start, or died
     │   ├── CallNotFound               rpc -32001  "Call not found"
     │   ├── CallNotConnected           rpc -32002  the call is not connected, or has ended
     │   ├── ConcurrencyLimit           rpc -32003  "Maximum concurrent calls (N) reached"
@@ -37,6 +38,10 @@ Where each is raised:
 
 - ``VoiceCallError`` and its subclasses: by the supervisor and the RPC method handlers; the
   RPC server turns one into an error object with ``rpc_code`` and ``message``.
+- ``TunnelError``: by ``tunnel/`` when the ngrok agent or ``tailscale`` fails (missing binary,
+  an error line, an exit, no URL in time); before the first URL it stops ``serve`` (exit 1),
+  later the tunnel supervisor logs it and restarts the tunnel. The message names the config
+  key and the cause, never a secret.
 - ``ProviderError``: by the carrier shells and the REST executor (``status`` is the carrier's
   HTTP status, ``code`` its error code). It never reaches a client as is: ``carrier_error`` is
   the one place it becomes a ``CarrierError``.
@@ -86,6 +91,10 @@ class ConfigError(VoiceCallError):
 
 class DaemonStartError(VoiceCallError):
     """Raised when the daemon cannot start (config, lock, port); the message says why."""
+
+
+class TunnelError(DaemonStartError):
+    """Raised when a tunnel cannot start or dies; the message names the cause."""
 
 
 class CallNotFound(VoiceCallError):
@@ -264,6 +273,7 @@ __all__ = [
     "SocketInUse",
     "TelnyxParseError",
     "TranscriptTimeout",
+    "TunnelError",
     "UsageError",
     "VoiceCallError",
     "WebhookParseError",

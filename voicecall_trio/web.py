@@ -20,6 +20,7 @@ never a 500 that leaks a traceback and never a crashed daemon.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -49,6 +50,11 @@ BAD_LENGTH = WebhookResponse(400, b"bad content-length\n")
 AMBIGUOUS_FRAMING = WebhookResponse(400, b"transfer-encoding and content-length together\n")
 TOO_LARGE = WebhookResponse(413, b"request body too large\n")
 CARRIER_FAILED = WebhookResponse(400, b"bad request\n")
+# ``voicecall doctor``'s reachability probe: a request through the public URL that carries
+# this daemon's per-run token (daemon.health ``probeToken``, readable only on the 0600
+# socket) gets it echoed back, whatever the answer, which proves the request reached *this*
+# daemon. Anyone else's request, with no token or a wrong one, is answered as before.
+PROBE_HEADER = "x-voicecall-probe"
 
 
 class WebhookGate:
@@ -66,8 +72,9 @@ class WebhookGate:
     """
 
     def __init__(self, config: VoiceCallConfig, provider: Provider,
-                 directory: CallDirectory) -> None:
+                 directory: CallDirectory, *, probe_token: str | None = None) -> None:
         security = config.webhook_security
+        self.probe_token = probe_token
         self.provider = provider
         self.directory = directory
         self.path = config.serve.path
@@ -117,6 +124,15 @@ class WebhookGate:
             return TOO_LARGE
         return None
 
+    def stamp(self, headers: Mapping[str, str], response: WebhookResponse) -> WebhookResponse:
+        """``response``, with the probe token echoed when the request carried it (doctor)."""
+        token, probe = self.probe_token, headers.get(PROBE_HEADER)
+        if not token or probe is None or not hmac.compare_digest(
+                probe.encode("utf-8", "replace"), token.encode()):
+            return response
+        return WebhookResponse(response.status, response.body, response.content_type,
+                               {**response.headers, PROBE_HEADER: token})
+
     async def respond(self, request: WebhookRequest) -> WebhookResponse:
         """The carrier module's answer. A ``WebhookRejected`` it raises is rendered with its
         own status; any other failure becomes a 400 and one log line."""
@@ -156,6 +172,7 @@ class WebhookEndpoint:
                 refusal = TOO_LARGE
         if refusal is not None:
             # over HTTP/1.x the connection ends after it rather than read an unwanted body
+            refusal = self.gate.stamp(headers, refusal)
             await _reply(send, refusal, close=scope.get("http_version", "1.1") in ("1.0", "1.1"))
             return
         if not self.gate.enter(remote):
@@ -167,7 +184,7 @@ class WebhookEndpoint:
             # released before the answer is sent, as on the fast path: a peer that never
             # reads its answer (an h2 stream with a zero window) must not keep the slot
             self.gate.leave(remote)
-        await _reply(send, response)
+        await _reply(send, self.gate.stamp(headers, response))
 
     async def _handle(self, scope: Scope, headers: dict[str, str], body: bytes,
                       remote: str) -> WebhookResponse:

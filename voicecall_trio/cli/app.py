@@ -13,9 +13,10 @@ from typing import Any
 from .binder import Command, fast_bind
 from .calls import call, continue_, end, simulate_inbound, speak, status
 from .doctor import doctor
+from .expose import expose
 from .journal import latency, tail
 from .outcome import EXIT_USAGE
-from .serve import expose, serve
+from .serve import serve
 from .tool import tool
 from .watch import watch
 
