@@ -31,6 +31,7 @@ from quart_trio import QuartTrio
 
 from .config import VoiceCallConfig
 from .errors import BodyTooLarge, WebhookRejected
+from .health import PROBE_HEADER
 from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse, rejected
 
 log = logging.getLogger("voicecall.web")
@@ -50,11 +51,6 @@ BAD_LENGTH = WebhookResponse(400, b"bad content-length\n")
 AMBIGUOUS_FRAMING = WebhookResponse(400, b"transfer-encoding and content-length together\n")
 TOO_LARGE = WebhookResponse(413, b"request body too large\n")
 CARRIER_FAILED = WebhookResponse(400, b"bad request\n")
-# ``voicecall doctor``'s reachability probe: a request through the public URL that carries
-# this daemon's per-run token (daemon.health ``probeToken``, readable only on the 0600
-# socket) gets it echoed back, whatever the answer, which proves the request reached *this*
-# daemon. Anyone else's request, with no token or a wrong one, is answered as before.
-PROBE_HEADER = "x-voicecall-probe"
 
 
 class WebhookGate:
