@@ -22,27 +22,15 @@ import trio
 from ..errors import TunnelError
 from . import ngrok
 from .lines import LineBuffer
+from .process import STOP_GRACE_S, stop_process
 
 log = logging.getLogger("voicecall.tunnel")
 
 START_TIMEOUT_S = 30.0  # no URL by then: the agent is stuck (no network, wrong region)
-STOP_GRACE_S = 5.0  # SIGTERM, then this long before SIGKILL
 STDERR_TAIL_BYTES = 4096
 LOG_EVERY_S = 60.0  # error lines after the URL: at most one log line this often
 
 Which = Callable[..., str | None]  # shutil.which's shape
-
-
-async def stop_process(process: trio.Process, grace_s: float = STOP_GRACE_S) -> None:
-    """Terminate, wait up to ``grace_s``, then kill; always reaps the child. Shielded."""
-    with trio.CancelScope(shield=True):
-        if process.returncode is None:
-            process.terminate()
-            with trio.move_on_after(grace_s):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
 
 
 class NgrokTunnel:

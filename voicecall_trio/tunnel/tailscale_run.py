@@ -22,6 +22,7 @@ import trio
 
 from ..errors import TunnelError
 from . import tailscale
+from .process import stop_process
 
 log = logging.getLogger("voicecall.tunnel")
 
@@ -49,7 +50,8 @@ def runner(environ: Mapping[str, str], timeout_s: float = STEP_TIMEOUT_S) -> Run
             with trio.fail_after(timeout_s):
                 done = await trio.run_process(list(command), capture_stdout=True,
                                               capture_stderr=True, check=False,
-                                              stdin=subprocess.DEVNULL, env=dict(environ))
+                                              stdin=subprocess.DEVNULL, env=dict(environ),
+                                              deliver_cancel=stop_process)
         except trio.TooSlowError:
             raise TunnelError(f"`{shown}` did not finish within {timeout_s:g} s") from None
         except OSError as exc:
