@@ -103,6 +103,11 @@ async def test_the_token_goes_through_the_environment_and_the_domain_on_the_line
         async with running_daemon(config, environ=fakes.env()) as d:
             assert (await d.rpc("daemon.health"))["publicUrl"] == \
                 "https://me.ngrok.app/voice/webhook"
+            status = await trio.run_process(
+                [VOICECALL, "status", "--socket", str(d.handle.socket_path)],
+                capture_stdout=True, capture_stderr=True, env=clean_env())
+            assert status.stdout.decode().splitlines() == [
+                "public URL: https://me.ngrok.app/voice/webhook", "no calls"]
     (run,) = fakes.ngrok_runs()
     assert run["token"] == NGROK_TOKEN
     assert run["argv"][-2:] == ["--url", "me.ngrok.app"]
