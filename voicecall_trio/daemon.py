@@ -229,14 +229,14 @@ async def _run_calls(
             handle.http_binds = await front.start(partial(
                 _serve_http, config, provider, supervisor, health, http_stop, http_done,
                 probe_token=handle.probe_token))
+            if handle_signals:  # before the tunnel: a stop during its start is graceful
+                front.start_soon(_watch_signals, handle.stop_event)
             # the tunnel forwards to the bound port; its URL is in force before ready
             from .model_lifecycle import warn_about_models
             from .tunnel.task import start_tunnel
 
             handle.tunnel = await start_tunnel(front, config, provider.set_public_url,
-                                               handle.http_binds, env)
-            if handle_signals:
-                front.start_soon(_watch_signals, handle.stop_event)
+                                               handle.http_binds, env, stop=handle.stop_event)
             interval = systemd.watchdog_interval_s(env)
             if interval:
                 front.start_soon(_watchdog, interval, env)

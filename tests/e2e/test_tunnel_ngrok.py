@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from voicecall_trio.errors import DaemonStartError, TunnelError
 from voicecall_trio.providers.twilio.signature import compute_signature
 from voicecall_trio.testing import RunningDaemon, running_daemon
 from voicecall_trio.tunnel.ngrok_run import NgrokTunnel
+from voicecall_trio.tunnel.task import start_tunnel
 
 ACCOUNT = "AC" + "7" * 32
 TOKEN = "tunnel-test-twilio-auth-token-01"
@@ -198,4 +201,46 @@ def test_serve_exits_1_naming_tunnel_provider_and_the_binary(tmp_path: Path) -> 
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith('error: tunnel.provider "ngrok": the ngrok binary was not found'), \
         done.stderr
+    assert not (store / "voicecall.sock").exists()
+
+
+async def test_a_stop_while_the_tunnel_starts_returns_at_once(tmp_path: Path) -> None:
+    fakes = FakeTunnels(tmp_path)
+    fakes.script_ngrok([{"lines": []}])  # never up
+    config = build_config({"tunnel": {"provider": "ngrok"}}, {})
+    stop = trio.Event()
+    stop.set()
+    seen: list[str] = []
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            assert await start_tunnel(nursery, config, seen.append, ["http://127.0.0.1:9"],
+                                      fakes.env(), stop=stop) is None
+    assert seen == []
+    assert len(fakes.ngrok_runs()) == len(fakes.ngrok_stopped())  # nothing left running
+
+
+def test_sigterm_while_ngrok_starts_is_a_graceful_stop(tmp_path: Path) -> None:
+    fakes = FakeTunnels(tmp_path)
+    fakes.script_ngrok([{"lines": [ngrok_line(lvl="info", msg="connecting")]}])
+    store = Path("/tmp") / f"vc{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"store": str(store), "serve": {"port": 0},
+                                  "tunnel": {"provider": "ngrok"}}))
+    proc = subprocess.Popen([VOICECALL, "serve", "--config", str(config)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=fakes.env(clean_env()),
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not fakes.ngrok_runs():  # bounded poll: the daemon is another process
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert fakes.ngrok_stopped() == [fakes.ngrok_runs()[0]["pid"]]
     assert not (store / "voicecall.sock").exists()

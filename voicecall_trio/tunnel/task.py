@@ -48,9 +48,11 @@ def make_tunnel(plan: TunnelPlan, config: VoiceCallConfig, port: int,
 
 async def start_tunnel(nursery: trio.Nursery, config: VoiceCallConfig,
                        set_public_url: Callable[[str], None], http_binds: Sequence[str],
-                       environ: Mapping[str, str]) -> TunnelSupervisor | None:
+                       environ: Mapping[str, str], *, stop: trio.Event | None = None
+                       ) -> TunnelSupervisor | None:
     """Start the configured tunnel in ``nursery``; returns once its first URL is in force
-    (None: ``publicUrl`` or no tunnel). Raises ``TunnelError`` when it cannot start."""
+    (None: ``publicUrl``, no tunnel, or ``stop`` was set while it started: the daemon is
+    being stopped). Raises ``TunnelError`` when it cannot start."""
     plan = plan_for(config)
     if plan.kind == "config" and plan.overridden:
         log.info("publicUrl is set: it wins over %s; no tunnel started", plan.overridden)
@@ -59,5 +61,25 @@ async def start_tunnel(nursery: trio.Nursery, config: VoiceCallConfig,
     tunnel = make_tunnel(plan, config, bound_port(http_binds, config.serve.port), environ)
     supervisor = TunnelSupervisor(tunnel, setting=tunnel_setting(config) or plan.key,
                                   on_url=set_public_url)
-    await nursery.start(supervisor.run)
+    started = False
+    failure: TunnelError | None = None
+    async with trio.open_nursery() as race:
+        if stop is not None:
+            race.start_soon(_cancel_when_set, stop, race.cancel_scope)
+        try:  # cancelled (and cleaned up) if stop comes first
+            await nursery.start(supervisor.run)
+            started = True
+        except TunnelError as exc:  # raised below, not wrapped in the race's group
+            failure = exc
+        race.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if not started:
+        log.info("stopped while the tunnel (%s) was starting", supervisor.setting)
+        return None
     return supervisor
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
