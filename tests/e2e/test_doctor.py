@@ -19,7 +19,13 @@ from typing import Any
 import trio
 from conftest import VOICECALL, MakeDaemon, clean_env
 
-from voicecall_trio.testing import FakeTwilio, RunningDaemon, running_daemon, serve_asgi
+from voicecall_trio.testing import (
+    FakeTelnyx,
+    FakeTwilio,
+    RunningDaemon,
+    running_daemon,
+    serve_asgi,
+)
 
 ACCOUNT = "AC" + "3" * 32
 TOKEN = "doctor-test-twilio-auth-token-0"
@@ -243,3 +249,26 @@ async def test_a_public_url_that_leads_elsewhere_is_not_this_daemon(tmp_path: Pa
     assert f"{fake.url}/voice/webhook" in detail(report, "reachability")
     # the config file still says the loopback URL: doctor says so
     assert "restart the daemon" in detail(report, "publicUrl")
+
+
+async def test_doctor_passes_end_to_end_on_telnyx(tmp_path: Path) -> None:
+    port = free_port()
+    with trio.fail_after(WAIT_S):
+        async with FakeTelnyx(api_key="KEY-doctor-0123456789") as fake:
+            doc = {"provider": "telnyx", "fromNumber": FROM,
+                   "telnyx": {"apiKey": "KEY-doctor-0123456789", "connectionId": "conn-1",
+                              "publicKey": fake.public_key, "apiBaseUrl": fake.url},
+                   "serve": {"port": port},
+                   "publicUrl": f"http://127.0.0.1:{port}/voice/webhook",
+                   "responseBaseUrl": "http://127.0.0.1:9/v1"}
+            config = tmp_path / "doctor.json"
+            config.write_text(json.dumps({"store": str(tmp_path / "store"), **doc}))
+            async with running_daemon(doc, store=tmp_path / "store") as d:
+                code, report = await doctor_json(d, config)
+    assert code == 0, report
+    got = statuses(report)
+    assert got["reachability"] == "ok" and "HTTP 401" in detail(report, "reachability")
+    assert got["credentials"] == "ok" and "Telnyx accepted telnyx.apiKey" in \
+        detail(report, "credentials")
+    assert got["clock"] == "ok"
+    assert "KEY-doctor" not in json.dumps(report)

@@ -244,3 +244,22 @@ def test_sigterm_while_ngrok_starts_is_a_graceful_stop(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert fakes.ngrok_stopped() == [fakes.ngrok_runs()[0]["pid"]]
     assert not (store / "voicecall.sock").exists()
+
+
+def test_serve_names_ngroks_code_and_never_prints_the_token(tmp_path: Path) -> None:
+    fakes = FakeTunnels(tmp_path)
+    fakes.script_ngrok([{"lines": [ngrok_line(
+        lvl="eror", msg="session closing",
+        err=f"authentication failed: Your authtoken: {NGROK_TOKEN}\r\n\r\nERR_NGROK_105\r\n")],
+        "stderr": f"ERROR: token {NGROK_TOKEN} refused\n"}])
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({
+        "store": str(Path("/tmp") / f"vc{uuid.uuid4().hex[:8]}"), "serve": {"port": 0},
+        "tunnel": {"provider": "ngrok", "ngrokAuthToken": NGROK_TOKEN}}))
+    done = subprocess.run([VOICECALL, "serve", "--config", str(config)], capture_output=True,
+                          text=True, timeout=30, env=fakes.env(clean_env()),
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    assert "ERR_NGROK_105" in done.stderr and 'tunnel.provider "ngrok"' in done.stderr
+    assert NGROK_TOKEN not in done.stderr + done.stdout
+    assert fakes.ngrok_runs()[0]["token"] == NGROK_TOKEN
