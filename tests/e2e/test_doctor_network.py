@@ -177,3 +177,19 @@ async def test_serve_checks_models_in_the_background_after_ready(tmp_path: Path)
                 await requested.wait()
             stop.set()
     assert paths == ["/v1/models/m"]
+
+
+def test_a_socket_that_never_answers_fails_the_daemon_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from voicecall_trio.cli.doctor import local
+
+    monkeypatch.setattr(local, "HEALTH_TIMEOUT_S", 0.2)
+    path = tmp_path / "mute.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(str(path))
+        mute.listen(1)  # connections queue up; nobody ever reads or answers
+        check, health = local.check_daemon(str(path))
+    assert check.status == "fail" and "no answer to daemon.health" in check.detail
+    assert health is None

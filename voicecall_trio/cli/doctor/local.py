@@ -17,6 +17,7 @@ from .report import Check, fail, ok, skip
 if TYPE_CHECKING:
     from ...config import VoiceCallConfig
 
+HEALTH_TIMEOUT_S = 5.0
 HTTPS_WARNING = "warning: carriers want https (Twilio and Telnyx refuse plain http in production)"
 
 
@@ -42,9 +43,11 @@ def check_daemon(sock: str) -> tuple[Check, dict[str, Any] | None]:
 
     try:
         with SyncClient(sock) as client:
-            health = client.call("daemon.health")
+            health = client.call("daemon.health", timeout=HEALTH_TIMEOUT_S)
     except (DaemonUnreachable, RpcError) as exc:
         return fail("daemon", str(exc)), None
+    except OSError as exc:  # a timeout: something holds the socket but does not answer
+        return fail("daemon", f"{sock}: no answer to daemon.health ({exc or 'timed out'})"), None
     if not isinstance(health, dict):
         return fail("daemon", f"{sock}: daemon.health answered {health!r}"), None
     listen = ", ".join(health.get("listen") or []) or "?"
