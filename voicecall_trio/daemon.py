@@ -70,7 +70,7 @@ class DaemonHandle:
     stop_event: trio.Event = field(default_factory=trio.Event)
     ready: bool = False  # every part started (what READY=1 tells systemd)
     tunnel: TunnelSupervisor | None = None  # the tunnel in force (None: publicUrl or none)
-    # echoed to doctor's reachability probe (web.PROBE_HEADER); shown on the socket only
+    # echoed to doctor's reachability probe (health.PROBE_HEADER); shown on the socket only
     probe_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def stop(self) -> None:

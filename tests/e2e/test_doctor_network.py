@@ -193,3 +193,23 @@ def test_a_socket_that_never_answers_fails_the_daemon_check(
         check, health = local.check_daemon(str(path))
     assert check.status == "fail" and "no answer to daemon.health" in check.detail
     assert health is None
+
+
+async def test_the_probe_echo_on_both_http_paths(tmp_path: Path) -> None:
+    from voicecall_trio.health import PROBE_HEADER
+
+    async def chunked() -> Any:
+        yield b"a=1"
+
+    with trio.fail_after(WAIT_S):
+        async with running_daemon({}, store=tmp_path / "s") as d, httpx.AsyncClient() as http:
+            token = d.handle.probe_token
+            assert (await d.rpc("daemon.health"))["probeToken"] == token
+            fast = await http.post(d.webhook_url, content=b"a=1", headers={PROBE_HEADER: token})
+            handed = await http.post(d.webhook_url, content=chunked(),
+                                     headers={PROBE_HEADER: token})  # chunked: Hypercorn's
+            wrong = await http.post(d.webhook_url, content=b"", headers={PROBE_HEADER: "x"})
+            plain = await http.post(d.webhook_url, content=b"")
+    assert fast.headers.get(PROBE_HEADER) == token and fast.status_code == 404
+    assert handed.headers.get(PROBE_HEADER) == token and handed.status_code == 404
+    assert PROBE_HEADER not in wrong.headers and PROBE_HEADER not in plain.headers

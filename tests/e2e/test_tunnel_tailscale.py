@@ -132,3 +132,10 @@ def test_expose_fails_with_the_cause(tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout == ""
     assert "error: expose --mode serve: `tailscale serve --bg" in done.stderr
     assert "serve config denied" in done.stderr
+
+
+async def test_a_failed_start_takes_off_what_it_exposed(tmp_path: Path) -> None:
+    fakes = FakeTunnels(tmp_path)
+    fakes.script_tailscale(dns=DNS, fail={"funnel": "no"})
+    await failure(tmp_path, fakes, {"tunnel": {"provider": "tailscale-funnel"}}, fakes.env())
+    assert fakes.tailscale_calls()[-1] == ["funnel", "--set-path", "/voice/webhook", "off"]

@@ -118,9 +118,9 @@ class TailscaleTunnel:
 
     async def open(self, report: Callable[[str], None]) -> None:
         binary = find_tailscale(self._env, self._which)
-        url = await tailscale_up(binary, self.mode, port=self.port, paths=self.paths,
-                                 run=runner(self._env))
-        try:
+        try:  # a path exposed before a later step failed is taken off again too
+            url = await tailscale_up(binary, self.mode, port=self.port, paths=self.paths,
+                                     run=runner(self._env))
             if self.mode == "serve":
                 log.warning("%s", tailscale.SERVE_IS_PRIVATE)
             report(url)
