@@ -139,3 +139,14 @@ async def test_a_failed_start_takes_off_what_it_exposed(tmp_path: Path) -> None:
     fakes.script_tailscale(dns=DNS, fail={"funnel": "no"})
     await failure(tmp_path, fakes, {"tunnel": {"provider": "tailscale-funnel"}}, fakes.env())
     assert fakes.tailscale_calls()[-1] == ["funnel", "--set-path", "/voice/webhook", "off"]
+
+
+async def test_a_legacy_path_that_misses_the_webhook_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="voicecall.tunnel")
+    fakes = FakeTunnels(tmp_path)
+    with trio.fail_after(WAIT_S):
+        async with running_daemon({"tailscale": {"mode": "funnel", "path": "/old"}},
+                                  environ=fakes.env()) as d:
+            assert (await d.rpc("daemon.health"))["publicUrl"] == f"https://{DNS}/old"
+    assert "tailscale.path /old is not serve.path /voice/webhook" in caplog.text

@@ -58,6 +58,10 @@ async def start_tunnel(nursery: trio.Nursery, config: VoiceCallConfig,
         log.info("publicUrl is set: it wins over %s; no tunnel started", plan.overridden)
     if plan.kind in ("config", "none"):
         return None
+    if plan.key == "tailscale.mode" and config.tailscale.path != config.serve.path:
+        log.warning("tailscale.path %s is not serve.path %s: carriers' requests through the "
+                    "tunnel will miss the webhook route (use tunnel.provider, or make them "
+                    "equal)", config.tailscale.path, config.serve.path)
     tunnel = make_tunnel(plan, config, bound_port(http_binds, config.serve.port), environ)
     supervisor = TunnelSupervisor(tunnel, setting=tunnel_setting(config) or plan.key,
                                   on_url=set_public_url)
