@@ -63,6 +63,9 @@ def test_started_tunnel_line_gives_the_url() -> None:
     line(lvl="info", msg="open conn", err="<nil>"),
     line(lvl="info", msg="open conn", err=None),
     line(lvl="dbug", msg="heartbeat", err=""),
+    # ngrok's own info line about a missing default config file carries an err
+    line(lvl="info", msg="ignoring default config path, could not stat it",
+         path="/root/.config/ngrok/ngrok.yml", err="stat ...: no such file or directory"),
 ])
 def test_lines_that_say_nothing(raw: str | bytes) -> None:
     assert ngrok.parse_line(raw) is None
@@ -84,7 +87,8 @@ def test_an_auth_failure_gives_the_code_and_hides_the_token() -> None:
 @pytest.mark.parametrize("fields", [
     {"lvl": "crit", "msg": "command failed"},
     {"lvl": "eror", "msg": "failed to reconnect session"},
-    {"lvl": "info", "msg": "x", "err": "failed to start tunnel: ERR_NGROK_320"},
+    {"lvl": "warn", "msg": "x", "err": "failed to start tunnel: ERR_NGROK_320"},
+    {"msg": "no level", "err": "failed"},
     {"lvl": "warn", "msg": "x", "err": {"nested": True}},
 ])
 def test_error_lines(fields: dict[str, Any]) -> None:

@@ -23,6 +23,9 @@ TOKEN_ENV = "NGROK_AUTHTOKEN"
 NOT_INSTALLED = ("the ngrok binary was not found on PATH (https://ngrok.com/download); "
                  "or expose the webhook another way and set publicUrl")
 ERROR_LEVELS = frozenset({"eror", "crit"})  # ngrok's own spelling of error and critical
+# an ``err`` field on these levels is not a failure: ngrok logs e.g. a missing default config
+# file as ``{"lvl": "info", "msg": "ignoring default config path ...", "err": "stat ..."}``
+QUIET_LEVELS = frozenset({"info", "dbug", "debug", "trce"})
 _CODE = re.compile(r"ERR_NGROK_\d{1,6}")
 _NO_ERROR = frozenset({"", "<nil>", "nil", "null"})
 _WILDCARD = frozenset({"", "0.0.0.0", "::", "[::]"})
@@ -106,7 +109,9 @@ def tunnel_url(value: object) -> str | None:
 def parse_line(line: bytes | str, secrets: Iterable[str] = ()) -> Started | LogError | None:
     """What one line of ngrok's JSON log says: the tunnel started, an error, or nothing.
 
-    Lines that are not a JSON object (ngrok's banner, a torn line) say nothing.
+    An error is a line at level ``eror`` or ``crit``, or one with an ``err`` field at any
+    level but the quiet ones. Lines that are not a JSON object (a banner, a torn line) say
+    nothing.
     """
     try:
         doc = json.loads(line)
@@ -117,7 +122,8 @@ def parse_line(line: bytes | str, secrets: Iterable[str] = ()) -> Started | LogE
     err = doc.get("err")
     err_text = err if isinstance(err, str) else ("" if err is None else str(err))
     level = doc.get("lvl")
-    if level in ERROR_LEVELS or err_text.strip() not in _NO_ERROR:
+    if level in ERROR_LEVELS or (err_text.strip() not in _NO_ERROR
+                                 and level not in QUIET_LEVELS):
         msg = doc.get("msg")
         words = " ".join(str(part) for part in (msg, err_text) if part)
         clean = redact(words, secrets)

@@ -79,7 +79,10 @@ def judge(probe: Probe, status: int, echoed: bool) -> tuple[bool, str]:
         return False, (f"{probe.url} answered HTTP {status}, but not from this daemon (no "
                        "probe echo): the URL leads somewhere else (another server, a stale "
                        "tunnel, another daemon)")
-    if probe.expect is None or status in probe.expect:
+    if probe.expect is None:  # the mock: any answer of its webhook route
+        return True, f"{what} through {probe.url} reached this daemon's webhook route " \
+                     f"(HTTP {status})"
+    if status in probe.expect:
         return True, f"{what} through {probe.url} reached this daemon (HTTP {status})"
     if probe.signed and status in (401, 403):
         return False, (f"{what} reached this daemon but was refused (HTTP {status}): the URL "
