@@ -35,8 +35,7 @@ def doctor(*, json: bool = False, socket: str | None = None, config: str | None 
     from . import report
 
     checks = run_checks(config, socket, dict(os.environ))
-    print(report.as_json(checks) if json else report.as_text(checks), end="" if not json
-          else "\n")
+    print(report.as_json(checks) + "\n" if json else report.as_text(checks), end="")
     return EXIT_OK if report.all_ok(checks) else EXIT_FAILED
 
 

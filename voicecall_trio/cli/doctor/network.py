@@ -36,15 +36,15 @@ async def check_reachability(config: VoiceCallConfig, public_url: str | None,
         return skip("reachability", "the daemon is not running (or too old to answer the "
                                     "probe): nothing to reach")
     probe = build_probe(config, public_url, token)
-    try:
-        reply = await http.post(probe.url, content=probe.body, headers=probe.headers,
-                                timeout=TIMEOUT_S, follow_redirects=False)
+    try:  # status and headers only: whatever answers there, its body is not read
+        async with http.stream("POST", probe.url, content=probe.body, headers=probe.headers,
+                               timeout=TIMEOUT_S, follow_redirects=False) as reply:
+            status, echoed = reply.status_code, reply.headers.get(PROBE_HEADER) == token
     except httpx.HTTPError as exc:
         where = f"; signed URL: {probe.url}" if probe.signed else ""
         return fail("reachability", f"cannot reach {probe.url}: {type(exc).__name__}"
                                     f"{_reason(exc)}{where}")
-    echoed = reply.headers.get(PROBE_HEADER) == token
-    passed, detail = judge(probe, reply.status_code, echoed)
+    passed, detail = judge(probe, status, echoed)
     return ok("reachability", detail) if passed else fail("reachability", detail)
 
 
