@@ -18,19 +18,14 @@ Kind = Literal["none", "config", "ngrok", "tailscale"]
 
 @dataclass(frozen=True, slots=True)
 class TunnelPlan:
-    """What provides the public URL: ``kind``, the config key that chose it (for messages),
-    and for Tailscale its mode and the paths to expose."""
+    """What provides the public URL: ``kind`` (also how ``doctor`` names the source), the
+    config key that chose it (for messages), and for Tailscale its mode and paths."""
 
     kind: Kind
     key: str  # "publicUrl", "tunnel.provider", "tailscale.mode" or ""
     mode: Literal["funnel", "serve"] | None = None
     paths: tuple[str, ...] = ()
     overridden: str | None = None  # a tunnel setting that publicUrl overrides
-
-    @property
-    def label(self) -> str:
-        """How ``doctor`` names the source: config, ngrok, tailscale, or none."""
-        return self.kind
 
 
 def _tailscale_paths(config: VoiceCallConfig, path: str) -> tuple[str, ...]:

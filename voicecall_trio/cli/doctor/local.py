@@ -88,7 +88,7 @@ def check_public_url(config: VoiceCallConfig, health: dict[str, Any] | None
                                      "runs"), None
         return fail("publicUrl", "none: carriers cannot reach the webhook; set publicUrl, "
                                  "or tunnel.provider (ngrok, tailscale-funnel)"), None
-    notes = [f"{url} (from {plan.label})"]
+    notes = [f"{url} (from {plan.kind})"]
     if plan.overridden:
         notes.append(f"publicUrl wins over {plan.overridden}")
     if config.public_url and url != config.public_url:
