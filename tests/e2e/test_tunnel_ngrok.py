@@ -263,3 +263,20 @@ def test_serve_names_ngroks_code_and_never_prints_the_token(tmp_path: Path) -> N
     assert "ERR_NGROK_105" in done.stderr and 'tunnel.provider "ngrok"' in done.stderr
     assert NGROK_TOKEN not in done.stderr + done.stdout
     assert fakes.ngrok_runs()[0]["token"] == NGROK_TOKEN
+
+
+async def test_a_reconnect_on_another_url_in_the_same_run_is_followed(tmp_path: Path) -> None:
+    fakes = FakeTunnels(tmp_path)
+    fakes.script_ngrok([{"lines": [ngrok_started(FIRST),
+                                   ngrok_line(lvl="warn", msg="session reconnecting"),
+                                   ngrok_started(SECOND)]}])
+    with trio.fail_after(WAIT_S):
+        async with running_daemon(twilio(), environ=fakes.env()) as d:
+            tunnel = d.handle.tunnel
+            assert tunnel is not None
+            assert await tunnel.wait_url_change(f"{FIRST}/voice/webhook") == \
+                f"{SECOND}/voice/webhook"
+            assert (await d.rpc("daemon.health"))["publicUrl"] == f"{SECOND}/voice/webhook"
+            assert await relayed_status_callback(d, f"{SECOND}/voice/webhook") == 200
+            assert tunnel.restarts == 0
+    assert len(fakes.ngrok_runs()) == 1

@@ -106,7 +106,9 @@ class NgrokTunnel:
                             raise TunnelError(f"ngrok reported: {event.describe()}")
                         last_error = event
                         self._log_error(event)
-                    elif isinstance(event, ngrok.Started) and not started:
+                    elif isinstance(event, ngrok.Started):
+                        # again later in the same run: the agent reconnected, perhaps on
+                        # another URL; the supervisor passes on only a change
                         started = True
                         waiting.deadline = math.inf
                         report(ngrok.public_url(event, self.serve_path))

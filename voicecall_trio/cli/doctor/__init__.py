@@ -14,6 +14,8 @@ cheap authenticated reads; it changes nothing. Exit 0 when no check failed, 1 ot
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from ..outcome import EXIT_FAILED, EXIT_OK
@@ -67,12 +69,25 @@ def run_checks(config_path: str | None, socket: str | None, environ: dict[str, s
 async def _network(cfg: Any, public_url: str | None, token: str | None,
                    environ: dict[str, str], keys: Any) -> list[Any]:
     import httpx
+    import trio
 
     from . import network
 
-    async with httpx.AsyncClient(timeout=network.TIMEOUT_S) as http:
-        reach = await network.check_reachability(cfg, public_url, token, http)
-        upgrade = await network.check_stream_upgrade(cfg, public_url)
-        credentials, clock = await network.check_credentials_and_clock(cfg, http)
-        models = await network.check_models(cfg, environ, http)
-    return [reach, upgrade, credentials, clock, keys, models]
+    found: dict[str, Any] = {}
+
+    async def run(name: str, check: Callable[[], Awaitable[Any]]) -> None:
+        found[name] = await check()
+
+    # at once: with the network down each would wait out its own timeout in turn
+    async with httpx.AsyncClient(timeout=network.TIMEOUT_S) as http, \
+            trio.open_nursery() as nursery:
+        nursery.start_soon(run, "reachability",
+                           partial(network.check_reachability, cfg, public_url, token, http))
+        nursery.start_soon(run, "streamUpgrade",
+                           partial(network.check_stream_upgrade, cfg, public_url))
+        nursery.start_soon(run, "carrier", partial(network.check_credentials_and_clock, cfg,
+                                                   http))
+        nursery.start_soon(run, "models", partial(network.check_models, cfg, environ, http))
+    credentials, clock = found["carrier"]
+    return [found["reachability"], found["streamUpgrade"], credentials, clock, keys,
+            found["models"]]

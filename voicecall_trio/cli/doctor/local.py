@@ -50,7 +50,8 @@ def check_daemon(sock: str) -> tuple[Check, dict[str, Any] | None]:
         return fail("daemon", f"{sock}: no answer to daemon.health ({exc or 'timed out'})"), None
     if not isinstance(health, dict):
         return fail("daemon", f"{sock}: daemon.health answered {health!r}"), None
-    listen = ", ".join(health.get("listen") or []) or "?"
+    binds = health.get("listen")
+    listen = ", ".join(str(b) for b in binds) if isinstance(binds, list) and binds else "?"
     state = "ready" if health.get("ready", True) else "still starting"
     return ok("daemon", f"{state}: version {health.get('version')} on {sock}, "
                         f"{health.get('activeCalls')} active call(s), http {listen}"), health
