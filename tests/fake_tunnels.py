@@ -5,9 +5,10 @@ and keeps their control files in ``tmp``; ``env()`` is an environment with that 
 first on ``PATH``. The fakes record every run (argv, the auth token they were given, their
 pid) and do what the test scripted:
 
-- ``ngrok``: run N prints ``script[N]["lines"]`` (the last entry repeats), writes its
-  ``stderr``, then exits with ``exit`` or waits for a signal; SIGTERM is recorded
-  (``stopped``) and ends it with status 0. ``kill(run)`` ends a run at once (a crash).
+- ``ngrok``: run N prints ``script[N]["lines"]`` (the last entry repeats) and its ``raw``
+  text (no newline added), writes its ``stderr``, then exits with ``exit`` or waits for a
+  signal; SIGTERM is recorded (``stopped``) and ends it with status 0. ``kill(run)`` ends a
+  run at once (a crash).
 - ``tailscale``: ``status --json`` prints ``{"Self": {"DNSName": dns}}``; any other command
   line succeeds unless ``fail[<subcommand>]`` names the stderr to fail with.
 """
@@ -39,6 +40,8 @@ def stopped(signum, frame):
 signal.signal(signal.SIGTERM, stopped)
 for line in step.get("lines", []):
     print(line, flush=True)
+sys.stdout.write(step.get("raw", ""))  # a last line without its newline
+sys.stdout.flush()
 sys.stderr.write(step.get("stderr", ""))
 sys.stderr.flush()
 if step.get("exit") is not None:

@@ -78,3 +78,36 @@ async def test_a_tailscale_that_cannot_run(tmp_path: Path) -> None:
     broken.chmod(0o644)
     with pytest.raises(TunnelError, match=r"cannot run .*tailscale"):
         await runner({})([str(broken), "status", "--json"])
+
+
+async def test_a_last_line_without_newline_still_counts(tmp_path: Path) -> None:
+    fakes = FakeTunnels(tmp_path)
+    fakes.script_ngrok([{"raw": ngrok_line(lvl="crit", msg="command failed",
+                                           err="ERR_NGROK_108 session limit"), "exit": 1}])
+    with trio.fail_after(WAIT_S), pytest.raises(TunnelError) as caught:
+        await tunnel(fakes).open(lambda url: None)
+    assert caught.value.message.startswith("ngrok reported: command failed ERR_NGROK_108")
+
+
+async def test_an_agent_that_closes_its_log_but_lives_on_is_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # real time (the autojump clock could pass the 30 s URL deadline before the child
+    # printed), with a short grace instead of the 5 s one
+    from voicecall_trio.tunnel import ngrok_run
+
+    monkeypatch.setattr(ngrok_run, "STOP_GRACE_S", 0.2)
+    script = tmp_path / "bin" / "ngrok"
+    script.parent.mkdir(parents=True)
+    # prints the URL, closes stdout, then lingers (exec keeps the pid: the fake is sleep)
+    script.write_text("#!/bin/sh\n"
+                      "echo '{\"lvl\":\"info\",\"msg\":\"started tunnel\","
+                      "\"url\":\"https://x.ngrok.app\"}'\n"
+                      "exec 1>&-\nexec sleep 1000\n")
+    script.chmod(0o755)
+    agent = NgrokTunnel(bind="127.0.0.1", port=9, serve_path="/h", token=None, domain=None,
+                        environ={"PATH": f"{script.parent}:/usr/bin:/bin"})
+    reported: list[str] = []
+    with trio.fail_after(WAIT_S), pytest.raises(TunnelError, match="closed its log but did "
+                                                                   "not exit"):
+        await agent.open(reported.append)
+    assert reported == ["https://x.ngrok.app/h"]

@@ -71,6 +71,7 @@ class NgrokTunnel:
         tail = bytearray()
         failure: TunnelError | None = None
         last_error: ngrok.LogError | None = None
+        exited: int | None = None
         try:
             async with trio.open_nursery() as nursery:
                 tail_read = trio.Event()
@@ -80,6 +81,7 @@ class NgrokTunnel:
                     with trio.move_on_after(STOP_GRACE_S):  # its log ended: it is exiting
                         await process.wait()
                         await tail_read.wait()
+                    exited = process.returncode
                 except TunnelError as exc:  # raised here, not from the nursery (no group)
                     failure = exc
                 nursery.cancel_scope.cancel()
@@ -87,8 +89,10 @@ class NgrokTunnel:
             await stop_process(process)
         if failure is not None:
             raise failure
-        raise TunnelError(ngrok.exit_cause(process.returncode or 0, last_error,
-                                           tail.decode("utf-8", "replace"), self.secrets))
+        if exited is None:
+            raise TunnelError("ngrok closed its log but did not exit; it was stopped")
+        raise TunnelError(ngrok.exit_cause(exited, last_error, tail.decode("utf-8", "replace"),
+                                           self.secrets))
 
     async def _watch(self, process: trio.Process, report: Callable[[str], None]
                      ) -> ngrok.LogError | None:
@@ -98,8 +102,9 @@ class NgrokTunnel:
         started = False
         last_error: ngrok.LogError | None = None
         with trio.move_on_after(self.start_timeout_s) as waiting:
-            while chunk := await process.stdout.receive_some(65536):
-                for raw in lines.feed(chunk):
+            while True:
+                chunk = await process.stdout.receive_some(65536)
+                for raw in lines.feed(chunk) if chunk else lines.flush():
                     event = ngrok.parse_line(raw, self.secrets)
                     if isinstance(event, ngrok.LogError):
                         if not started:
@@ -112,6 +117,8 @@ class NgrokTunnel:
                         started = True
                         waiting.deadline = math.inf
                         report(ngrok.public_url(event, self.serve_path))
+                if not chunk:
+                    break
         if waiting.cancelled_caught:
             raise TunnelError(f"ngrok gave no public URL within {self.start_timeout_s:g} s "
                               "(no \"started tunnel\" line in its log)")
