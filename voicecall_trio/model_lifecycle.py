@@ -132,7 +132,7 @@ async def look_up(http: httpx.AsyncClient, ref: ModelRef, today: date) -> Findin
                 if len(body) > MAX_BODY_BYTES:
                     break
             status = reply.status_code
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         return Finding(ref, False, f"{ref.key} {ref.model}: cannot look it up at "
                                    f"{ref.base_url}: {type(exc).__name__}")
     if status == 404:

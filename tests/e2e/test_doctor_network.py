@@ -213,3 +213,13 @@ async def test_the_probe_echo_on_both_http_paths(tmp_path: Path) -> None:
     assert fast.headers.get(PROBE_HEADER) == token and fast.status_code == 404
     assert handed.headers.get(PROBE_HEADER) == token and handed.status_code == 404
     assert PROBE_HEADER not in wrong.headers and PROBE_HEADER not in plain.headers
+
+
+@pytest.mark.parametrize("url", ["http://[::1/voice/webhook", "http://127.0.0.1:99999/x",
+                                 "ftp://x.example/voice/webhook", "not a url"])
+async def test_a_malformed_public_url_fails_the_checks_without_a_crash(url: str) -> None:
+    config = build_config({"streaming": {"enabled": True}}, {})
+    async with httpx.AsyncClient() as http:
+        reach = await check_reachability(config, url, "token", http)
+    upgrade = await check_stream_upgrade(config, url)
+    assert reach.status == "fail" and upgrade.status == "fail", (reach, upgrade)

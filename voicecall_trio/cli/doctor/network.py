@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ...config import VoiceCallConfig
 
 TIMEOUT_S = 10.0
+# what a request to a URL taken from the config can raise (a malformed URL included)
+REQUEST_ERRORS = (httpx.HTTPError, httpx.InvalidURL, ValueError)
 TELNYX_WINDOW_S = 300  # Telnyx signatures are refused beyond this skew
 CLOCK_WARN_S = 30
 
@@ -35,12 +37,15 @@ async def check_reachability(config: VoiceCallConfig, public_url: str | None,
     if not token:
         return skip("reachability", "the daemon is not running (or too old to answer the "
                                     "probe): nothing to reach")
-    probe = build_probe(config, public_url, token)
+    try:
+        probe = build_probe(config, public_url, token)
+    except ValueError as exc:  # urlsplit: a malformed port or IPv6 literal
+        return fail("reachability", f"the public URL {public_url} is malformed: {exc}")
     try:  # status and headers only: whatever answers there, its body is not read
         async with http.stream("POST", probe.url, content=probe.body, headers=probe.headers,
                                timeout=TIMEOUT_S, follow_redirects=False) as reply:
             status, echoed = reply.status_code, reply.headers.get(PROBE_HEADER) == token
-    except httpx.HTTPError as exc:
+    except REQUEST_ERRORS as exc:
         where = f"; signed URL: {probe.url}" if probe.signed else ""
         return fail("reachability", f"cannot reach {probe.url}: {type(exc).__name__}"
                                     f"{_reason(exc)}{where}")
@@ -58,8 +63,12 @@ async def check_stream_upgrade(config: VoiceCallConfig, public_url: str | None) 
         return skip("streamUpgrade", "streaming is off")
     if public_url is None:
         return skip("streamUpgrade", "no public URL to test")
-    url = stream_url(webhook_base(public_url, config.serve.path), config.streaming.stream_path)
-    status = await upgrade_status(url)
+    try:
+        url = stream_url(webhook_base(public_url, config.serve.path),
+                         config.streaming.stream_path)
+        status = await upgrade_status(url)
+    except ValueError as exc:
+        return fail("streamUpgrade", f"the public URL {public_url} is malformed: {exc}")
     if status in (101, 403):
         what = "signature enforced" if status == 403 else "upgraded"
         return ok("streamUpgrade", f"{url} reaches the stream route (HTTP {status}: {what})")
@@ -82,7 +91,7 @@ async def carrier_read(config: VoiceCallConfig, http: httpx.AsyncClient
         auth, headers = None, {"Authorization": f"Bearer {config.telnyx.api_key or ''}"}
     try:
         return await http.get(url, auth=auth, headers=headers, timeout=TIMEOUT_S)
-    except httpx.HTTPError as exc:
+    except REQUEST_ERRORS as exc:
         return f"cannot reach {url}: {type(exc).__name__}"
 
 
