@@ -144,7 +144,7 @@ async def look_up(http: httpx.AsyncClient, ref: ModelRef, today: date) -> Findin
         return Finding(ref, False, f"{ref.key} {ref.model}: look-up answered HTTP {status}")
     try:
         doc = json.loads(bytes(body[:MAX_BODY_BYTES]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Finding(ref, False, f"{ref.key} {ref.model}: look-up answered no JSON")
     return verdict(ref, shutdown_of(doc), today)
 

@@ -71,6 +71,7 @@ def test_clip_bounds_a_subprocess_s_words() -> None:
     (json.dumps({"Self": {"DNSName": "a b"}}), None),
     (json.dumps({"Self": {"DNSName": "x" * 300}}), None),
     (json.dumps({"Self": {"DNSName": 7}}), None),
+    ("[" * 30_000 + "]" * 30_000, None),
 ])
 def test_dns_name(output: str | bytes, expected: str | None) -> None:
     assert tailscale.dns_name(output) == expected

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from voicecall_trio.tunnel import ngrok
 
@@ -122,3 +124,32 @@ def test_exit_cause() -> None:
         "ngrok exited (status 1): ERROR: bad token [redacted] ERROR: ERR_NGROK_105"
     assert ngrok.exit_cause(2, ngrok.LogError("gone", "ERR_NGROK_9"), "junk") == \
         "ngrok exited (status 2): gone (ERR_NGROK_9)"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8)
+
+
+def test_a_line_nested_too_deep_says_nothing() -> None:
+    assert ngrok.parse_line("[" * 30_000 + "]" * 30_000) is None
+    assert ngrok.parse_line('{"err": ' + "[" * 900 + "]" * 900 + "}") is not None
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_parse_without_raising(raw: bytes) -> None:
+    assert ngrok.parse_line(raw, [TOKEN]) is None or True
+
+
+@given(st.dictionaries(st.sampled_from(["lvl", "msg", "err", "url", "obj", "x"]), JSON_VALUES,
+                       max_size=5), st.booleans())
+def test_any_log_object_gives_a_bounded_answer_without_the_token(
+        fields: dict[str, Any], quote_token: bool) -> None:
+    if quote_token:
+        fields["err"] = f"{fields.get('err', '')} Your authtoken: {TOKEN}"
+    event = ngrok.parse_line(json.dumps(fields), [TOKEN])
+    if isinstance(event, ngrok.LogError):
+        assert TOKEN not in event.describe() and len(event.message) <= 300
+    elif isinstance(event, ngrok.Started):
+        assert ngrok.tunnel_url(event.url) == event.url

@@ -115,13 +115,13 @@ def parse_line(line: bytes | str, secrets: Iterable[str] = ()) -> Started | LogE
     """
     try:
         doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # a line nested 30k deep too
         return None
     if not isinstance(doc, dict):
         return None
     err = doc.get("err")
     err_text = err if isinstance(err, str) else ("" if err is None else str(err))
-    level = doc.get("lvl")
+    level = doc.get("lvl") if isinstance(doc.get("lvl"), str) else None
     if level in ERROR_LEVELS or (err_text.strip() not in _NO_ERROR
                                  and level not in QUIET_LEVELS):
         msg = doc.get("msg")

@@ -81,7 +81,7 @@ def dns_name(status_json: bytes | str) -> str | None:
     the output is not that JSON (or this node has no name: logged out, no MagicDNS)."""
     try:
         doc = json.loads(status_json)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     me = doc.get("Self") if isinstance(doc, dict) else None
     name = me.get("DNSName") if isinstance(me, dict) else None
