@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from voicecall_trio import tunnel
 from voicecall_trio.config import build_config
@@ -156,3 +158,22 @@ def test_tunnel_imports_no_trio() -> None:
          "print('trio' in sys.modules)"],
         capture_output=True, text=True, timeout=30, check=True)
     assert done.stdout.strip() == "False"
+
+
+@given(st.lists(st.binary(max_size=40), max_size=20), st.integers(min_value=1, max_value=30))
+def test_line_buffer_matches_split_for_lines_within_the_limit(chunks: list[bytes],
+                                                               limit: int) -> None:
+    data = b"".join(chunks)
+    lines = LineBuffer(limit=limit)
+    out = [line for chunk in chunks for line in lines.feed(chunk)] + lines.flush()
+    expected = []
+    parts = data.split(b"\n")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if last and not part:
+            continue
+        if len(part) > limit:
+            expected.append(part[:limit])
+        else:
+            expected.append(part if last else part.rstrip(b"\r"))
+    assert out == expected
