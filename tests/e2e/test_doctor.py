@@ -96,6 +96,10 @@ def test_reachability_fails_naming_the_url_when_it_points_nowhere(
     assert statuses(report)["reachability"] == "fail"
     assert nowhere in detail(report, "reachability")
     assert statuses(report)["daemon"] == "ok"
+    text = d.run("doctor")
+    assert text.returncode == 1
+    (line,) = [row for row in text.stdout.splitlines() if row.startswith("[!!] reachability:")]
+    assert f"cannot reach {nowhere}" in line
 
 
 def test_doctor_without_a_daemon(make_daemon: MakeDaemon) -> None:
