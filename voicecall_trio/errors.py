@@ -11,6 +11,7 @@ quart or msgspec.
     ├── VoiceCallError                 rpc -32000  application error a handler raises
     │   ├── ConfigError                rpc -32000  a bad config; the message names the key path
     │   ├── DaemonStartError           exit 1      the daemon cannot start (config, lock, port)
+    │   │   └── TunnelError            exit 1      the tunnel could not start, or died
     │   ├── CallNotFound               rpc -32001  "Call not found"
     │   ├── CallNotConnected           rpc -32002  the call is not connected, or has ended
     │   ├── ConcurrencyLimit           rpc -32003  "Maximum concurrent calls (N) reached"
@@ -43,6 +44,10 @@ Where each is raised:
 - ``SpeechError``: by the speech clients (``tts/``) when the provider answers an error status,
   times out or cannot be reached before the first audio byte (the message names the provider
   and the failure, never a key), and by ``media.player.Player.enqueue`` when its queue is full.
+- ``TunnelError``: by ``tunnel/`` when the ngrok agent or ``tailscale`` fails (missing binary,
+  an error line, an exit, no URL in time); before the first URL it stops ``serve`` (exit 1),
+  later the tunnel supervisor logs it and restarts the tunnel. The message names the config
+  key and the cause, never a secret.
 - ``ProviderError``: by the carrier shells and the REST executor (``status`` is the carrier's
   HTTP status, ``code`` its error code). It never reaches a client as is: ``carrier_error`` is
   the one place it becomes a ``CarrierError``.
@@ -97,6 +102,10 @@ class ConfigError(VoiceCallError):
 
 class DaemonStartError(VoiceCallError):
     """Raised when the daemon cannot start (config, lock, port); the message says why."""
+
+
+class TunnelError(DaemonStartError):
+    """Raised when a tunnel cannot start or dies; the message names the cause."""
 
 
 class CallNotFound(VoiceCallError):
@@ -285,6 +294,7 @@ __all__ = [
     "SpeechError",
     "TelnyxParseError",
     "TranscriptTimeout",
+    "TunnelError",
     "UsageError",
     "VoiceCallError",
     "WebhookParseError",

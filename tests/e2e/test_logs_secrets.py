@@ -3,9 +3,9 @@ format, during a whole Twilio call.
 
 A real ``voicecall serve`` subprocess talks to ``FakeTwilio`` (running in this test's trio
 loop): REST dial with Basic auth, signed status callbacks, TwiML fetches, Gather results, a REST
-update per turn, and the hang-up. The auth token and the OpenAI key (in the config) are distinctive, so
-a grep of the captured stderr finds them wherever they leak. A webhook with a bad signature
-is sent too (its refusal is logged), and a correctly signed status callback whose
+update per turn, and the hang-up. The auth token and the OpenAI key (in the config) are
+distinctive, so a grep of the captured stderr finds them wherever they leak. A webhook with
+a bad signature is sent too (its refusal is logged), and a correctly signed status callback whose
 ``ErrorMessage`` carries the secrets, an ``Authorization`` value, a stream token and a phone
 number: the daemon logs carrier error text, so this proves the redaction is in force in the
 ``serve`` process itself, not only that nothing happened to leak. Blocking helpers (the daemon

@@ -122,13 +122,15 @@ def test_reply_settings_are_checked() -> None:
 
 
 def test_doctor_says_who_answers_without_the_key() -> None:
-    from voicecall_trio.cli.doctor import _replies
+    from voicecall_trio.cli.doctor.local import replies_detail
 
-    assert _replies(build_config({}, {})).startswith("no built-in replies")
-    keyed = _replies(build_config({}, {"OPENAI_API_KEY": "sk-secret"}))
-    assert keyed == "built-in: gpt-4o-mini at https://api.openai.com/v1 (key set)"
+    assert replies_detail(build_config({}, {})).startswith("replies: only a registered agent")
+    keyed = replies_detail(build_config({}, {"OPENAI_API_KEY": "sk-secret"}))
+    assert keyed == "replies: built-in, gpt-4o-mini at https://api.openai.com/v1"
     local = build_config({"responseBaseUrl": "http://127.0.0.1:11434/v1",
                           "responseModel": "ollama/llama3.1"}, {})
-    assert _replies(local) == "built-in: llama3.1 at http://127.0.0.1:11434/v1 (no key)"
+    assert replies_detail(local) == ("replies: built-in, llama3.1 at "
+                                     "http://127.0.0.1:11434/v1 (no key)")
     secret = build_config({"responseBaseUrl": "https://user:sk-pw@llm.example/v1?key=sk-q"}, {})
-    assert "sk-" not in _replies(secret)
+    assert "sk-" not in replies_detail(secret)
+
