@@ -216,9 +216,7 @@ class Supervisor:
 
     def interrupt_reply(self, call: LiveCall) -> None:
         """The callee talked over the bot: the reply being prepared is cancelled."""
-        interrupt = getattr(replies, "interrupt", None)
-        if interrupt is not None:
-            interrupt(self, call)
+        replies.interrupt(self, call)
 
     def _apply(self, call: LiveCall, event: CallEvent) -> CallRecord:
         record = model.apply(call.record, event, self._now_ms())
