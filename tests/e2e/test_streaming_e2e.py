@@ -22,6 +22,7 @@ import trio
 
 from voicecall_trio.rpc.protocol import RpcError
 from voicecall_trio.testing import RunningDaemon, running_daemon
+from voicecall_trio.testing.chat import FakeChatCompletions, Reply
 from voicecall_trio.testing.fake_twilio import (
     Callee,
     FakeCall,
@@ -323,3 +324,39 @@ async def test_streaming_without_an_openai_key_keeps_conversations_on_gather() -
         assert answer["transcript"] == "Sounds good."
         twilio = the_call(fake)
         assert "<Gather" in twilio.documents[0] and not twilio.media
+
+
+# -- built-in replies on a stream (issue #11) ---------------------------------------------------
+
+
+async def test_a_builtin_reply_speaks_its_first_sentence_before_the_completion_ends() -> None:
+    long_text = ("Sure, eight works. " + "I will book the table for two people at eight "
+                 "tonight and send you a confirmation by message shortly.")
+    async with FakeChatCompletions([Reply(long_text, token_s=0.15)]) as chat, \
+            streaming_rig([(HELLO, 200, 2800)], responseBaseUrl=chat.url,
+                          responseApiKey="sk-test-chat") as rig:
+        call_id, _ = await placed(rig)
+        call = await until_daemon(rig, call_id, lambda c: any(
+            x["text"] == "Sure, eight works." for x in lines(c, "bot")))
+        assert chat.completed == 0  # its audio is out while the completion still streams
+        (request,) = chat.requests
+        assert request.body["model"] == "gpt-4o-mini" and request.body["stream"] is True
+        assert request.messages[-1] == {"role": "user", "content": HELLO}
+        assert lines(call, "user")[0]["text"] == HELLO
+
+
+async def test_a_barge_in_cancels_the_completion_in_flight() -> None:
+    long_reply = (VECTORS / "tts_reply_24k_s16le.pcm").read_bytes() * 3  # about 6 s a sentence
+    long_text = "Sure. " + " ".join(["and then some more words"] * 12) + "."
+    script = [(HELLO, 200, 2800), ("Wait, one thing.", 6500, 800)]
+    async with FakeChatCompletions([Reply(long_text, token_s=0.2)]) as chat, \
+            streaming_rig(script, tts_pcm=long_reply, responseBaseUrl=chat.url,
+                          responseApiKey="sk-test-chat") as rig:
+        call_id, twilio = await placed(rig)
+        await until(rig.fake, lambda: chat.abandoned >= 1)
+        assert chat.completed == 0
+        (stream,) = streams(twilio)
+        assert stream.clears  # the bot fell silent
+        call = await until_daemon(rig, call_id, lambda c: any(
+            x.get("interrupted") for x in lines(c, "bot")))
+        assert "Sure." in [x["text"] for x in lines(call, "bot")]
