@@ -76,6 +76,10 @@ class StreamingConfig(_Section):
     vad_threshold: float = 0.5
     stream_path: str = "/voice/stream"
     realtime_url: str = "wss://api.openai.com/v1/realtime"  # ours
+    pre_start_timeout_ms: int = 5000  # a stream must send a valid `start` within this
+    max_pending_connections: int = 32  # streams not yet past a valid `start`, in total
+    max_pending_connections_per_ip: int = 4  # ... and from one address
+    max_connections: int = 128  # media streams open at once
 
 
 class SttConfig(_Section):
@@ -172,6 +176,14 @@ class VoiceCallConfig(_Section):
     @property
     def webhook_url(self) -> str | None:
         return self.public_url
+
+    def openai_key(self) -> str | None:
+        """``streaming.openaiApiKey`` (``OPENAI_API_KEY`` already falls back into it)."""
+        return self.streaming.openai_api_key or None
+
+    def streaming_active(self) -> bool:
+        """Streaming on and an OpenAI key to transcribe with (else the ``<Gather>`` path)."""
+        return self.streaming.enabled and self.openai_key() is not None
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -275,6 +287,14 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
         raise ConfigError(f"{key('serve.port')}: must be a TCP port (0-65535)")
     if config.serve.max_connections < 1:
         raise ConfigError(f"{key('serve.maxConnections')}: must be at least 1")
+    for name, limit in (("streaming.preStartTimeoutMs", config.streaming.pre_start_timeout_ms),
+                        ("streaming.maxPendingConnections",
+                         config.streaming.max_pending_connections),
+                        ("streaming.maxPendingConnectionsPerIp",
+                         config.streaming.max_pending_connections_per_ip),
+                        ("streaming.maxConnections", config.streaming.max_connections)):
+        if limit < 1:
+            raise ConfigError(f"{key(name)}: must be at least 1")
 
 
 def build_config(

@@ -1,0 +1,10 @@
+"""Media: carrier audio streams, and what the daemon does with them.
+
+- ``stream``: the carrier-neutral seams (``MediaStream``, ``StreamHandler``, ``StreamSessions``,
+  ``StreamAuthenticator``, ``StreamFraming``) and the events a framing decodes to.
+- ``twilio_stream``: Twilio Media Streams framing (sans-IO): text in, events out; outbound
+  ``media`` / ``mark`` / ``clear`` built as text.
+- ``route``: the media WebSocket route the HTTP front hands ``GET <streaming.streamPath>``
+  upgrades to: admission, upgrade verification, the ``start`` token, then frames to the call.
+- ``route_limits``: the route's admission arithmetic (pending per IP, totals), pure.
+"""
