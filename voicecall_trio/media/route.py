@@ -35,6 +35,7 @@ The route owns no call logic: what a stream's audio means is the handler's busin
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -102,6 +103,7 @@ class RouteStream:
         self.carrier_call_id = ""
         self.remote = remote
         self.handler: StreamHandler | None = None
+        self.accepted = False  # the 101 has been sent
         self.closed = False  # no more sends: closing, closed, or found dead
         self.close_code: int | None = None  # what we closed with (tests and logs)
         self.reader = trio.CancelScope()  # the route's reading task for this stream
@@ -147,7 +149,8 @@ class RouteStream:
         if self.closed:
             return
         async with self._lock:
-            if self.closed:
+            if self.closed or not self.accepted:  # (closed before its 101 went out)
+                self._dead()
                 return
             try:
                 data = self._ws.send(event)
@@ -164,6 +167,20 @@ class RouteStream:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             self._dead()
+
+    async def send_raw(self, data: bytes) -> bool:
+        """Send bytes already framed (the 101), in order with the other sends."""
+        async with self._lock:
+            if not self.closed:
+                with trio.move_on_after(SEND_TIMEOUT_S):
+                    try:
+                        await self._socket.send_all(data)
+                        self.accepted = True
+                        return True
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+            self._dead()
+            return False
 
     def _dead(self) -> None:
         self.closed = True
@@ -323,12 +340,14 @@ class MediaRoute:
             self.refused += 1
             self._full(trio.current_time(), refusal)
             await _answer(stream, TOO_MANY)
-            return
-        attached = False
-        try:
-            attached = await self._serve_admitted(stream, replay, remote_addr)
-        finally:
-            self.admission.release(remote_addr, pending=not attached)
+        else:
+            attached = False
+            try:
+                attached = await self._serve_admitted(stream, replay, remote_addr)
+            finally:
+                self.admission.release(remote_addr, pending=not attached)
+        with trio.CancelScope(shield=True):  # (the slot is free while this lasts)
+            await _drain(stream)
 
     async def _serve_admitted(self, socket: trio.SocketStream, replay: bytes,
                               remote: str) -> bool:
@@ -352,38 +371,39 @@ class MediaRoute:
         accept = ws.send(AcceptConnection())
         connection = ws.connection
         assert connection is not None
-        with trio.move_on_after(SEND_TIMEOUT_S):
-            try:
-                await socket.send_all(accept)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
         stream = RouteStream(self, socket, connection, remote)
-        self.streams[stream] = None
+        self.streams[stream] = None  # from now on close_all sees it
         try:
+            if not await stream.send_raw(accept):
+                return False
             await self._read(stream, socket, rest)
         finally:
             del self.streams[stream]
             stream.closed = True  # no send may start now
             stream.stopped()
-            with trio.CancelScope(shield=True):
-                await _drain(socket)
         return stream.handler is not None
 
     async def _read(self, stream: RouteStream, socket: trio.SocketStream, rest: bytes) -> None:
         ending: tuple[int, str] | None = None
+        armed = -math.inf  # when the idle deadline was last pushed forward (once attached)
+        rearm_s = min(IDLE_GRANULARITY_S, self.idle_timeout_s / 4)
         with stream.reader:
             with trio.CancelScope(deadline=trio.current_time() + self.pre_start_s) as timer:
-                if rest:
-                    ending = await self._feed(stream, rest)
+                data = rest
                 while ending is None:
-                    data = await socket.receive_some(RECEIVE_BYTES)
                     if not data:
-                        return
+                        data = await socket.receive_some(RECEIVE_BYTES)
+                        if not data:
+                            return
                     ending = await self._feed(stream, data)
+                    data = b""
                     if stream.handler is not None:
+                        # one deadline for the stream, moved at most every ``rearm_s``:
+                        # a fresh timeout around each read costs more than the read
                         now = trio.current_time()
-                        if timer.deadline - now < self.idle_timeout_s - IDLE_GRANULARITY_S:
+                        if now - armed >= rearm_s:
                             timer.deadline = now + self.idle_timeout_s
+                            armed = now
             if timer.cancelled_caught:
                 ending = (1008, "no start") if stream.handler is None else (1000, "idle")
         if ending is not None and ending[0] and not stream.closed:
@@ -433,13 +453,12 @@ def _webhook_request(request: Request, remote: str) -> WebhookRequest:
 
 
 async def _answer(socket: trio.SocketStream, response: bytes) -> None:
-    """An HTTP refusal before any handshake: send it (bounded), then drain and let go."""
+    """An HTTP refusal before any handshake, sent (bounded); the caller drains and closes."""
     with trio.move_on_after(SEND_TIMEOUT_S):
         try:
             await socket.send_all(response)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-    await _drain(socket)
+            pass
 
 
 async def _drain(socket: trio.SocketStream) -> None:
