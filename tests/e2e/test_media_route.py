@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -131,7 +132,7 @@ async def serving(sessions: StubSessions | None, *, auth: Any = None, idle_s: fl
     gate = WebhookGate(config, FakeProvider(echo), directory=FakeDirectory())
     hc = HypercornConfig()
     hc.accesslog = None
-    hc.graceful_timeout = 1.0
+    hc.graceful_timeout = 0.1  # (connections a test left open need not delay its end)
     route = None
     if sessions is not None:
         route = MediaRoute(config, auth or StubAuth(), sessions, idle_timeout_s=idle_s)
@@ -529,3 +530,78 @@ def test_the_daemon_builds_the_route_only_with_streaming_a_carrier_and_sessions(
     assert make_media_route(off, auth, Sup()) is None  # type: ignore[arg-type]
     assert make_media_route(on, FakeProvider(echo), Sup()) is None  # type: ignore[arg-type]
     assert make_media_route(on, auth, object()) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"\x81\x85\x00\x00\x00\x00\xff\xfe\xfd\xfc\xfb", 1007),  # text that is not UTF-8
+    (b"\x83\x80\x00\x00\x00\x00", 1002),  # a reserved opcode
+    (b"\x81\x05hello", 1002),  # a client frame without a mask
+    (b"\x89\xfe\x01\x00" + b"\x00" * 260, 1002),  # a ping over 125 bytes
+])
+async def test_frames_wsproto_cannot_parse_close_the_stream_with_their_code(
+        raw: bytes, code: int) -> None:
+    sessions = StubSessions("c1")
+    async with serving(sessions) as (_, route, port):
+        assert route is not None
+        ws = await Ws.open(port)
+        await ws.start()
+        await sessions.wait_attached(1)
+        await ws.stream.send_all(raw)
+        assert (await ws.closed_with())[0] == code
+        with trio.fail_after(WAIT_S):
+            await sessions.handlers["c1"].got_stop.wait()
+        assert sessions.handlers["c1"].stops == 1
+
+
+async def test_random_bytes_after_the_upgrade_never_crash_the_route() -> None:
+    sessions = StubSessions("c1")
+    chooser = random.Random(10)
+    async with serving(sessions) as (_, route, port):
+        assert route is not None
+        for _ in range(20):
+            ws = await Ws.open(port)
+            await ws.stream.send_all(bytes(chooser.randrange(256) for _ in range(300)))
+            await ws.closed_with()  # a close frame or the connection's end, never a hang
+        assert (await Ws.open(port)).status == 101  # still serving
+
+
+async def test_a_handler_that_raises_closes_its_stream_1011_and_the_route_goes_on() -> None:
+    sessions = StubSessions("c1", "c2")
+    async with serving(sessions) as (_, route, port):
+        assert route is not None
+        ws = await Ws.open(port)
+        await ws.start("tok-c1")
+        await sessions.wait_attached(1)
+        handler = sessions.handlers["c1"]
+
+        def broken(stream: MediaStream, audio: bytes) -> None:
+            raise RuntimeError("bug in the voice session")
+
+        handler.media = broken  # type: ignore[method-assign]
+        await ws.send(vector_messages()[2])
+        assert await ws.closed_with() == (1011, "internal error")
+        with trio.fail_after(WAIT_S):
+            await handler.got_stop.wait()
+        other = await Ws.open(port)
+        await other.start("tok-c2")
+        await sessions.wait_attached(2)
+        await other.send(vector_messages()[2])
+        with trio.fail_after(WAIT_S):
+            await sessions.handlers["c2"].got_media.wait()
+
+
+async def test_skip_signature_verification_skips_the_upgrade_check() -> None:
+    config = build_config({
+        "provider": "twilio", "fromNumber": "+15550001111",
+        "twilio": {"accountSid": "AC1", "authToken": "secret-token"},
+        "skipSignatureVerification": True}, {})
+    async with httpx.AsyncClient() as http:
+        provider = TwilioProvider(config, http)
+        request = WebhookRequest("GET", "/voice/stream", "", {"host": "h"}, b"")
+        assert provider.verify_upgrade(request) is None
+        strict = TwilioProvider(build_config({
+            "provider": "twilio", "fromNumber": "+15550001111",
+            "twilio": {"accountSid": "AC1", "authToken": "secret-token"}}, {}), http)
+        reason = strict.verify_upgrade(request)
+        assert reason is not None and "missing signature" in reason
+        assert "secret-token" not in reason

@@ -346,8 +346,7 @@ class MediaRoute:
                 attached = await self._serve_admitted(stream, replay, remote_addr)
             finally:
                 self.admission.release(remote_addr, pending=not attached)
-        with trio.CancelScope(shield=True):  # (the slot is free while this lasts)
-            await _drain(stream)
+        await _drain(stream)  # (the slot is free while this lasts; a stop cuts it short)
 
     async def _serve_admitted(self, socket: trio.SocketStream, replay: bytes,
                               remote: str) -> bool:
