@@ -353,6 +353,14 @@ async def test_a_builtin_reply_speaks_its_first_sentence_before_the_completion_e
         assert request.body["model"] == "gpt-4o-mini" and request.body["stream"] is True
         assert request.messages[-1] == {"role": "user", "content": HELLO}
         assert lines(call, "user")[0]["text"] == HELLO
+        # the turn's waterfall, on the stream: from the STT's speech_stopped to the audio out
+        call = await until_daemon(rig, call_id, lambda c: any(
+            "firstAudioOut" in t for t in c["metadata"].get("turns", [])))
+        turn = next(t for t in call["metadata"]["turns"] if "firstAudioOut" in t)
+        assert turn["callerStopped"] == 0
+        for stage in ("finalTranscript", "replyRequested", "firstToken", "firstSentence",
+                      "ttsFirstByte"):
+            assert 0 <= turn[stage] <= turn["firstAudioOut"], stage
 
 
 async def test_a_barge_in_cancels_the_completion_in_flight() -> None:
