@@ -55,6 +55,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from ..front_limits import Throttled
 from ..http1 import render_response
 from ..providers import WebhookRequest
+from . import ws_frames
 from .route_limits import Admission
 from .stream import (
     Digits,
@@ -112,6 +113,8 @@ class RouteStream:
         self._socket = socket
         self._ws = ws
         self._lock = trio.Lock()
+        self._held = bytearray()  # received bytes of a frame not yet whole
+        self._in_message = False  # wsproto is inside a fragmented message
         self._parts: list[str] = []
         self._size = 0
         self._binary = False
@@ -190,34 +193,69 @@ class RouteStream:
 
     def received(self, data: bytes) -> tuple[list[Event], tuple[int, str] | None]:
         """Feed bytes; returns control replies to send and, when the stream must end, the
-        close (code, reason) to send (code 0: the peer closed or stopped, reply sent)."""
+        close (code, reason) to send (code 0: the peer closed or stopped, reply sent).
+
+        The bytes are split into whole frames (``ws_frames``): the common one, a whole
+        masked text frame, is read here; any other goes, whole, to wsproto."""
         replies: list[Event] = []
+        if self._held:
+            self._held += data
+            buf: bytes | bytearray = self._held
+        else:
+            buf = data
+        pos = 0
+        ending: tuple[int, str] | None = None
+        while ending is None:
+            frame = ws_frames.extent(buf, pos)
+            if frame is None:
+                break
+            header, size = frame  # (relative to ``pos``)
+            if size - header > MAX_MESSAGE_CHARS:
+                return replies, (1009, "message too big")
+            if pos + size > len(buf):
+                break
+            if not self._in_message and ws_frames.is_simple(buf, pos):
+                try:
+                    text = ws_frames.unmasked(buf, pos, header, size).decode("utf-8")
+                except UnicodeDecodeError:
+                    return replies, (1007, "text is not UTF-8")
+                ending = self._message(text)
+            else:
+                ending = self._wsproto(bytes(buf[pos:pos + size]), replies)
+            pos += size
+        if pos == len(buf):
+            self._held = bytearray()
+        elif buf is self._held:
+            del self._held[:pos]
+        else:
+            self._held = bytearray(buf[pos:])
+        return replies, ending
+
+    def _wsproto(self, frame: bytes, replies: list[Event]) -> tuple[int, str] | None:
+        """One whole frame through wsproto: control frames, fragments, binary, odd bits."""
         ws = self._ws
-        ws.receive_data(data)
+        ws.receive_data(frame)
         for event in ws.events():
-            if type(event) is TextMessage:
-                if event.message_finished and not self._parts:
-                    if len(event.data) > MAX_MESSAGE_CHARS:
-                        return replies, (1009, "message too big")
-                    ending = self._message(event.data)
-                else:
-                    ending = self._piece(event.data, event.message_finished)
+            if isinstance(event, TextMessage):
+                self._in_message = not event.message_finished
+                ending = self._piece(event.data, event.message_finished)
                 if ending is not None:
-                    return replies, ending
+                    return ending
             elif isinstance(event, BytesMessage):
+                self._in_message = not event.message_finished
                 self._binary = True
                 ending = self._piece("", event.message_finished, len(event.data))
                 if ending is not None:
-                    return replies, ending
+                    return ending
             elif isinstance(event, Ping):
                 replies.append(event.response())
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     replies.append(event.response())
                 elif ws.state is ConnectionState.OPEN:  # wsproto could not parse a frame
-                    return replies, (event.code, "protocol error")
-                return replies, (0, "peer closed")
-        return replies, None
+                    return event.code, "protocol error"
+                return 0, "peer closed"
+        return None
 
     def _piece(self, text: str, finished: bool, size: int | None = None
                ) -> tuple[int, str] | None:
@@ -304,10 +342,10 @@ class MediaRoute:
         self.forbidden = 0  # upgrades answered 403 (the carrier's check failed)
         self.closing = False
         self.streams: dict[RouteStream, None] = {}  # accepted, oldest first
-        self._full = Throttled("media stream refused (503)")
-        self._refused_403 = Throttled("media stream upgrade refused (403)")
-        self._skipped = Throttled("media stream message skipped")
-        self._failed = Throttled("media stream handler failed")
+        self._full = Throttled("media stream refused (503)", logger=log)
+        self._refused_403 = Throttled("media stream upgrade refused (403)", logger=log)
+        self._skipped = Throttled("media stream message skipped", logger=log)
+        self._failed = Throttled("media stream handler failed", logger=log)
 
     @property
     def pending(self) -> int:
@@ -394,7 +432,16 @@ class MediaRoute:
                         data = await socket.receive_some(RECEIVE_BYTES)
                         if not data:
                             return
-                    ending = await self._feed(stream, data)
+                    try:
+                        replies, ending = stream.received(data)
+                    except (RemoteProtocolError, LocalProtocolError):
+                        replies, ending = [], (1002, "protocol error")
+                    except Exception:
+                        self._failed(trio.current_time(), "see the traceback at debug level")
+                        log.debug("media stream handler failed", exc_info=True)
+                        replies, ending = [], (1011, "internal error")
+                    for reply in replies:  # pongs, the reply to a close
+                        await stream._send(reply)
                     data = b""
                     if stream.handler is not None:
                         # one deadline for the stream, moved at most every ``rearm_s``:
@@ -407,19 +454,6 @@ class MediaRoute:
                 ending = (1008, "no start") if stream.handler is None else (1000, "idle")
         if ending is not None and ending[0] and not stream.closed:
             await stream.close(*ending)
-
-    async def _feed(self, stream: RouteStream, data: bytes) -> tuple[int, str] | None:
-        try:
-            replies, ending = stream.received(data)
-        except (RemoteProtocolError, LocalProtocolError):
-            return 1002, "protocol error"
-        except Exception:
-            self._failed(trio.current_time(), "see the traceback at debug level")
-            log.debug("media stream handler failed", exc_info=True)
-            return 1011, "internal error"
-        for reply in replies:
-            await stream._send(reply)
-        return ending
 
     def _start(self, stream: RouteStream, started: Started) -> tuple[int, str] | None:
         """A ``start`` on a pending stream: its token must name a call the sessions attach."""
