@@ -7,4 +7,5 @@
 - ``route``: the media WebSocket route the HTTP front hands ``GET <streaming.streamPath>``
   upgrades to: admission, upgrade verification, the ``start`` token, then frames to the call.
 - ``route_limits``: the route's admission arithmetic (pending per IP, totals), pure.
+- ``ws_frames``: client WebSocket frames split whole, the common one unmasked without wsproto.
 """
