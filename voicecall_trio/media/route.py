@@ -115,6 +115,7 @@ class RouteStream:
         self.closed = False  # no more sends: closing, closed, or found dead
         self.close_code: int | None = None  # what we closed with (tests and logs)
         self.reader = trio.CancelScope()  # the route's reading task for this stream
+        self.done = trio.Event()  # the route has finished with it (``stopped`` was called)
         self._route = route
         self._framing = route.authenticator.framing
         self._socket = socket
@@ -368,13 +369,17 @@ class MediaRoute:
                 and headers.get("upgrade", "").strip().lower() == "websocket")
 
     async def close_all(self, code: int = 1001) -> None:
-        """Refuse new streams (503) and close every open one with ``code`` (bounded)."""
+        """Refuse new streams (503), close every open one with ``code`` and wait until each
+        has told its handler ``stopped`` (all bounded by ``CLOSE_ALL_TIMEOUT_S``)."""
         self.closing = True
+        streams = list(self.streams)
         with trio.move_on_after(CLOSE_ALL_TIMEOUT_S):
             async with trio.open_nursery() as nursery:
-                for stream in list(self.streams):
+                for stream in streams:
                     nursery.start_soon(stream.close, code, "going away")
-        for stream in list(self.streams):
+            for stream in streams:
+                await stream.done.wait()
+        for stream in streams:
             stream._dead()
 
     async def serve(self, stream: trio.SocketStream, replay: bytes, remote_addr: str) -> None:
@@ -425,6 +430,7 @@ class MediaRoute:
             del self.streams[stream]
             stream.closed = True  # no send may start now
             stream.stopped()
+            stream.done.set()
         return stream.handler is not None
 
     async def _read(self, stream: RouteStream, socket: trio.SocketStream, rest: bytes) -> None:
