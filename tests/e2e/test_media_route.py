@@ -640,3 +640,15 @@ async def test_the_daemon_closes_streams_1001_before_it_ends_the_calls(
         d.stop()
         assert await ws.closed_with() == (1001, "going away")
     assert order == ["stream stopped", "calls ended"]
+
+
+async def test_an_upgrade_with_a_body_is_not_the_routes() -> None:
+    sessions = StubSessions("c1")
+    async with serving(sessions) as (_, route, port):
+        assert route is not None
+        head = (b"GET /voice/stream HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nTransfer-Encoding: chunked\r\n"
+                b"X-Twilio-Signature: good\r\n\r\n0\r\n\r\n")
+        assert await http_status(port, head) in (400, 404)
+        assert route.open == 0 and route.forbidden == 0 and sessions.asked == []

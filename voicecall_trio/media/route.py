@@ -366,7 +366,10 @@ class MediaRoute:
     def wants(self, method: str, path: str, headers: dict[str, str]) -> bool:
         """Is this request head (as ``http1`` declined it) a WebSocket upgrade for us?"""
         return (method == "GET" and path == self.path
-                and headers.get("upgrade", "").strip().lower() == "websocket")
+                and headers.get("upgrade", "").strip().lower() == "websocket"
+                # an upgrade has no body: anything framed otherwise is Hypercorn's to refuse
+                and "transfer-encoding" not in headers
+                and headers.get("content-length", "0") == "0")
 
     async def close_all(self, code: int = 1001) -> None:
         """Refuse new streams (503), close every open one with ``code`` and wait until each
