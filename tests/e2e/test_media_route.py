@@ -39,7 +39,8 @@ from voicecall_trio.config import build_config
 from voicecall_trio.daemon import make_media_route
 from voicecall_trio.front import HttpFront
 from voicecall_trio.media import twilio_stream
-from voicecall_trio.media.route import MediaRoute, RouteStream
+from voicecall_trio.media.route import MediaRoute
+from voicecall_trio.media.route_stream import RouteStream
 from voicecall_trio.media.stream import MediaStream, StreamHandler
 from voicecall_trio.providers import WebhookRequest, WebhookResponse
 from voicecall_trio.providers.twilio.shell import TwilioProvider

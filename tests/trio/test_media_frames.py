@@ -14,7 +14,8 @@ from wsproto.frame_protocol import FrameProtocol
 
 from voicecall_trio.config import build_config
 from voicecall_trio.media import twilio_stream, ws_frames
-from voicecall_trio.media.route import MediaRoute, RouteStream
+from voicecall_trio.media.route import MediaRoute
+from voicecall_trio.media.route_stream import RouteStream
 from voicecall_trio.media.stream import MediaStream
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
