@@ -69,7 +69,9 @@ def _values(turns: Iterable[Mapping[str, Any]], stage: str) -> list[float]:
     out: list[float] = []
     for turn in turns:
         value = turn.get(stage)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        # json reads Infinity, NaN and 1e400 too: such a figure would make --json invalid
+        if (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0):
             out.append(float(value))
     return out
 
