@@ -197,3 +197,39 @@ async def test_a_reply_over_the_cap_is_cut_and_its_stream_closed() -> None:
         assert len(reply.text) == MAX_REPLY_CHARS
         with trio.fail_after(5):
             await fake.wait_for(lambda f: f.abandoned + f.completed == 1)
+
+
+class _HeldOpen(httpx.AsyncByteStream):
+    """A whole reply, then the stream is held open: no ``[DONE]``, no end."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            yield event
+        await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_finished_reply_whose_stream_is_held_open_is_still_the_reply(
+        autojump_clock: object) -> None:
+    import json
+
+    def event(delta: dict[str, object], finish: str | None = None) -> bytes:
+        chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    body = _HeldOpen([event({"content": "All booked."}), event({}, "stop")])
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=body))
+    async with httpx.AsyncClient(transport=transport) as http:
+        client = ChatClient(http, base_url="http://chat.test/v1", api_key=None, model="m")
+        started = trio.current_time()
+        reply = await client.complete(MESSAGES, deadline=budget(30.0))
+    assert reply.text == "All booked." and reply.finish_reason == "stop"
+    assert trio.current_time() - started <= 1.5  # the grace, not the 30 s budget
+    assert body.closed
