@@ -100,12 +100,17 @@ def journal_files(path: str) -> list[str]:
                    if (m := pattern.match(entry))]
     except FileNotFoundError:
         return []
+    except OSError:  # not a directory, not readable: opening the journal will say so
+        rotated = []
     return [os.path.join(directory, entry) for _, entry in sorted(rotated, reverse=True)] \
         + [path]
 
 
 def read_records(path: str) -> dict[str, dict[str, Any]]:
-    """The latest record of each call across the kept files (the newest file wins)."""
+    """The latest record of each call across the kept files (the newest file wins);
+    ``Failed`` naming the file when one cannot be read."""
+    from ..errors import Failed
+
     latest: dict[str, dict[str, Any]] = {}
     for file in journal_files(path):
         try:
@@ -113,6 +118,8 @@ def read_records(path: str) -> dict[str, dict[str, Any]]:
                 latest.update(latest_records(handle))
         except FileNotFoundError:
             continue
+        except OSError as exc:  # a directory in its place, no permission, an I/O error
+            raise Failed(f"cannot read the journal {file}: {exc.strerror or exc}") from None
     return latest
 
 
