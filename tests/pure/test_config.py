@@ -115,8 +115,10 @@ def test_the_reply_key_is_ours_then_the_env_then_streaming(
 def test_reply_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"^responseTimeoutMs:"):
         build_config({"responseTimeoutMs": 0}, {})
-    with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
-        build_config({"responseBaseUrl": "ftp://x"}, {})
+    for bad in ("ftp://x", "http://[bad/v1", "http://x:99999/v1", "http:///v1", "https://"):
+        # each passed a prefix check, and urlsplit raised at start-up: a traceback, no daemon
+        with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
+            build_config({"responseBaseUrl": bad}, {})
     with pytest.raises(ConfigError, match=r"^responseModel:"):
         build_config({"responseModel": " "}, {})
 
