@@ -12,6 +12,7 @@ and never the key.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from .chat import (
     shown_url,
 )
 from .sse import SseParser
+
+log = logging.getLogger("voicecall.calls")
 
 MAX_REPLY_CHARS = 4_000  # reply text beyond this is not read (the stream is closed)
 MAX_BODY_BYTES = 1_048_576  # a non-streamed reply or an error body, at most
@@ -88,9 +91,18 @@ class ChatClient:
         try:
             return await self._attempt(body, deadline, on_event)
         except ChatError as exc:
-            delay = RETRY_DELAY_S if exc.retry_after is None else exc.retry_after
-            if not exc.retryable or trio.current_time() + delay >= deadline:
-                raise
+            if exc.tools_refused and self.end_call:
+                # a local model without tool support (Ollama answers 400): ask without the
+                # tool, now and from now on, rather than failing every turn
+                self.end_call = False
+                log.warning("the reply server refused the end_call tool (%s): asking "
+                            "without it from now on; the model cannot end calls", exc.message)
+                body = build_request(self.model, messages, end_call=False)
+                delay = 0.0
+            else:
+                delay = RETRY_DELAY_S if exc.retry_after is None else exc.retry_after
+                if not exc.retryable or trio.current_time() + delay >= deadline:
+                    raise
         await trio.sleep(delay)
         reply = await self._attempt(body, deadline, on_event)
         reply.attempts = 2
