@@ -91,7 +91,10 @@ class Reloader:
             systemd.reloading(self.environ)
         try:
             try:
-                new = await trio.to_thread.run_sync(load_config, self.path, self.environ)
+                # abandoned on cancel: a read that never ends (the path is now a FIFO, a
+                # hung network mount) must not hold up the daemon's shutdown
+                new = await trio.to_thread.run_sync(load_config, self.path, self.environ,
+                                                    abandon_on_cancel=True)
                 plan = plan_reload(self.handle.config, new)
             except ConfigError as exc:
                 log.warning("reload: keeping the old config: %s: %s", self.path, exc.message)
