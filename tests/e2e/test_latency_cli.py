@@ -92,7 +92,8 @@ def test_a_hostile_journal_never_breaks_the_command_or_its_json(
     config = write_store(tmp_path, [
         "[" * 200_000,
         '{"callId": "x", "metadata": {"turns": [{"callerStopped": 0, "firstToken": Infinity,'
-        ' "firstSentence": NaN, "firstAudioOut": 1e400, "heard": 5}]}}',
+        ' "firstSentence": NaN, "firstAudioOut": 1e400, "heard": 5,'
+        ' "replyRequested": 1' + "0" * 400 + '}]}}',
         record("a", [turn(10.0)]),
     ])
     assert latency(json=True, config=str(config)) == 0

@@ -69,10 +69,15 @@ def _values(turns: Iterable[Mapping[str, Any]], stage: str) -> list[float]:
     out: list[float] = []
     for turn in turns:
         value = turn.get(stage)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        try:
+            figure = float(value)  # an integer of 400 digits does not fit
+        except OverflowError:
+            continue
         # json reads Infinity, NaN and 1e400 too: such a figure would make --json invalid
-        if (isinstance(value, int | float) and not isinstance(value, bool)
-                and math.isfinite(value) and value >= 0):
-            out.append(float(value))
+        if math.isfinite(figure) and figure >= 0:
+            out.append(figure)
     return out
 
 
