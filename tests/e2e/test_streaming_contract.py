@@ -651,3 +651,135 @@ async def test_a_mark_never_echoed_counts_as_spoken_after_length_plus_2_s() -> N
             await r.until(lambda: any(e["callId"] == call_id for e in r.events("call.spoken")))
             waited = trio.current_time() - first
         assert 2.3 <= waited <= 3.5, waited
+
+
+# -- 4. STT reconnects: the gap's last 2 s first, at most 5 tries, then the call goes on ----
+
+
+async def test_an_stt_drop_reconnects_and_sends_the_gaps_last_2_s_first() -> None:
+    async with rig() as r:
+        _, token, sid = await inbound_call(r)
+        async with r.stream() as stream:
+            await stream.start(token, sid)
+            await stream.media(HELLO_ULAW[:1600], paced=False)
+            await r.until(lambda: len(r.stt.sessions) == 1
+                          and len(r.stt.sessions[0].audio) == 1600)
+            r.stt.refuse_next(1, 503)
+            r.stt.drop()
+            await r.until(lambda: len(r.stt.connections) == 2)  # refused: in the gap now
+            gap = (HELLO_ULAW * 2)[:3 * 8000]  # 3 s while the STT is away
+            await stream.media(gap, paced=False)
+            await r.until(lambda: len(r.stt.sessions) == 2
+                          and len(r.stt.sessions[1].audio) >= 2 * 8000)
+            assert bytes(r.stt.sessions[1].audio) == gap[-2 * 8000:]
+            assert r.stt.sessions[1].updates[0]["type"] == "session.update"
+
+
+async def test_an_stt_that_stays_away_is_given_up_after_5_tries_and_the_call_goes_on() -> None:
+    async with rig(transcriptTimeoutMs=800) as r:
+        call_id, token, sid = await inbound_call(r)
+        async with r.stream() as stream:
+            await stream.start(token, sid)
+            await r.until(stt_open(r))
+            r.stt.refuse_next(100, 503)
+            r.stt.drop()
+            call = await until_call(r, call_id, lambda c: bool(
+                c["metadata"].get("transcriptionLost")))
+            tries = len(r.stt.connections) - 1
+            assert 1 <= tries <= 5
+            errors = [e for e in r.events("call.error") if e["callId"] == call_id]
+            assert any(e["retryable"] is True and "transcription" in e["error"] for e in errors)
+            assert call["state"] not in ("error", "failed", "completed")
+            with pytest.raises(RpcError) as timeout:
+                await r.rpc("voicecall.continue", {"callId": call_id, "message": "Hello?"})
+            assert timeout.value.code == -32005
+            assert len(r.stt.connections) - 1 == tries  # no more tries after giving up
+        journal = [json.loads(line) for line in
+                   (r.daemon.store / "calls.jsonl").read_text().splitlines()]
+        assert any(rec["metadata"].get("transcriptionLost") for rec in journal
+                   if rec["callId"] == call_id)
+
+
+# -- 1, 2: no OpenAI key ---------------------------------------------------------------------
+
+
+async def test_no_openai_key_one_warning_naming_both_keys_and_gather(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    config = {"provider": "twilio", "fromNumber": FROM, "publicUrl": PUBLIC,
+              "twilio": {"accountSid": ACCOUNT, "authToken": AUTH_TOKEN,
+                         "apiBaseUrl": "http://127.0.0.1:9"},
+              "inboundPolicy": "open", "shutdownGraceSeconds": 1,
+              "responseBaseUrl": "http://127.0.0.1:9/v1",
+              "streaming": {"enabled": True}}
+    async with running_daemon(config) as daemon, httpx.AsyncClient(timeout=10) as http:
+        params = {"AccountSid": ACCOUNT, "ApiVersion": "2010-04-01", "CallSid": "CA" + "4" * 32,
+                  "CallStatus": "ringing", "Direction": "inbound", "From": CALLER, "To": FROM}
+        response = await http.post(daemon.webhook_url, data=params, headers={
+            "X-Twilio-Signature": twilio_signature(PUBLIC, params)})
+        root = ET.fromstring(response.text)
+        assert root.find(".//Gather") is not None and root.find(".//Connect") is None
+    naming = [rec for rec in caplog.records if rec.levelno == logging.WARNING
+              and "streaming.openaiApiKey" in rec.getMessage()
+              and "OPENAI_API_KEY" in rec.getMessage()]
+    assert len(naming) == 1, [r.getMessage() for r in naming]
+    from voicecall_trio.cli.doctor import local
+
+    check = local.check_keys(build_config(config, {}), {})
+    assert "streaming.openaiApiKey" in check.detail and "OPENAI_API_KEY" in check.detail
+
+
+# -- 2, 5: outbound calls (the shipped FakeTwilio dials them) --------------------------------
+
+
+@asynccontextmanager
+async def outbound_rig() -> AsyncIterator[tuple[RunningDaemon, Any]]:
+    from voicecall_trio.testing.fake_twilio import Callee, FakeTwilio
+
+    async with AsyncExitStack() as stack:
+        fake = await stack.enter_async_context(FakeTwilio(
+            account_sid=ACCOUNT, auth_token=AUTH_TOKEN, phone_number=FROM, voice_url=PUBLIC,
+            default_callee=Callee(stream_audio=HELLO_ULAW)))
+        stt = await stack.enter_async_context(FakeRealtimeSTT())
+        tts = await stack.enter_async_context(FakeTTS())
+        daemon = await stack.enter_async_context(running_daemon({
+            "provider": "twilio", "fromNumber": FROM, "publicUrl": PUBLIC,
+            "twilio": {"accountSid": ACCOUNT, "authToken": AUTH_TOKEN, "apiBaseUrl": fake.url},
+            "maxConcurrentCalls": 4, "shutdownGraceSeconds": 2,
+            "outbound": {"notifyHangupDelaySec": 0.1},
+            "responseBaseUrl": "http://127.0.0.1:9/v1",
+            "streaming": {"enabled": True, "openaiApiKey": FAKE_API_KEY,
+                          "realtimeUrl": stt.url},
+            "tts": tts.config()}))
+        fake.tunnel(PUBLIC, daemon.base_url)
+        yield daemon, fake
+
+
+async def test_notify_calls_keep_say_and_hangup_while_streaming_runs() -> None:
+    async with outbound_rig() as (daemon, fake):
+        await daemon.rpc("voicecall.initiate", {"to": "+15555550123", "message": "Your order "
+                                                "is ready.", "mode": "notify"})
+        with trio.fail_after(WAIT_S):
+            await fake.wait_for(lambda: any(c.documents for c in fake.calls.values()))
+        (call,) = fake.calls.values()
+        root = ET.fromstring(call.documents[0])
+        assert root.find("./Say") is not None and root.find("./Hangup") is not None
+        assert root.find(".//Connect") is None and not call.media
+
+
+async def test_an_outbound_greeting_is_ready_when_the_stream_starts() -> None:
+    async with outbound_rig() as (daemon, fake):
+        await daemon.rpc("voicecall.initiate", {"to": "+15555550123", "message": "Hello "
+                                                "there, a quick question.",
+                                                "mode": "conversation"})
+        with trio.fail_after(WAIT_S):
+            await fake.wait_for(lambda: any(s.arrivals for c in fake.calls.values()
+                                            for s in c.media))
+        (call,) = fake.calls.values()
+        url, params, root = stream_of(call.documents[0])
+        assert url == STREAM_URL and "token" in params and root.find(".//Say") is None
+        (stream,) = call.media
+        # synthesised while the phone rang: out at once (the budget is 100 ms)
+        assert stream.arrivals[0][0] - stream.opened_at < 0.25
