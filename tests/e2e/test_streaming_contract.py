@@ -783,3 +783,44 @@ async def test_an_outbound_greeting_is_ready_when_the_stream_starts() -> None:
         (stream,) = call.media
         # synthesised while the phone rang: out at once (the budget is 100 ms)
         assert stream.arrivals[0][0] - stream.opened_at < 0.25
+
+
+# -- more of 3, 4, 5: audio held while connecting, maxConnections, bargeIn off ---------------
+
+
+async def test_audio_that_arrives_while_the_stt_connects_is_held_and_sent_first() -> None:
+    async with rig() as r:
+        _, token, sid = await inbound_call(r)
+        r.stt.refuse_next(2, 503)  # the first session opens only after two tries (~0.6 s)
+        async with r.stream() as stream:
+            await stream.start(token, sid)
+            await stream.media(HELLO_ULAW[:8000])  # 1 s, paced, while it connects
+            await r.until(lambda: len(r.stt.sessions) == 1
+                          and len(r.stt.sessions[0].audio) >= 8000)
+            assert bytes(r.stt.sessions[0].audio) == HELLO_ULAW[:8000]
+            assert len(r.stt.connections) == 3
+
+
+async def test_max_connections_refuses_more_streams_with_503() -> None:
+    async with rig(streaming={"maxConnections": 1}) as r:
+        _, token, sid = await inbound_call(r)
+        async with r.stream() as live:
+            await live.start(token, sid)
+            await live.until(lambda: bool(live.of("media")))
+            assert await refused(r) == 503
+            assert live.close_code is None
+
+
+async def test_with_barge_in_off_the_bot_is_not_cleared() -> None:
+    async with rig(tts_pcm=tone_pcm(2.0), streaming={"bargeIn": False}) as r:
+        call_id, token, sid = await inbound_call(r)
+        async with r.stream() as stream:
+            await stream.start(token, sid)
+            await stream.until(lambda: len(stream.frames) >= 10)
+            await r.until(stt_open(r))
+            await r.stt.send_event({"type": "input_audio_buffer.speech_started",
+                                    "item_id": "it_1", "audio_start_ms": 100})
+            await stream.until(lambda: bool(stream.of("mark")))  # played to its end
+            assert not stream.of("clear")
+        call = await r.status(call_id)
+        assert not any(x.get("interrupted") for x in call["transcript"])
