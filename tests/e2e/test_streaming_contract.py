@@ -824,3 +824,19 @@ async def test_with_barge_in_off_the_bot_is_not_cleared() -> None:
             assert not stream.of("clear")
         call = await r.status(call_id)
         assert not any(x.get("interrupted") for x in call["transcript"])
+
+
+async def test_continue_listens_from_when_its_words_were_heard() -> None:
+    """The mark's echo (call.spoken) starts continue's listening: a reply that takes longer
+    to say than transcriptTimeoutMs still gets the caller's answer after it."""
+    async with rig([("Yes, eight works.", 2500, 300)], tts_pcm=tone_pcm(2.0),
+                   transcriptTimeoutMs=1500) as r:
+        call_id, token, sid = await inbound_call(r)
+        async with r.stream() as stream:
+            await stream.start(token, sid)
+            await stream.until(lambda: bool(stream.of("mark")))  # the greeting, heard
+            await r.until(stt_open(r))
+            r.nursery.start_soon(stream.media, HELLO_ULAW * 2)
+            answer = await r.rpc("voicecall.continue", {"callId": call_id,
+                                                        "message": "Shall we say eight?"})
+        assert answer["transcript"] == "Yes, eight works."
