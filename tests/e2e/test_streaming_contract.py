@@ -14,6 +14,8 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -350,7 +352,7 @@ async def test_a_streamed_inbound_call_end_to_end() -> None:
         assert [x["text"] for x in user] == [script[0][0]] and user[0]["isFinal"] is True
         interims = [e for e in r.events("call.speech") if e.get("isFinal") is False]
         assert interims and all(e["callId"] == call_id for e in interims)
-        finals = [e for e in r.events("call.speech") if e.get("isFinal") is not False]
+        finals = [e for e in r.events("call.speech") if e.get("isFinal") is True]
         assert [e["text"] for e in finals] == [script[0][0]]
         journal = [json.loads(line) for line in
                    (r.daemon.store / "calls.jsonl").read_text().splitlines()]
@@ -516,7 +518,9 @@ async def test_a_second_stream_takes_over_closing_the_first_with_1000() -> None:
         assert call["state"] not in ("error", "failed")
 
 
-async def test_malformed_messages_are_skipped_and_the_stream_carries_on() -> None:
+async def test_malformed_messages_are_skipped_and_the_stream_carries_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="voicecall.media")
     async with rig() as r:
         _, token, sid = await inbound_call(r)
         async with r.stream() as stream:
@@ -531,6 +535,8 @@ async def test_malformed_messages_are_skipped_and_the_stream_carries_on() -> Non
                           and len(r.stt.sessions[0].audio) >= 1600)
             assert bytes(r.stt.sessions[0].audio[:1600]) == HELLO_ULAW[:1600]
             assert stream.close_code is None
+    skipped = [x for x in caplog.records if "skipped" in x.getMessage()]
+    assert len(skipped) == 1  # once for the stream, however many it sent
 
 
 async def test_shutdown_closes_every_stream_with_1001() -> None:
@@ -705,8 +711,6 @@ async def test_an_stt_that_stays_away_is_given_up_after_5_tries_and_the_call_goe
 
 async def test_no_openai_key_one_warning_naming_both_keys_and_gather(
         caplog: pytest.LogCaptureFixture) -> None:
-    import logging
-
     caplog.set_level(logging.WARNING)
     config = {"provider": "twilio", "fromNumber": FROM, "publicUrl": PUBLIC,
               "twilio": {"accountSid": ACCOUNT, "authToken": AUTH_TOKEN,
@@ -840,3 +844,21 @@ async def test_continue_listens_from_when_its_words_were_heard() -> None:
             answer = await r.rpc("voicecall.continue", {"callId": call_id,
                                                         "message": "Shall we say eight?"})
         assert answer["transcript"] == "Yes, eight works."
+
+
+async def test_utterances_play_in_order_each_followed_by_its_mark() -> None:
+    async with rig(tts_pcm=tone_pcm(0.3)) as r:
+        call_id, token, sid = await inbound_call(r)
+        async with r.stream() as stream:
+            await stream.start(token, sid)
+            for text in ("One.", "Two.", "Three."):  # each queued while the last one plays
+                await r.rpc("voicecall.speak", {"callId": call_id, "message": text})
+            await stream.until(lambda: len(stream.of("mark")) == 4)
+            call = await until_call(r, call_id, lambda c: len(
+                [e for e in r.events("call.spoken") if e["callId"] == call_id]) == 4)
+        kinds = [m["event"] for _, m in stream.received]
+        # each utterance: its frames, then its mark (no frames of the next before it)
+        runs = "".join("m" if k == "media" else "k" for k in kinds if k in ("media", "mark"))
+        assert re.fullmatch(r"(m+k){4}", runs), runs
+        bots = [x["text"] for x in call["transcript"] if x["speaker"] == "bot"]
+        assert bots == ["Thanks for calling.", "One.", "Two.", "Three."]
