@@ -862,3 +862,19 @@ async def test_utterances_play_in_order_each_followed_by_its_mark() -> None:
         assert re.fullmatch(r"(m+k){4}", runs), runs
         bots = [x["text"] for x in call["transcript"] if x["speaker"] == "bot"]
         assert bots == ["Thanks for calling.", "One.", "Two.", "Three."]
+
+
+async def test_a_greeting_whose_tts_fails_leaves_the_call_up_and_listening() -> None:
+    async with rig([("Hello?", 300, 500)]) as r:
+        r.tts.fail_with(500)
+        call_id, token, sid = await inbound_call(r)
+        async with r.stream() as stream:
+            await stream.start(token, sid)
+            r.nursery.start_soon(stream.media, HELLO_ULAW[:8 * 1200])
+            await r.until(lambda: any(e["callId"] == call_id for e in r.events("call.error")))
+            call = await until_call(r, call_id, lambda c: any(
+                x["speaker"] == "user" for x in c["transcript"]))
+            assert stream.close_code is None and not stream.frames
+        errors = [e for e in r.events("call.error") if e["callId"] == call_id]
+        assert all(e["retryable"] is True and "500" in e["error"] for e in errors)
+        assert call["state"] not in ("error", "failed", "completed", "hangup-bot")
