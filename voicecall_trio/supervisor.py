@@ -435,6 +435,13 @@ class Supervisor:
             start = len(call.record.transcript)
             await self.say(call, message, listen=True)
             timeout_s = self.config.transcript_timeout_ms / 1000
+            if call.voice is not None:
+                # over a stream, listening starts once the words were heard (the mark's
+                # echo, call.spoken); bounded, should the stream never take the audio
+                with trio.move_on_after(timeout_s):
+                    await call.wait_until(lambda r: r.terminal or call.voice is None
+                                          or call.voice.silent
+                                          or model.last_user_text_after(r, start) is not None)
             with trio.move_on_after(timeout_s):
                 while True:
                     text = model.last_user_text_after(call.record, start)

@@ -106,6 +106,11 @@ class VoiceSession:
                     await stream.close(1000, "call ended")
 
     # -- speech ---------------------------------------------------------------------------
+    @property
+    def silent(self) -> bool:
+        """The bot has said everything queued (each heard, cut or counted as spoken)."""
+        return self.player.idle
+
     async def say(self, text: str) -> None:
         """Queue ``text``; returns once the TTS answered (``SpeechError`` if it did not).
 

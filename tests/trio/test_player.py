@@ -365,3 +365,29 @@ async def test_a_sink_that_stops_taking_messages_is_given_up_after_the_send_time
         assert len(good.frames()) == 4 and good.kinds()[-1] == "mark"
         assert good.frames()[0][0] == pytest.approx(start + 0.05 + SEND_TIMEOUT_S + 1)
     assert any("send failed (TooSlowError)" in rec.getMessage() for rec in caplog.records)
+
+
+async def test_idle_means_nothing_playing_queued_or_awaiting_its_echo(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """What ``continue`` waits for before it listens: the echo, or a clear."""
+    sink = Sink()
+    async with rig(sink) as r:
+        assert r.player.idle
+        u, _ = r.say(audio(10))
+        r.say(audio(10))
+        assert not r.player.idle  # queued
+        await trio.sleep(0.5)  # both sent, marks out, no echo yet
+        assert not r.player.idle and sink.kinds().count("mark") == 2
+        r.player.mark_echoed(u.id)
+        assert not r.player.idle
+        r.player.mark_echoed(f"bot:{2:032x}")
+        assert r.player.idle
+        r.say(audio(100))
+        await trio.sleep(0.2)
+        assert r.player.clear() is not None
+        assert r.player.idle  # cut: at once, not when the player task next runs
+        no_sink = Player(on_started=lambda u: None, on_spoken=lambda u: None)
+        send, receive = trio.open_memory_channel[bytes](1)
+        no_sink.enqueue(Utterance(id="bot:x", text="x", audio=receive))
+        assert not no_sink.idle
+        send.close()

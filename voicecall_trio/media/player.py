@@ -102,6 +102,11 @@ class Player:
         now = trio.current_time()
         return any(out.audible(now) for out in self._out)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing playing, queued or waiting for its mark's echo: the bot is silent."""
+        return self._current is None and not self._queue and not self._out
+
     def attach(self, sink: AudioSink | None) -> None:
         """A new stream (takeover) or None (gone). The new one holds no audio: a new run."""
         if sink is self._sink:
@@ -132,6 +137,7 @@ class Player:
         self._out = [out for out in self._out if not out.audible(now)]
         if self._current is not None:
             self._current.audio.close()
+            self._current = None  # (its task lets go of it at its next step)
         for queued in self._queue:
             queued.audio.close()
         self._queue.clear()
