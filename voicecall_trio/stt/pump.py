@@ -43,21 +43,26 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
 
+from . import ws_client
 from .realtime import RealtimeDecoder, SttEvent, append, session_update, transcription_url
 
 log = logging.getLogger("voicecall.stt")
 
-Connector = Callable[[str, dict[str, str]], AbstractAsyncContextManager[WebSocketConnection]]
+
+class RealtimeSocket(Protocol):
+    """What the pump uses of a connection: ``ws_client.LeanWebSocket`` or trio-websocket's."""
+
+    async def send_message(self, message: str) -> None: ...
+    async def get_message(self) -> str | bytes: ...
+    async def ping(self) -> None: ...
+
+
+Connector = Callable[[str, dict[str, str]], AbstractAsyncContextManager[RealtimeSocket]]
 
 BYTES_PER_S = 8000  # 8 kHz mu-law
 FIRST_HOLD_BYTES = 10 * BYTES_PER_S  # held while the first session connects
@@ -80,12 +85,10 @@ _HOLD = {CONNECTING: FIRST_HOLD_BYTES, OPEN: OPEN_HOLD_BYTES, GAP: GAP_HOLD_BYTE
 
 
 def open_realtime(url: str, headers: dict[str, str]
-                  ) -> AbstractAsyncContextManager[WebSocketConnection]:
-    """The default connector: trio-websocket, with our timeouts and message size limit."""
-    return open_websocket_url(
-        url, extra_headers=[(k.encode(), v.encode()) for k, v in headers.items()],
-        max_message_size=MAX_SERVER_MESSAGE, connect_timeout=CONNECT_TIMEOUT_S,
-        disconnect_timeout=CLOSE_TIMEOUT_S)
+                  ) -> AbstractAsyncContextManager[RealtimeSocket]:
+    """The default connector: the lean client, with our timeouts and message size limit."""
+    return ws_client.open_websocket(url, headers, connect_timeout=CONNECT_TIMEOUT_S,
+                                    max_message_size=MAX_SERVER_MESSAGE)
 
 
 class _Throttled:
@@ -135,7 +138,8 @@ class RealtimeTranscriber:
         self._batch_s = min(max(0.0, batch_s), MAX_BATCH_S)
         self._decoder = RealtimeDecoder()
         self._pending = bytearray()
-        self._wake = trio.Event()
+        self._idle = trio.lowlevel.ParkingLot()  # the sender, while nothing is pending
+        self._send_since = math.inf  # when the message being sent started (inf: none is)
         self._phase = CONNECTING
         self._hold = FIRST_HOLD_BYTES
         self._opened = False  # the current attempt got as far as a session
@@ -176,7 +180,8 @@ class RealtimeTranscriber:
             del pending[:over]
             self.bytes_dropped += over
             self._overflow(f"{over} bytes while {self._phase}")
-        self._wake.set()
+        if self._idle:
+            self._idle.unpark()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -233,9 +238,10 @@ class RealtimeTranscriber:
         if connecting.cancelled_caught:
             self._end_reason = f"no session within {CONNECT_TIMEOUT_S:.0f} s"
 
-    async def _pump(self, ws: WebSocketConnection) -> None:
+    async def _pump(self, ws: RealtimeSocket) -> None:
+        self._send_since = math.inf
         async with trio.open_nursery() as nursery:
-            def until_end(loop: Callable[[WebSocketConnection], Awaitable[None]]
+            def until_end(loop: Callable[[RealtimeSocket], Awaitable[None]]
                           ) -> Callable[[], Awaitable[None]]:
                 async def guarded() -> None:
                     try:
@@ -253,26 +259,28 @@ class RealtimeTranscriber:
             nursery.start_soon(until_end(self._send))
             nursery.start_soon(until_end(self._keepalive))
 
-    async def _send(self, ws: WebSocketConnection) -> None:
-        pending = self._pending
+    async def _send(self, ws: RealtimeSocket) -> None:
+        """The one task that sends audio. The per-message path: no scope, no allocation
+        beyond the message; ``_keepalive`` watches ``_send_since`` for a stalled send."""
+        pending, idle, send = self._pending, self._idle, ws.send_message
         while True:
             while not pending:
-                self._wake = trio.Event()
-                await self._wake.wait()
+                await idle.park()
             if self._batch_s:
                 await trio.sleep(self._batch_s)
             chunk = bytes(pending[:MAX_APPEND_BYTES])
             del pending[:MAX_APPEND_BYTES]
+            self._send_since = trio.current_time()
             try:
-                with trio.fail_after(SEND_STALL_S):
-                    await ws.send_message(append(chunk))
+                await send(append(chunk))
             except BaseException:
                 pending[0:0] = chunk  # not known to be sent: it belongs to the gap
                 raise
+            self._send_since = math.inf
             self.appends_sent += 1
             self.bytes_sent += len(chunk)
 
-    async def _receive(self, ws: WebSocketConnection) -> None:
+    async def _receive(self, ws: RealtimeSocket) -> None:
         decoder = self._decoder
         while True:
             message = await ws.get_message()
@@ -285,12 +293,23 @@ class RealtimeTranscriber:
                 self._skipped_seen = decoder.skipped
                 self._skipped(f"{decoder.skipped} so far")
 
-    @staticmethod
-    async def _keepalive(ws: WebSocketConnection) -> None:
+    async def _keepalive(self, ws: RealtimeSocket) -> None:
+        """Ping every ``PING_EVERY_S``; end the session (``TooSlowError``) on a missing pong
+        or on a send in progress for ``SEND_STALL_S``. It looks at the sender at least every
+        ``SEND_STALL_S`` and then sleeps until that send's deadline, so a stall is seen
+        ``SEND_STALL_S`` to twice that after the send began."""
+        next_ping = trio.current_time() + PING_EVERY_S
         while True:
-            await trio.sleep(PING_EVERY_S)
-            with trio.fail_after(PONG_TIMEOUT_S):
-                await ws.ping()
+            now = trio.current_time()
+            stall_at = self._send_since + SEND_STALL_S
+            if now >= stall_at:
+                raise trio.TooSlowError
+            if now >= next_ping:
+                with trio.fail_after(PONG_TIMEOUT_S):
+                    await ws.ping()
+                next_ping = trio.current_time() + PING_EVERY_S
+                continue
+            await trio.sleep_until(min(next_ping, stall_at, now + SEND_STALL_S))
 
     def _set_phase(self, phase: str) -> None:
         self._phase = phase
