@@ -3,8 +3,8 @@
 ``--calls`` transcribers on a loopback socket to a trivial wsproto server (a process of its
 own on the other core, so only the pump's process is timed), each fed one 160-byte frame
 every 20 ms for ``--seconds``, as a paced call is. Prints that process's CPU per frame (user
-and system: the socket write is most of the latter), for the connector given (``lean``: ``stt/ws_client.py``, the default;
-``trio-websocket``: ``open_websocket_url`` as the pump used before).
+and system: the socket write is most of the latter), for the connector given (``lean``:
+``stt/ws_client.py``, the default; ``trio-websocket``: ``open_websocket_url``, as before).
 
     .venv/bin/python scripts/stt_send_cost.py --calls 50 --seconds 5 [--connector NAME]
 """
