@@ -1,7 +1,8 @@
 """Measure the budgets and record them in docs/benchmarks.md.
 
     ./scripts/bench                  # everything, 3 runs each, median reported
-    ./scripts/bench --only rpc,cli   # subsets: rpc, cli, journal, replay, webhooks, calls, profile
+    ./scripts/bench --only rpc,cli   # subsets: rpc, cli, journal, replay, webhooks, calls, profile,
+                                     # media (scripts/bench_media.py: its own docs section)
     ./scripts/bench --quick          # fewer iterations (smoke run)
 
 Prints a JSON document and a table, and rewrites docs/benchmarks.md (unless --no-write).
@@ -654,7 +655,7 @@ def pin_self(core: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks,calls,profile")
+    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks,calls,profile,media")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
@@ -687,13 +688,25 @@ def main() -> int:
         results["calls"] = bench_calls(runs, 20 if quick else 100, 20 if quick else 100)
     if "profile" in only:
         results["profile"] = profile_webhooks(2000 if quick else 20_000)
+    if "media" in only:
+        import bench_media
+
+        results["media"] = bench_media.bench_media(runs, quick)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "taskset": bool(TASKSET), "runs": runs}
     print(json.dumps(results, indent=2))
     print()
-    print(table(results))
+    media = results.pop("media", None)
+    if len(results) > 1:
+        print(table(results))
+    if media is not None:
+        print(bench_media.render(bench_media.table_rows(media)))
     if not args.no_write and not quick:
-        write_doc(results)
+        if len(results) > 1:
+            write_doc(results)
+        if media is not None:
+            bench_media.write_section(media, results["machine"],
+                                      "./scripts/bench " + " ".join(sys.argv[1:]))
     return 0
 
 

@@ -1,0 +1,164 @@
+"""The media-stream benchmarks (issue #10, item 10): scenarios, medians, the docs section.
+
+    ./scripts/bench --only media --runs 3
+
+Each run is its own load process (``bench_media_load.py``, pinned to core 1), which starts
+a real ``voicecall serve`` on core 0 against the fakes it holds, so every run begins from a
+fresh daemon. Three configurations: caller audio from 50 and from 200 paced calls (CPU per
+frame forwarded to the STT, send -> append latency, frames lost, RSS per streamed call), and
+100 calls speaking at once (outbound pacing jitter, ``speech_started`` -> ``clear``, stream
+``start`` -> first greeting frame). Figures are medians over the runs; frames lost or altered
+are summed. ``write_section`` rewrites the "Media streams" section of docs/benchmarks.md
+(between its own markers, so ``--only media`` leaves the other figures alone).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
+LOAD = SCRIPTS / "bench_media_load.py"
+MARKER = "<!-- bench:media -->"
+SUMMED = {"frames_lost", "frames_bad", "late_frames", "streams_closed_early",
+          "generator_blocked_sends"}
+RUN_TIMEOUT_S = 600
+
+#: (name, load arguments); quick runs shrink them
+CONFIGS: list[tuple[str, list[str]]] = [
+    ("inbound_50", ["--scenario", "inbound", "--calls", "50", "--seconds", "20"]),
+    ("inbound_200", ["--scenario", "inbound", "--calls", "200", "--seconds", "20"]),
+    ("speaking_100", ["--scenario", "speaking", "--calls", "100"]),
+]
+QUICK: dict[str, list[str]] = {
+    "inbound_50": ["--scenario", "inbound", "--calls", "10", "--seconds", "4", "--warmup", "2"],
+    "inbound_200": ["--scenario", "inbound", "--calls", "20", "--seconds", "4", "--warmup", "2"],
+    "speaking_100": ["--scenario", "speaking", "--calls", "10", "--barge-in-s", "2"],
+}
+
+
+def run_load(arguments: list[str]) -> dict[str, Any]:
+    """One load process; its JSON result."""
+    from bench import pinned
+
+    done = subprocess.run(pinned([sys.executable, str(LOAD), *arguments], 1),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"media load {' '.join(arguments)} failed:\n{done.stderr[-4000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of numbers (recursively through dicts); ``SUMMED`` counts are summed."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [r[key] for r in runs if key in r]
+        if key in SUMMED:
+            out[key] = sum(values)
+        elif isinstance(first, dict):
+            out[key] = combine(values)
+        elif isinstance(first, bool) or not isinstance(first, int | float):
+            out[key] = first
+        else:
+            median = statistics.median(values)
+            out[key] = round(median, 3) if isinstance(median, float) else median
+    return out
+
+
+def bench_media(runs: int, quick: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, arguments in CONFIGS:
+        samples = [run_load(QUICK[name] if quick else arguments) for _ in range(runs)]
+        out[name] = combine(samples)
+        out[name]["runs"] = len(samples)
+        out[name]["per_run"] = [_headline(name, s) for s in samples]
+    return out
+
+
+def _headline(name: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one run worth seeing beside the medians."""
+    if name.startswith("inbound"):
+        return {"cpu_us_per_frame": run["cpu_us_per_frame"],
+                "latency_p99_ms": run["latency"]["p99_ms"], "frames_lost": run["frames_lost"]}
+    return {"jitter_p99_ms": run["pacing_jitter"]["p99_ms"],
+            "clear_p99_ms": run["speech_started_to_clear"]["p99_ms"],
+            "first_frame_p99_ms": run["start_to_first_frame"]["p99_ms"]}
+
+
+def _rss_per_call_kb(r: dict[str, Any]) -> float:
+    return round((r["rss_loaded_mb"] - r["rss_idle_mb"]) * 1024 / r["calls"], 1)
+
+
+def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    for name in ("inbound_50", "inbound_200"):
+        r = media.get(name)
+        if r is None:
+            continue
+        n, lat = r["calls"], r["latency"]
+        rows += [
+            (f"daemon CPU per inbound frame forwarded, {n} paced calls",
+             f"{r['cpu_us_per_frame']} us", "<= 30 us"),
+            (f"frames lost / altered on the way to the STT, {n} calls ({r['runs']} runs)",
+             f"{r['frames_lost']} / {r['frames_bad']} of {r['frames_sent']:,} a run", "0"),
+            (f"frame in -> append out p50 / p99, {n} calls",
+             f"{lat['p50_ms']} / {lat['p99_ms']} ms", "p99 <= 5 ms" if n >= 200 else ""),
+            (f"RSS per streamed call ({n} held)", f"{_rss_per_call_kb(r)} KB", ""),
+            (f"  load generator at {n} calls: CPU share of its core; send lateness p99",
+             f"{r['generator_cpu_share']:.0%}; {r['generator_send_lateness']['p99_ms']} ms",
+             "< 70%"),
+        ]
+    r = media.get("speaking_100")
+    if r is not None:
+        n = r["calls"]
+        rows += [
+            (f"outbound pacing jitter p99 / max, {n} calls speaking at once",
+             f"{r['pacing_jitter']['p99_ms']} / {r['pacing_jitter']['max_ms']} ms",
+             "p99 <= 5 ms"),
+            (f"  frames late for their playout (gaps heard), {n} calls ({r['runs']} runs)",
+             str(r["late_frames"]), ""),
+            (f"speech_started -> clear p50 / p99, {n} calls",
+             f"{r['speech_started_to_clear']['p50_ms']} / "
+             f"{r['speech_started_to_clear']['p99_ms']} ms", "p99 <= 20 ms"),
+            (f"stream start -> first greeting frame p50 / p99 (instant TTS), {n} calls",
+             f"{r['start_to_first_frame']['p50_ms']} / {r['start_to_first_frame']['p99_ms']} ms",
+             "<= 100 ms"),
+            (f"  load generator while {n} calls speak: CPU share of its core",
+             f"{r['generator_cpu_share']:.0%}" if "generator_cpu_share" in r else "-", "< 70%"),
+        ]
+    return rows
+
+
+def render(rows: list[tuple[str, str, str]]) -> str:
+    rows = [("figure", "value", "budget"), *rows]
+    width = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["| " + " | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)) + " |"
+             for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in width) + "|")
+    return "\n".join(lines)
+
+
+def write_section(media: dict[str, Any], machine: dict[str, Any], command: str) -> None:
+    """Rewrite the figures between the media markers of docs/benchmarks.md (appended with
+    the section heading the first time)."""
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text() if doc.exists() else ""
+    block = (f"{MARKER}\nMeasured {time.strftime('%Y-%m-%d')} with `{command}` "
+             f"({machine['cpus']} cores, Python {machine['python']}, median of "
+             f"{machine['runs']} runs; the daemon on core 0, the load process on core 1):\n\n"
+             f"{render(table_rows(media))}\n\n"
+             f"<details><summary>JSON</summary>\n\n```json\n{json.dumps(media, indent=2)}\n"
+             f"```\n</details>\n{MARKER}")
+    if MARKER in text:
+        head, _, rest = text.partition(MARKER)
+        _, _, tail = rest.partition(MARKER)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Media streams\n\n" + block + "\n"
+    doc.write_text(text)
