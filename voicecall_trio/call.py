@@ -132,14 +132,14 @@ async def _ring_timer(sup: Supervisor, call: LiveCall) -> None:
 
 
 async def _max_duration_timer(sup: Supervisor, call: LiveCall) -> None:
+    limit = sup.config.max_duration_seconds  # read at the call's start: a reload leaves it be
     record = await call.wait_until(lambda r: r.answered_at is not None or r.terminal)
     if record.terminal or record.answered_at is None:
         return
     elapsed = max(0.0, sup.clock() - record.answered_at / 1000)
-    remaining = max(0.0, sup.config.max_duration_seconds - elapsed)
+    remaining = max(0.0, limit - elapsed)
     await trio.sleep(remaining)
-    log.info("call %s: maxDurationSeconds (%ss) reached", record.call_id,
-             sup.config.max_duration_seconds)
+    log.info("call %s: maxDurationSeconds (%ss) reached", record.call_id, limit)
     sup.finish(call, "timeout", by_carrier=False)
 
 
@@ -159,12 +159,13 @@ async def _initial_message(sup: Supervisor, call: LiveCall) -> None:
 async def _notify_hangup(sup: Supervisor, call: LiveCall) -> None:
     """Hang up ``notifyHangupDelaySec`` after the initial message was spoken."""
 
+    delay = sup.config.outbound.notify_hangup_delay_sec  # as when the call started
     # the first utterance the carrier reports finished is the initial message (speech
     # from the callee meanwhile does not count: it must not cut the message short)
     record = await call.wait_until(lambda r: r.terminal or r.spoken >= 1)
     if record.terminal:
         return
-    await trio.sleep(sup.config.outbound.notify_hangup_delay_sec)
+    await trio.sleep(delay)
     sup.finish(call, "hangup-bot", by_carrier=False)
 
 

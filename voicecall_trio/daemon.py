@@ -8,11 +8,13 @@ Start order (each child reports ready through ``task_status.started()``)::
         ├── provider.run          (the mock's simulated callees)
         ├── supervisor.run        reconciles replayed calls, then owns one task per call
         └── front
+            ├── signal watcher    SIGTERM / SIGINT -> graceful stop (installed before
+            │                     anything answers, so an early SIGTERM is graceful too)
+            ├── reloader          SIGHUP -> re-read the config file (reloader.py)
             ├── JSON-RPC server   on the Unix socket bound first, as the single-instance lock
             ├── HTTP front        front.py: webhooks answered in place; other requests
             │                     (/healthz, h2, chunked) handed to Hypercorn and Quart
-            ├── signal watcher    SIGTERM / SIGINT -> graceful stop
-            └── systemd watchdog  when WATCHDOG_USEC is set
+            └── systemd watchdog  when WATCHDOG_USEC is set (systemd.py)
 
 Stopping runs the other way: calls are ended (up to ``shutdownGraceSeconds``), then the HTTP
 server drains and the socket is unlinked, then the journal writer flushes and exits.
@@ -43,6 +45,7 @@ from .errors import DaemonStartError, SocketInUse
 from .health import health_report
 from .journal import Journal
 from .providers import Provider
+from .reloader import Reloader
 from .replay import replay_file
 from .rpc.methods import build_methods
 from .rpc.server import RpcServer
@@ -64,6 +67,8 @@ class DaemonHandle:
     http_binds: list[str] = field(default_factory=list)
     stop_event: trio.Event = field(default_factory=trio.Event)
     ready: bool = False  # every part started (what READY=1 tells systemd)
+    config_path: Path | None = None  # the file SIGHUP re-reads
+    reloader: Reloader | None = None  # while signals are handled
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -102,6 +107,7 @@ async def run_daemon(
     config: VoiceCallConfig,
     *,
     socket_path: Path | None = None,
+    config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     http_client: httpx.AsyncClient | None = None,
     handle_signals: bool = True,
@@ -111,6 +117,7 @@ async def run_daemon(
 
     ``socket_path`` (``voicecall serve --socket``) wins over the config's socket
     (``VOICECALL_SOCKET``, ``control.socketPath``, ``<store>/voicecall.sock``).
+    ``config_path`` is the file ``config`` came from: SIGHUP re-reads it.
     """
     env = dict(os.environ if environ is None else environ)
     if socket_path is None:
@@ -136,7 +143,7 @@ async def run_daemon(
             ) from None
         try:
             await _run_bound(config, env, socket_path, listener, http_client, handle_signals,
-                             task_status)
+                             task_status, config_path)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
@@ -156,6 +163,7 @@ async def _run_bound(
     http_client: httpx.AsyncClient | None,
     handle_signals: bool,
     task_status: trio.TaskStatus[DaemonHandle],
+    config_path: Path | None = None,
 ) -> None:
     # every kept file (calls.jsonl.N .. .1, then calls.jsonl): the index it builds finds
     # ended calls and known carrier ids across restarts and rotations
@@ -174,7 +182,8 @@ async def _run_bound(
     supervisor = Supervisor(config, provider, journal, clock=time.time,
                             ids=lambda: str(uuid.uuid4()))
     journal.live_records = supervisor.live_records
-    handle = DaemonHandle(config, socket_path, supervisor, provider, journal)
+    handle = DaemonHandle(config, socket_path, supervisor, provider, journal,
+                          config_path=config_path)
     try:
         async with trio.open_nursery() as root:
             await root.start(journal.run)
@@ -219,15 +228,17 @@ async def _run_calls(
         http_stop = trio.Event()
         http_done = trio.Event()
         async with trio.open_nursery() as front:
+            if handle_signals:  # before anything answers: a SIGTERM from then on is graceful
+                await front.start(_watch_signals, handle.stop_event)
+                handle.reloader = Reloader(handle, handle.config_path, env)
+                await front.start(handle.reloader.watch)
             await front.start(rpc.serve, handle.socket_path, listener)
             handle.http_binds = await front.start(
                 _serve_http, config, provider, supervisor, health, http_stop, http_done
             )
-            if handle_signals:
-                front.start_soon(_watch_signals, handle.stop_event)
             interval = systemd.watchdog_interval_s(env)
             if interval:
-                front.start_soon(_watchdog, interval, env)
+                front.start_soon(systemd.watchdog, interval, env)
             log.info("voicecall %s ready: provider %s, socket %s, http %s", __version__,
                      provider.name, handle.socket_path, ", ".join(handle.http_binds))
             handle.ready = True
@@ -315,10 +326,12 @@ def find_leaf(exc: BaseException, kind: type[E]) -> E | None:
     return None
 
 
-async def _watch_signals(stop: trio.Event) -> None:
+async def _watch_signals(stop: trio.Event, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Keep the handlers installed for the whole stop: a second SIGTERM while calls are being
     hung up must not kill the process with the default action (no cleanup, socket left)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             if stop.is_set():
                 log.warning("received %s again: already stopping (calls are being ended)",
@@ -328,30 +341,15 @@ async def _watch_signals(stop: trio.Event) -> None:
             stop.set()
 
 
-async def _watchdog(interval: float, env: Mapping[str, str]) -> None:
-    while True:
-        systemd.notify("WATCHDOG=1", env)
-        await trio.sleep(interval)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "hypercorn.error", "quart.app"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def serve_forever(config: VoiceCallConfig, on_ready: Callable[[DaemonHandle], None] | None = None,
-                  *, socket_path: Path | None = None) -> None:
-    """The blocking entry point of ``voicecall serve`` (``socket_path``: its ``--socket``)."""
+                  *, socket_path: Path | None = None, config_path: Path | None = None) -> None:
+    """The blocking entry point of ``voicecall serve`` (``socket_path``: its ``--socket``;
+    ``config_path``: the file ``config`` was read from, for SIGHUP)."""
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             handle: DaemonHandle = await nursery.start(
-                partial(run_daemon, config, socket_path=socket_path))
+                partial(run_daemon, config, socket_path=socket_path, config_path=config_path))
             if on_ready is not None:
                 on_ready(handle)
 

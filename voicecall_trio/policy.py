@@ -62,10 +62,11 @@ def inbound_metadata(config: VoiceCallConfig) -> dict[str, Any]:
 
 
 def mask(number: str) -> str:
-    """A phone number for a log line, without its middle digits."""
+    """A phone number for a log line: ``+``, the first digit and the last four
+    (``+1******1234``); enough to tell calls apart, not enough to dial."""
     if len(number) <= 6:
         return number or "anonymous"
-    return number[:3] + "*" * (len(number) - 6) + number[-3:]
+    return number[:2] + "*" * (len(number) - 6) + number[-4:]
 
 
 __all__ = ["DEFAULT_GREETING", "inbound_metadata", "inbound_refusal", "mask", "outbound_request"]

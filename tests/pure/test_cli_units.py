@@ -70,20 +70,22 @@ def test_help_shows_placeholders_verbatim(capsys: pytest.CaptureFixture[str]) ->
 def test_serve_hands_its_socket_to_the_daemon_not_to_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    from voicecall_trio import daemon
+    from voicecall_trio import daemon, logs
 
     seen: list[Any] = []
-    monkeypatch.setattr(daemon, "configure_logging", lambda: None)
+    monkeypatch.setattr(logs, "configure_logging", lambda *args, **kwargs: None)
     monkeypatch.setattr(daemon, "serve_forever",
                         lambda cfg, on_ready=None, **kwargs: seen.append(kwargs))
     monkeypatch.delenv("VOICECALL_SOCKET", raising=False)
     config = tmp_path / "config.json"
     config.write_text("{}")
     assert cli.main(["serve", "--config", str(config), "--socket", "~/vc.sock"]) == 0
-    assert seen == [{"socket_path": Path(os.path.expanduser("~/vc.sock"))}]
+    assert seen == [{"socket_path": Path(os.path.expanduser("~/vc.sock")),
+                     "config_path": config.absolute()}]
     assert "VOICECALL_SOCKET" not in os.environ
     assert cli.main(["serve", "--config", str(config)]) == 0
-    assert seen[-1] == {"socket_path": None}  # the config's (or VOICECALL_SOCKET's) socket
+    # the config's (or VOICECALL_SOCKET's) socket
+    assert seen[-1] == {"socket_path": None, "config_path": config.absolute()}
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:

@@ -13,9 +13,11 @@ from typing import Any
 from .binder import Command, fast_bind
 from .calls import call, continue_, end, simulate_inbound, speak, status
 from .doctor import doctor
+from .init import init
 from .journal import latency, tail
 from .outcome import EXIT_USAGE
 from .serve import expose, serve
+from .systemd_unit import systemd_unit
 from .tool import tool
 from .watch import watch
 
@@ -33,6 +35,8 @@ COMMANDS: dict[str, Command] = {
     "expose": expose,
     "doctor": doctor,
     "latency": latency,
+    "systemd-unit": systemd_unit,
+    "init": init,
 }
 
 

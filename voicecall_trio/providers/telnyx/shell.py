@@ -106,6 +106,11 @@ class TelnyxProvider:
         """The tunnel found our public URL (or lost it)."""
         self._public_url = url
 
+    def reconfigure(self, config: VoiceCallConfig) -> None:
+        """A reloaded config (``reloader.apply_config``; only keys ``reload.LIVE`` allows have
+        changed): speech and dials from now on read it."""
+        self._config = config
+
     @property
     def public_url(self) -> str | None:
         return self._public_url

@@ -109,6 +109,12 @@ class TwilioFlow:
         self._limit = max(1, live_calls_limit)
         self._calls: OrderedDict[str, _Live] = OrderedDict()
 
+    def reconfigure(self, config: VoiceCallConfig) -> None:
+        """A reloaded config (``reloader.apply_config``): the voice and defaults of the turns
+        built from now on."""
+        self._config = config
+        self._voice = twiml.twilio_voice(config.tts.voice)
+
     # -- media-stream tokens ----------------------------------------------------------------
 
     def stream_token(self, call_id: str) -> str:

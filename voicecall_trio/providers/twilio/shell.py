@@ -107,6 +107,12 @@ class TwilioProvider:
         """The tunnel found our public URL (or lost it)."""
         self._public_url = url
 
+    def reconfigure(self, config: VoiceCallConfig) -> None:
+        """A reloaded config (``reloader.apply_config``; only keys ``reload.LIVE`` allows have
+        changed): new turns and dials read it."""
+        self._config = config
+        self._flow.reconfigure(config)
+
     @property
     def public_url(self) -> str | None:
         return self._public_url
