@@ -162,3 +162,83 @@ def write_section(media: dict[str, Any], machine: dict[str, Any], command: str) 
     else:
         text = text.rstrip("\n") + "\n\n## Media streams\n\n" + block + "\n"
     doc.write_text(text)
+
+
+# -- where a frame's time goes ---------------------------------------------------------------
+
+IDLE = "waiting in epoll (idle, not counted)"
+#: (label, test on "file:function" as pstats names it); the first that matches wins
+LAYERS: list[tuple[str, Any]] = [
+    (IDLE, lambda k: "'poll' of 'select.epoll'" in k),
+    ("kernel: socket send/recv", lambda k: "_socket.socket" in k),
+    ("WebSocket framing (wsproto, trio-websocket)",
+     lambda k: "/wsproto/" in k or "/trio_websocket/" in k),
+    ("media route and Twilio stream codec", lambda k: "/voicecall_trio/media/route" in k
+     or "/voicecall_trio/media/twilio" in k or "/voicecall_trio/media/stream" in k),
+    ("player, pacing, audio", lambda k: "/voicecall_trio/media/" in k
+     or "/voicecall_trio/tts/" in k),
+    ("STT client (codec, pump)", lambda k: "/voicecall_trio/stt/" in k),
+    ("voice session", lambda k: "/voicecall_trio/voice" in k),
+    ("HTTP front", lambda k: "/voicecall_trio/front" in k or "/voicecall_trio/http1" in k),
+    ("daemon core", lambda k: "/voicecall_trio/" in k),
+    ("trio: scheduler, waits, locks", lambda k: "/trio/" in k),
+    ("JSON, msgspec, base64", lambda k: "msgspec" in k or "binascii" in k
+     or "/base64.py" in k or "/json/" in k),
+    ("builtins called from the above", lambda k: k.startswith("~")),
+]
+
+
+def layer_seconds(profile: Path) -> dict[str, float]:
+    import pstats
+
+    out: dict[str, float] = {}
+    for (filename, _, function), row in pstats.Stats(str(profile)).stats.items():  # type: ignore[attr-defined]
+        key = f"{filename}:{function}"
+        label = next((name for name, test in LAYERS if test(key)), "other")
+        out[label] = out.get(label, 0.0) + row[2]  # own time
+    return out
+
+
+def top_functions(profile: Path, count: int = 25) -> list[tuple[str, float, int]]:
+    import pstats
+
+    rows = []
+    for (filename, line, function), row in pstats.Stats(str(profile)).stats.items():  # type: ignore[attr-defined]
+        if "'poll' of 'select.epoll'" in function:
+            continue
+        rows.append((f"{Path(filename).name}:{line}:{function}", row[2], row[1]))
+    return sorted(rows, key=lambda r: -r[1])[:count]
+
+
+def profile_media(calls: int, seconds: float) -> dict[str, Any]:
+    """One inbound run with the daemon under cProfile: own time per layer per frame, and the
+    costliest functions. cProfile slows Python code several times over and C calls hardly at
+    all: read the shares, not the microseconds."""
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="vcmprof")) / "daemon.prof"
+    run = run_load(["--scenario", "inbound", "--calls", str(calls), "--seconds", str(seconds),
+                    "--profile", str(out)])
+    frames = run["frames_received"]
+    layers = layer_seconds(out)
+    layers.pop(IDLE, None)
+    total = sum(layers.values())
+    return {"calls": calls, "frames": frames,
+            "profiled_us_per_frame": round(total / frames * 1e6, 1),
+            "layers": [{"layer": k, "us": round(v / frames * 1e6, 2),
+                        "share": round(v / total, 3)}
+                       for k, v in sorted(layers.items(), key=lambda kv: -kv[1])],
+            "top": [{"function": f, "own_us_per_frame": round(s / frames * 1e6, 2),
+                     "calls": c} for f, s, c in top_functions(out)],
+            "profile": str(out)}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    sys.path.insert(0, str(SCRIPTS))
+    parser = argparse.ArgumentParser(description="profile the daemon's media path")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    print(json.dumps(profile_media(args.calls, args.seconds), indent=2))

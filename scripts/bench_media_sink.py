@@ -35,7 +35,7 @@ from bench_media_ws import (
 
 APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
 APPEND_TAIL = b'"}'
-RECV_BYTES = 256 * 1024
+RECV_BYTES = 64 * 1024  # bounds the work of one wake-up
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:
