@@ -27,7 +27,7 @@ ROOT = SCRIPTS.parent
 LOAD = SCRIPTS / "bench_media_load.py"
 MARKER = "<!-- bench:media -->"
 SUMMED = {"frames_lost", "frames_bad", "late_frames", "streams_closed_early",
-          "generator_blocked_sends"}
+          "generator_blocked_sends", "turns_without_reply"}
 RUN_TIMEOUT_S = 600
 
 #: (name, load arguments); quick runs shrink them
@@ -36,7 +36,10 @@ CONFIGS: list[tuple[str, list[str]]] = [
     ("inbound_200", ["--scenario", "inbound", "--calls", "200", "--seconds", "20"]),
     ("speaking_100", ["--scenario", "speaking", "--calls", "100"]),
 ]
+#: issue #11's stream figure, once the built-in replies and their fake are there
+REPLIES = ("replies_20", ["--scenario", "replies", "--calls", "20", "--turns", "5"])
 QUICK: dict[str, list[str]] = {
+    "replies_20": ["--scenario", "replies", "--calls", "4", "--turns", "2"],
     "inbound_50": ["--scenario", "inbound", "--calls", "10", "--seconds", "4", "--warmup", "2"],
     "inbound_200": ["--scenario", "inbound", "--calls", "20", "--seconds", "4", "--warmup", "2"],
     "speaking_100": ["--scenario", "speaking", "--calls", "10", "--barge-in-s", "2"],
@@ -71,9 +74,15 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def has_replies() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("voicecall_trio.testing.chat") is not None
+
+
 def bench_media(runs: int, quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, arguments in CONFIGS:
+    for name, arguments in [*CONFIGS, *([REPLIES] if has_replies() else [])]:
         samples = [run_load(QUICK[name] if quick else arguments) for _ in range(runs)]
         out[name] = combine(samples)
         out[name]["runs"] = len(samples)
@@ -86,6 +95,9 @@ def _headline(name: str, run: dict[str, Any]) -> dict[str, Any]:
     if name.startswith("inbound"):
         return {"cpu_us_per_frame": run["cpu_us_per_frame"],
                 "latency_p99_ms": run["latency"]["p99_ms"], "frames_lost": run["frames_lost"]}
+    if name.startswith("replies"):
+        return {"final_to_first_audio_p99_ms": run["final_to_first_audio"]["p99_ms"],
+                "turns_without_reply": run["turns_without_reply"]}
     return {"jitter_p99_ms": run["pacing_jitter"]["p99_ms"],
             "clear_p99_ms": run["speech_started_to_clear"]["p99_ms"],
             "first_frame_p99_ms": run["start_to_first_frame"]["p99_ms"]}
@@ -132,6 +144,13 @@ def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
             (f"  load generator while {n} calls speak: CPU share of its core",
              f"{r['generator_cpu_share']:.0%}" if "generator_cpu_share" in r else "-", "< 70%"),
         ]
+    r = media.get("replies_20")
+    if r is not None:
+        f = r["final_to_first_audio"]
+        rows += [(f"stream call, built-in reply from an instant fake LLM: final transcript -> "
+                  f"first audio out p50 / p99 ({r['turns']} turns, {r['calls']} calls)",
+                  f"{f['p50_ms']} / {f['p99_ms']} ms", ""),
+                 ("  turns with no reply within 10 s", str(r["turns_without_reply"]), "0")]
     return rows
 
 

@@ -15,6 +15,10 @@ then opens the streams itself. Scenarios:
   warm-up; daemon CPU from /proc over that window / frames the sink got in it; every frame's
   send -> append latency; frames lost or altered; RSS per streamed call (the daemon's RSS
   in the window less its RSS before any call, / N).
+* ``replies`` (issue #11): N calls answered by the built-in replies from a
+  ``FakeChatCompletions`` that answers at once; each call waits for its greeting's mark,
+  then ``--turns`` times the sink sends a final transcript (VAD events, commit, delta,
+  ``completed``) and the time to the reply's first outbound frame is taken.
 * ``speaking``: N calls whose greeting lasts ``--greeting-s``; every outbound frame's arrival
   is timed (pacing jitter while all N speak at once), then the sink sends ``speech_started``
   on each call's STT session (staggered) and the time to the stream's ``clear`` is taken;
@@ -32,6 +36,7 @@ import math
 import os
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,8 @@ FROM = "+15550001234"
 PUBLIC = "https://voice.example.com/voice/webhook"
 OPENAI_KEY = "sk-bench-dummy-not-a-key"
 GREETING = "Hello, this is the benchmark calling."
+REPLY = "Noted, thank you very much for telling me."
+CALLER_LINE = "I would like to book a table for two."
 LEAD_S = 0.06  # the player's default lead (media/pacing.LEAD_S)
 SETUP_S = 120.0  # placing the calls and opening the streams
 
@@ -109,12 +116,24 @@ class Run:
         from voicecall_trio.testing.tts import FakeTTS, tone_pcm
 
         args = self.args
+        llm = None
+        if args.scenario == "replies":
+            from voicecall_trio.testing.chat import FakeChatCompletions, Reply
+
+            llm = FakeChatCompletions(default=Reply(REPLY))
         fake = FakeTwilio(account_sid=ACCOUNT, auth_token=TOKEN, phone_number=FROM,
                           voice_url=PUBLIC, stream_autoconnect=False, stream_record_bytes=0)
         tts = FakeTTS(pcm=tone_pcm(args.greeting_s))
-        async with fake, tts, trio.open_nursery() as nursery:
+        async with AsyncExitStack() as stack:
+            for service in (fake, tts, llm):
+                if service is not None:
+                    await stack.enter_async_context(service)
+            nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self.sink.run)
             config = daemon_config(fake.url, tts.base_url, self.sink.url, args.calls)
+            if llm is not None:
+                config["responseBaseUrl"] = llm.url
+                config["responseApiKey"] = OPENAI_KEY
             python_args = ("-m", "cProfile", "-o", args.profile) if args.profile else ()
             daemon = await trio.to_thread.run_sync(
                 lambda: Daemon(config, core=0, python_args=python_args))
@@ -194,6 +213,8 @@ class Run:
         setup_s = time.perf_counter() - t_setup
         if args.scenario == "inbound":
             out = await self._inbound(pid)
+        elif args.scenario == "replies":
+            out = await self._replies()
         else:
             out = await self._speaking()
         out.update(self._common(idle_rss, setup_s))
@@ -265,6 +286,39 @@ class Run:
                 "speech_started_to_clear": summary_ms(clear_ms),
                 "interrupted": len(interrupts), "clears_seen": len(clear_ms)}
 
+    async def _replies(self) -> dict[str, Any]:
+        """Final transcript -> the reply's first frame, ``--turns`` times a call."""
+        gaps: list[float] = []
+        missing = 0
+
+        async def converse(stream: LeanStream) -> None:
+            nonlocal missing
+            with trio.move_on_after(30):
+                while not stream.echoed:  # the greeting has been played and heard
+                    await stream.changed.wait()
+            for turn in range(self.args.turns):
+                echoes = len(stream.echoed)
+                waiter = stream.expect_media()
+                said = await self.sink.final_transcript(
+                    stream.index, f"item_{stream.index}_{turn}", CALLER_LINE)
+                with trio.move_on_after(10):
+                    await waiter.event.wait()
+                if said is None or not waiter.event.is_set():
+                    missing += 1
+                    continue
+                gaps.append(waiter.at - said)
+                with trio.move_on_after(30):  # the reply is heard before the next turn
+                    while len(stream.echoed) <= echoes:
+                        await stream.changed.wait()
+
+        async with trio.open_nursery() as nursery:
+            for stream in self.streams:
+                nursery.start_soon(converse, stream)
+                await trio.sleep(0.05)
+        await self._drain()
+        return {"turns": len(gaps), "turns_without_reply": missing,
+                "final_to_first_audio": summary_ms(gaps)}
+
     def _common(self, idle_rss: float, setup_s: float) -> dict[str, Any]:
         lateness = [x for s in self.streams for x in s.lateness]
         sent = self.sender.frames_sent
@@ -285,7 +339,9 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("inbound", "speaking"), default="inbound")
+    parser.add_argument("--scenario", choices=("inbound", "speaking", "replies"),
+                        default="inbound")
+    parser.add_argument("--turns", type=int, default=3, help="replies: turns a call")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0, help="inbound: the window")
     parser.add_argument("--warmup", type=float, default=3.0, help="inbound: before the window")

@@ -61,6 +61,7 @@ class SinkSession:
         self.bad_frames = 0  # not the next frame of its stream, or not byte-identical
         self.other_messages = 0
         self.closed = False
+        self.last_item: str | None = None  # for the next commit's previous_item_id
         self._buf = bytearray()
         self._next_seq = 0
 
@@ -224,6 +225,29 @@ class SttSink:
         await session.send_event({"type": "input_audio_buffer.speech_started",
                                   "event_id": f"event_ss_{item}", "audio_start_ms": 1000,
                                   "item_id": item})
+        return at
+
+    async def final_transcript(self, stream: int, item: str, text: str) -> float | None:
+        """The caller said ``text``: VAD start and stop, commit, one delta and ``completed``
+        on ``stream``'s session; when ``completed`` went out (the final transcript)."""
+        session = self.by_stream.get(stream)
+        if session is None or session.closed:
+            return None
+        previous, session.last_item = session.last_item, item
+        for event in (
+            {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0},
+            {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900},
+            {"type": "input_audio_buffer.committed", "previous_item_id": previous},
+            {"type": "conversation.item.input_audio_transcription.delta", "content_index": 0,
+             "delta": text},
+        ):
+            await session.send_event({**event, "event_id": f"event_{item}_{event['type']}",
+                                      "item_id": item})
+        at = trio.current_time()
+        await session.send_event({
+            "type": "conversation.item.input_audio_transcription.completed",
+            "event_id": f"event_{item}_completed", "item_id": item, "content_index": 0,
+            "transcript": text})
         return at
 
     @property

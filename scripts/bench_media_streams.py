@@ -36,6 +36,14 @@ SLACK_S = 0.0005  # frames due this soon are sent in the same wake
 RECORD_ARRIVALS = 60 * 50  # outbound frames timed per stream (a minute of audio)
 
 
+class MediaWaiter:
+    """Set when the next outbound media frame arrives; ``at`` is when."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.at = math.nan
+
+
 class LeanStream:
     """One media stream to the daemon (see the module docstring)."""
 
@@ -65,6 +73,7 @@ class LeanStream:
         self._wake = trio.Event()
         self._seq = 0  # Twilio message numbers after the media ones (marks, stop)
         self.changed = trio.Event()  # set (and replaced) on each mark, clear, echo, close
+        self._media_waiter: MediaWaiter | None = None
 
     def _notify(self) -> None:
         self.changed.set()
@@ -159,12 +168,21 @@ class LeanStream:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def expect_media(self) -> MediaWaiter:
+        """A waiter for the next outbound media frame (set with its arrival time)."""
+        waiter = self._media_waiter = MediaWaiter()
+        return waiter
+
     def _message(self, payload: bytes, now: float) -> None:
         head = payload[:40]
         if b'"media"' in head:
             if len(self.arrivals) < RECORD_ARRIVALS:
                 self.arrivals.append(now)
             self._play_end = max(self._play_end, now) + FRAME_S
+            if self._media_waiter is not None:
+                self._media_waiter.at = now
+                self._media_waiter.event.set()
+                self._media_waiter = None
             return
         try:
             doc = json.loads(payload)

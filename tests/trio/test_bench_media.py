@@ -153,6 +153,7 @@ class StandIn:
         self.stt_url, self.greeting = stt_url, greeting
         self.signatures: list[str | None] = []
         self.starts: list[dict[str, Any]] = []
+        self.finals: list[str] = []
 
     async def handler(self, request: trio_websocket.WebSocketRequest) -> None:
         self.signatures.append(dict(request.headers).get(b"x-twilio-signature", b"").decode())
@@ -167,6 +168,10 @@ class StandIn:
                     event = json.loads(await stt.get_message())
                     if event["type"] == "input_audio_buffer.speech_started":
                         await ws.send_message(json.dumps({"event": "clear", "streamSid": sid}))
+                    elif event["type"].endswith("transcription.completed"):  # a reply
+                        self.finals.append(event["transcript"])
+                        await ws.send_message(json.dumps({"event": "media", "streamSid": sid,
+                                                          "media": {"payload": "/w=="}}))
 
             async def greet() -> None:
                 frame = base64.b64encode(b"\xff" * FRAME_BYTES).decode()
@@ -235,9 +240,14 @@ async def test_streams_sender_and_sink_through_a_stand_in() -> None:
             for s in streams:
                 while not s.clears:
                     await s.changed.wait()
+            waiter = streams[0].expect_media()
+            said = await sink.final_transcript(0, "item_r", "Book a table.")
+            await waiter.event.wait()
+            assert said is not None and waiter.at >= said
             sender.stop()
             nursery.cancel_scope.cancel()
     assert stand_in.signatures == ["sig0", "sig1", "sig2"]
+    assert stand_in.finals == ["Book a table."]
     assert [s["customParameters"] for s in stand_in.starts] == [{"token": f"t{i}"}
                                                                 for i in range(3)]
     assert sink.frames == 3 * frames_each and sink.bad_frames == 0
@@ -245,6 +255,8 @@ async def test_streams_sender_and_sink_through_a_stand_in() -> None:
     assert all(len(s.updates) == 1 for s in sink.sessions)
     assert all(0 <= x < 5 for x in latencies)
     for s in streams:
-        assert len(s.arrivals) == greeting and [n for _, n in s.echoed] == ["greeting"]
+        replies = 1 if s.index == 0 else 0
+        assert len(s.arrivals) == greeting + replies
+        assert [n for _, n in s.echoed] == ["greeting"]
         assert s.echoed[0][0] >= s.arrivals[0] + greeting * 0.02 - 1e-6  # after it played
         assert s.blocked_sends == 0 and len(s.lateness) == len(s.sent_at)
