@@ -7,6 +7,8 @@ Task tree (see docs/architecture.md)::
     ├── max-duration timer          starts when the call is answered
     ├── initial message             for carriers that don't speak it themselves
     ├── notify hang-up              notify mode: hang up N s after the message was spoken
+    ├── voice session               voice.py, for a call carried on a media stream: the
+    │                               stream, its STT session, TTS and paced playback
     └── agent reply                 replies.py, started by the supervisor per final transcript
 
 The task starts once the call exists at the carrier (the supervisor dials first) or was
@@ -31,6 +33,7 @@ from .model import CallRecord
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
+    from .voice import VoiceSession
 
 log = logging.getLogger("voicecall.calls")
 
@@ -52,6 +55,7 @@ class LiveCall:
         self.continue_waiting = False
         self.nursery: trio.Nursery | None = None  # the call's own nursery, while it runs
         self.reply_scope: trio.CancelScope | None = None
+        self.voice: VoiceSession | None = None  # while the call streams (voice.py sets it)
 
     def set(self, record: CallRecord) -> None:
         self.record = record
@@ -78,7 +82,10 @@ async def run_call(sup: Supervisor, call: LiveCall, *,
             task_status.started()
             nursery.start_soon(_ring_timer, sup, call)
             nursery.start_soon(_max_duration_timer, sup, call)
-            if not sup.provider.speaks_initial_message:
+            session = sup.voice_factory(sup, call) if sup.voice_factory else None
+            if session is not None:  # it speaks the initial message itself, over the stream
+                await nursery.start(session.run)
+            elif not sup.provider.speaks_initial_message:
                 nursery.start_soon(_initial_message, sup, call)
             if call.record.metadata.get("mode") == "notify":
                 nursery.start_soon(_notify_hangup, sup, call)

@@ -182,6 +182,10 @@ async def _run_bound(
     supervisor = Supervisor(config, provider, journal, clock=time.time,
                             ids=lambda: str(uuid.uuid4()))
     journal.live_records = supervisor.live_records
+    if config.streaming_active():
+        from .voice import voice_factory
+
+        supervisor.voice_factory = voice_factory(config, provider, http)
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal,
                           config_path=config_path)
     try:

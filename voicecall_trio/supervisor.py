@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -70,6 +70,9 @@ from .replay import ReplayResult
 from .replies import Responder
 from .text import check_text, clean_event, clean_text, repaired
 
+if TYPE_CHECKING:
+    from .voice import MediaStream, VoiceSession
+
 log = logging.getLogger("voicecall.calls")
 
 DIAL_TIMEOUT_S = 30.0  # a dial is shielded from the caller's cancellation, up to this long
@@ -98,6 +101,9 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
         self._accepting = True
         self.responder: Responder | None = None  # a registered agent (agent.register)
+        # streamed calls: the daemon sets this when streaming runs (voice.voice_factory)
+        self.voice_factory: Callable[[Supervisor, LiveCall], VoiceSession | None] | None = None
+        self.stream_sessions = _StreamSessions(self)
         self.started_at = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -183,6 +189,24 @@ class Supervisor:
         """Keep ``metadata`` on the live record (turn latency, ``initialSpoken``); journaled
         with the call's next change, which always follows (the speech, the end)."""
         self._store(call, model.with_metadata(call.record, **metadata), None, persist=False)
+
+    def apply_now(self, call: LiveCall, event: CallEvent) -> None:
+        """Apply an event of the call's own making (its voice session: speech played,
+        transcripts, barge-in), as ``deliver`` does for a carrier's."""
+        if call.record.terminal:
+            return
+        self._apply(call, clean_event(event))
+
+    def speech_queues(self, call: LiveCall) -> bool:
+        """Whether ``say`` queues audio (a media stream), so a reply can be spoken sentence
+        by sentence; elsewhere each ``say`` replaces what the carrier was doing."""
+        return call.voice is not None
+
+    def interrupt_reply(self, call: LiveCall) -> None:
+        """The callee talked over the bot: the reply being prepared is cancelled."""
+        interrupt = getattr(replies, "interrupt", None)
+        if interrupt is not None:
+            interrupt(self, call)
 
     def _apply(self, call: LiveCall, event: CallEvent) -> CallRecord:
         record = model.apply(call.record, event, self._now_ms())
@@ -378,6 +402,10 @@ class Supervisor:
             raise CallNotConnected(
                 f"Call is not connected (state {call.record.state.value})"
             )
+        if call.voice is not None:
+            # over the stream: the line enters the transcript when its audio starts
+            await call.voice.say(text)
+            return
         self._apply(call, CallSpeaking(id=f"bot:{self.ids().replace('-', '')}", text=text))
         try:
             await self.provider.speak(call.record, text, listen=listen)
@@ -426,6 +454,19 @@ class Supervisor:
         assert self._nursery is not None
         self.calls.add_live(call)
         await self._nursery.start(run_call, self, call)
+
+
+class _StreamSessions:
+    """Which call a media stream belongs to (``media.stream.StreamSessions``)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self._sup = sup
+
+    def attach(self, call_id: str, stream: MediaStream) -> VoiceSession | None:
+        call = self._sup.live.get(call_id)
+        if call is None or call.record.terminal or call.voice is None:
+            return None
+        return call.voice.attach(stream)
 
 
 def _encode(record: CallRecord) -> bytes:
