@@ -66,6 +66,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = sum(values)
         elif isinstance(first, dict):
             out[key] = combine(values)
+        elif isinstance(first, list):  # e.g. protocol errors: every distinct one
+            out[key] = sorted({str(x) for v in values for x in v})
         elif isinstance(first, bool) or not isinstance(first, int | float):
             out[key] = first
         else:
@@ -163,10 +165,10 @@ def render(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(media: dict[str, Any], machine: dict[str, Any], command: str) -> None:
+def write_section(media: dict[str, Any], machine: dict[str, Any], command: str,
+                  doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
     """Rewrite the figures between the media markers of docs/benchmarks.md (appended with
     the section heading the first time)."""
-    doc = ROOT / "docs" / "benchmarks.md"
     text = doc.read_text() if doc.exists() else ""
     block = (f"{MARKER}\nMeasured {time.strftime('%Y-%m-%d')} with `{command}` "
              f"({machine['cpus']} cores, Python {machine['python']}, median of "

@@ -331,6 +331,11 @@ class Run:
             "frames_lost": sent - received - self.sink.bad_frames,
             "frames_bad": self.sink.bad_frames,
             "stt_sessions": len(self.sink.sessions),
+            "stt_other_messages": sum(x.other_messages for x in self.sink.sessions),
+            "protocol_errors": sorted({e for e in [*(s.protocol_error for s in self.streams),
+                                                   *(x.protocol_error
+                                                     for x in self.sink.sessions)] if e}),
+            "bad_stream_messages": sum(s.bad_messages for s in self.streams),
             "streams_closed_early": sum(1 for s in self.streams if s.close_code is not None),
             "generator_send_lateness": summary_ms(lateness),
             "generator_blocked_sends": sum(s.blocked_sends for s in self.streams),

@@ -61,6 +61,7 @@ class SinkSession:
         self.bad_frames = 0  # not the next frame of its stream, or not byte-identical
         self.other_messages = 0
         self.closed = False
+        self.protocol_error: str | None = None
         self.last_item: str | None = None  # for the next commit's previous_item_id
         self._buf = bytearray()
         self._next_seq = 0
@@ -107,7 +108,10 @@ class SinkSession:
         if kind == "session.update":
             self.updates.append(doc.get("session"))
         elif kind == "input_audio_buffer.append":  # another spelling of the same JSON
-            self._audio(base64.b64decode(doc.get("audio", "")), now)
+            try:
+                self._audio(base64.b64decode(str(doc.get("audio", "")), validate=True), now)
+            except binascii.Error:
+                self.other_messages += 1
         else:
             self.other_messages += 1
 
@@ -142,13 +146,21 @@ class SinkSession:
                     elif opcode == CLOSE:
                         await send_all(sock, server_frame(payload[:2], CLOSE))
                         return
+        except ValueError as exc:  # the daemon broke the WebSocket framing
+            self.protocol_error = str(exc)
+        except OSError:  # the daemon dropped the socket while we wrote
+            pass
         finally:
             self.closed = True
             sock.close()
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             await send_all(self.sock, server_frame(json.dumps(event).encode()))
+        except OSError:
+            self.closed = True
 
 
 class SttSink:

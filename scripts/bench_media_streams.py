@@ -65,6 +65,8 @@ class LeanStream:
         self.clears: list[float] = []
         self.close_code: int | None = None
         self.closed = False
+        self.protocol_error: str | None = None
+        self.bad_messages = 0  # text that is not a JSON object
         self.backlog = bytearray()
         self.blocked_sends = 0
         self._flushing = False
@@ -187,6 +189,9 @@ class LeanStream:
         try:
             doc = json.loads(payload)
         except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            self.bad_messages += 1
             return
         event = doc.get("event")
         if event == "mark":
@@ -249,6 +254,8 @@ class LeanStream:
                             self._send_now(self.masker.frame(payload[:2], CLOSE))
                             self.closed = True
                     self._echo_due(now)
+            except ValueError as exc:  # the daemon broke the WebSocket framing
+                self.protocol_error = str(exc)
             finally:
                 self.closed = True
                 self._wake.set()

@@ -26,6 +26,7 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import bench_media  # noqa: E402
 from bench_media_frames import (  # noqa: E402
     FRAME_BYTES,
     StampedAudio,
@@ -140,6 +141,38 @@ def test_pacing_errors_follow_the_pacer() -> None:
     assert late_frames(stalled) == 1
     assert pacing_errors([], lead_s=0.06) == [] and math.isnan(pct([], 50))
     assert pct([3.0, 1.0, 2.0], 50) == 2.0 and pct([1.0] * 99 + [9.0], 99) == 1.0
+
+
+def _inbound_run(cpu: float, lost: int) -> dict[str, Any]:
+    return {"scenario": "inbound", "calls": 50, "cpu_us_per_frame": cpu, "frames_lost": lost,
+            "frames_bad": 0, "frames_sent": 50_000, "rss_idle_mb": 50.0, "rss_loaded_mb": 60.0,
+            "generator_cpu_share": 0.3, "protocol_errors": ["x"] if lost else [],
+            "latency": {"n": 10, "p50_ms": cpu / 10, "p99_ms": cpu, "max_ms": 9.0},
+            "generator_send_lateness": {"n": 1, "p50_ms": 0.1, "p99_ms": 0.5, "max_ms": 1.0}}
+
+
+def test_runs_combine_to_medians_and_sums() -> None:
+    runs = [_inbound_run(20.0, 0), _inbound_run(30.0, 2), _inbound_run(25.0, 1)]
+    combined = bench_media.combine(runs)
+    assert combined["cpu_us_per_frame"] == 25.0 and combined["latency"]["p99_ms"] == 25.0
+    assert combined["frames_lost"] == 3 and combined["calls"] == 50
+    assert combined["protocol_errors"] == ["x"] and combined["scenario"] == "inbound"
+
+
+def test_the_docs_section_is_rewritten_in_place(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n<!-- bench:results -->\nother\n<!-- bench:results -->\n")
+    media = {"inbound_50": {**bench_media.combine([_inbound_run(20.0, 0)]), "runs": 1}}
+    machine = {"cpus": 2, "python": "3.11", "runs": 1}
+    bench_media.write_section(media, machine, "./scripts/bench --only media", doc)
+    first = doc.read_text()
+    assert "## Media streams" in first and "other" in first and "20.0 us" in first
+    assert "204.8 KB" in first  # (60 - 50) MB / 50 calls
+    media["inbound_50"]["cpu_us_per_frame"] = 21.5
+    bench_media.write_section(media, machine, "./scripts/bench --only media", doc)
+    second = doc.read_text()
+    assert second.count("## Media streams") == 1 and "21.5 us" in second
+    assert "20.0 us" not in second and "other" in second
 
 
 # -- a stand-in daemon -----------------------------------------------------------------------
