@@ -1,8 +1,9 @@
 """Measure the budgets and record them in docs/benchmarks.md.
 
     ./scripts/bench                  # everything, 3 runs each, median reported
-    ./scripts/bench --only rpc,cli   # subsets: rpc, cli, journal, replay, webhooks, calls, profile,
-                                     # media (scripts/bench_media.py: its own docs section)
+    ./scripts/bench --only rpc,cli   # subsets: rpc, cli, journal, replay, webhooks, calls,
+                                     # replies, profile, media (scripts/bench_media.py:
+                                     # its own docs section)
     ./scripts/bench --quick          # fewer iterations (smoke run)
 
 Prints a JSON document and a table, and rewrites docs/benchmarks.md (unless --no-write).
@@ -75,6 +76,7 @@ class Daemon:
         self.socket = self.dir / "voicecall.sock"
         self.env = {**os.environ, "VOICECALL_CONFIG": str(self.config_path)}
         self.env.pop("VOICECALL_SOCKET", None)
+        self.env.pop("OPENAI_API_KEY", None)  # built-in replies must not call OpenAI here
         self.log = open(self.dir / "daemon.log", "wb")  # noqa: SIM115
         command = [sys.executable, *python_args, "-m", "voicecall_trio.cli", "serve"]
         self.proc = subprocess.Popen(pinned(command, core), env=self.env,
@@ -519,6 +521,111 @@ def bench_calls(runs: int, turns: int, held: int) -> dict[str, Any]:
             "rss_per_call_kb": round((loaded - idle) * 1024 / held, 1)}
 
 
+# -- replies: the built-in client's turn, stage by stage ------------------------------------
+
+REPLY_TEXT = "Noted, thank you very much for telling me."  # 8 tokens as the fake streams it
+
+
+def _fake_llm(first_token_s: float, token_s: float) -> tuple[str, Any]:
+    """FakeChatCompletions in a thread with its own trio run: (base URL, stop)."""
+    import threading
+
+    import trio
+
+    from voicecall_trio.testing.chat import FakeChatCompletions, Reply
+
+    ready: list[Any] = []
+    started = threading.Event()
+
+    async def serve() -> None:
+        reply = Reply(REPLY_TEXT, first_token_s=first_token_s, token_s=token_s)
+        async with FakeChatCompletions(default=reply) as fake:
+            ready.extend([fake.url, trio.lowlevel.current_trio_token(), fake])
+            started.set()
+            await fake._stop.wait()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("the fake LLM did not start")
+    url, token, fake = ready
+
+    def stop() -> None:
+        trio.from_thread.run_sync(fake.stop, trio_token=token)
+        thread.join(timeout=5)
+
+    return url, stop
+
+
+def _reply_turns(daemon: Daemon, calls: int) -> list[dict[str, Any]]:
+    """Place ``calls`` conversation calls one after the other, each until the callee's script
+    runs out; then every turn the journal kept (``metadata.turns``)."""
+    from voicecall_trio.cli.latency import read_records, turns_of
+    from voicecall_trio.rpc.client import SyncClient
+
+    ids = []
+    with SyncClient(daemon.socket) as client:
+        for _ in range(calls):
+            placed = client.call("voicecall.initiate", {
+                "to": "+15555550123", "message": "Hello.", "mode": "conversation"})
+            ids.append(placed["callId"])
+            deadline = time.monotonic() + 300
+            while client.call("voicecall.status", {"callId": placed["callId"]}).get(
+                    "call", {}).get("endReason") is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a replies call did not end")
+                time.sleep(0.05)
+    records = read_records(str(daemon.dir / "calls.jsonl"))
+    return list(turns_of(records[i] for i in ids))
+
+
+def _stages(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    total = [t["firstAudioOut"] for t in turns if "firstAudioOut" in t]
+    model = [t["firstToken"] - t["replyRequested"] for t in turns
+             if "firstToken" in t and "replyRequested" in t]
+    own = [t["firstAudioOut"] - (t["firstToken"] - t["replyRequested"]) for t in turns
+           if {"firstAudioOut", "firstToken", "replyRequested"} <= set(t)]
+    return {"turns": len(turns),
+            "total_p50_ms": round(pct(total, 50), 2), "total_p99_ms": round(pct(total, 99), 2),
+            "first_token_p50_ms": round(pct(model, 50), 2),
+            "own_p50_ms": round(pct(own, 50), 2), "own_p99_ms": round(pct(own, 99), 2)}
+
+
+def bench_replies(runs: int, instant_turns: int, delayed_turns: int) -> dict[str, Any]:
+    """Built-in replies on the mock carrier (no simulated delays), from a FakeChatCompletions
+    on loopback: instant, then 300 ms to the first token and 20 ms per token. Figures are the
+    daemon's own waterfall (``metadata.turns``): caller stopped (= the mock's final
+    transcript) -> first audio out (= the speak request sent), and that minus the model's
+    time to first token (request -> first token, loopback HTTP included)."""
+    from voicecall_trio.testing.chat import tokens
+
+    per_call = 50  # the journal keeps a call's last 50 turns
+    out: dict[str, Any] = {}
+    for name, first_token_s, token_s, turns in (("instant", 0.0, 0.0, instant_turns),
+                                                ("delayed", 0.3, 0.02, delayed_turns)):
+        samples: list[dict[str, Any]] = []
+        url, stop = _fake_llm(first_token_s, token_s)
+        try:
+            for _ in range(runs):
+                calls = max(1, -(-turns // per_call))
+                script = [f"Line {i} from the callee." for i in range(min(turns, per_call))]
+                daemon = Daemon({"responseBaseUrl": url, "maxDurationSeconds": 3600,
+                                 "mock": {**INSTANT_MOCK, "callerScript": script}}, core=0)
+                try:
+                    samples += _reply_turns(daemon, calls)
+                finally:
+                    daemon.stop()
+        finally:
+            stop()
+        figures = _stages(samples)
+        provider_ms = (first_token_s + token_s * (len(tokens(REPLY_TEXT)) - 1)) * 1000
+        figures["provider_ms"] = round(provider_ms, 1)
+        figures["over_provider_p50_ms"] = round(figures["total_p50_ms"] - provider_ms, 2)
+        figures["over_provider_p99_ms"] = round(figures["total_p99_ms"] - provider_ms, 2)
+        out[name] = figures
+    return out
+
+
 # -- where a webhook's time goes ------------------------------------------------------------
 
 TWILIO_DAEMON = {"provider": "twilio", "fromNumber": "+15550001234",
@@ -635,6 +742,24 @@ def table(results: dict[str, Any]) -> str:
                  ("RSS idle", f"{r['rss_idle_mb']} MB", ""),
                  (f"RSS per live call ({r['held_calls']} held)", f"{r['rss_per_call_kb']} KB",
                   "")]
+    if "replies" in results:
+        r = results["replies"]
+        if "instant" in r:
+            i = r["instant"]
+            rows += [(f"built-in reply, instant fake LLM: caller stopped -> first audio out "
+                      f"p50 / p99 ({i['turns']} turns, mock)",
+                      f"{i['total_p50_ms']} / {i['total_p99_ms']} ms", ""),
+                     ("  the same less the fake's request -> first token (loopback HTTP)",
+                      f"{i['own_p50_ms']} / {i['own_p99_ms']} ms", "p99 <= 5 ms")]
+        if "delayed" in r:
+            d = r["delayed"]
+            rows += [(f"built-in reply, fake LLM 300 ms to first token + 20 ms/token: caller "
+                      f"stopped -> first audio out p50 / p99 ({d['turns']} turns, mock)",
+                      f"{d['total_p50_ms']} / {d['total_p99_ms']} ms", ""),
+                     (f"  over the provider's own {d['provider_ms']:.0f} ms (whole reply: "
+                      "mock speaks it at once)",
+                      f"{d['over_provider_p50_ms']} / {d['over_provider_p99_ms']} ms",
+                      "<= 20 ms")]
     if "profile" in results:
         r = results["profile"]
         rows.append((f"profiled webhook, by layer (cProfile, {r['connections']} connections)",
@@ -655,7 +780,8 @@ def pin_self(core: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", default="rpc,cli,journal,replay,webhooks,calls,profile,media")
+    parser.add_argument("--only",
+                        default="rpc,cli,journal,replay,webhooks,calls,replies,profile,media")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
@@ -686,6 +812,8 @@ def main() -> int:
                                              5000 if quick else 100_000)
     if "calls" in only:
         results["calls"] = bench_calls(runs, 20 if quick else 100, 20 if quick else 100)
+    if "replies" in only:
+        results["replies"] = bench_replies(runs, 50 if quick else 200, 10 if quick else 50)
     if "profile" in only:
         results["profile"] = profile_webhooks(2000 if quick else 20_000)
     if "media" in only:

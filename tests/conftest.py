@@ -80,10 +80,11 @@ def base_config(store: Path) -> dict[str, Any]:
 
 
 def clean_env() -> dict[str, str]:
-    """The test's environment without anything that would redirect the CLI or the daemon."""
+    """The test's environment without anything that would redirect the CLI or the daemon
+    (an ``OPENAI_API_KEY`` would have the daemon's built-in replies call OpenAI)."""
     env = dict(os.environ)
     for name in ("VOICECALL_SOCKET", "VOICECALL_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                 "WATCHDOG_PID"):
+                 "WATCHDOG_PID", "OPENAI_API_KEY"):
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -9,7 +9,7 @@ Task tree (see docs/architecture.md)::
     ├── notify hang-up              notify mode: hang up N s after the message was spoken
     ├── voice session               voice.py, for a call carried on a media stream: the
     │                               stream, its STT session, TTS and paced playback
-    └── agent reply                 replies.py, started by the supervisor per final transcript
+    └── reply                       replies.py (agent or built-in), per final transcript
 
 The task starts once the call exists at the carrier (the supervisor dials first) or was
 offered by it. Whatever ends it (the callee hanging up, ``end``, a timer, cancellation at
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .agent.waterfall import Waterfall
 from .errors import ProviderError, VoiceCallError
 from .model import CallRecord
 
@@ -56,6 +57,7 @@ class LiveCall:
         self.nursery: trio.Nursery | None = None  # the call's own nursery, while it runs
         self.reply_scope: trio.CancelScope | None = None
         self.voice: VoiceSession | None = None  # while the call streams (voice.py sets it)
+        self.waterfall: Waterfall | None = Waterfall()  # per-turn latency (replies.py)
 
     def set(self, record: CallRecord) -> None:
         self.record = record

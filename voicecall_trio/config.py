@@ -166,6 +166,7 @@ class VoiceCallConfig(_Section):
     response_system_prompt: str | None = None
     response_timeout_ms: int = 30_000
     response_base_url: str = "https://api.openai.com/v1"  # ours
+    response_api_key: str | None = None  # ours; env OPENAI_API_KEY, then streaming.openaiApiKey
     mock: MockConfig = msgspec.field(default_factory=MockConfig)  # issue: mock carrier
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)  # ours
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)  # ours
@@ -219,6 +220,11 @@ class VoiceCallConfig(_Section):
             return f"no speech key ({missing}): the bot cannot speak over media streams"
         return None
 
+    def response_key(self) -> str | None:
+        """The built-in replies' key: ``responseApiKey`` (``OPENAI_API_KEY`` falls back into
+        it), else ``streaming.openaiApiKey``."""
+        return self.response_api_key or self.streaming.openai_api_key or None
+
 
 # -- loading -----------------------------------------------------------------------------
 
@@ -237,8 +243,16 @@ _ENV_FALLBACKS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+# top-level keys with an env fallback (the file wins)
+_TOP_ENV_FALLBACKS: tuple[tuple[str, str], ...] = (("responseApiKey", "OPENAI_API_KEY"),)
+
+
 def _apply_env(section: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     out = dict(section)
+    for name, var in _TOP_ENV_FALLBACKS:
+        value = environ.get(var)
+        if value and out.get(name) in (None, ""):
+            out[name] = value
     for path, var in _ENV_FALLBACKS:
         value = environ.get(var)
         if value:
@@ -319,6 +333,12 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
                 raise ConfigError(f"{prefix + '.' if prefix else ''}{exc}") from None
     if config.max_concurrent_calls < 1:
         raise ConfigError(f"{key('maxConcurrentCalls')}: must be at least 1")
+    if not config.response_model.strip():
+        raise ConfigError(f"{key('responseModel')}: must name a model (like openai/gpt-4o-mini)")
+    if config.response_timeout_ms < 1:
+        raise ConfigError(f"{key('responseTimeoutMs')}: must be at least 1")
+    if not config.response_base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{key('responseBaseUrl')}: must be an http:// or https:// URL")
     if config.max_duration_seconds < 1:
         raise ConfigError(f"{key('maxDurationSeconds')}: must be at least 1")
     for name, path in (("serve.path", config.serve.path), ("streaming.streamPath",

@@ -14,6 +14,10 @@ Start order (each child reports ready through ``task_status.started()``)::
             ├── JSON-RPC server   on the Unix socket bound first, as the single-instance lock
             ├── HTTP front        front.py: webhooks answered in place; other requests
             │                     (/healthz, h2, chunked) handed to Hypercorn and Quart
+            ├── tunnel            tunnel/: ngrok or Tailscale, once the port is bound; its
+            │                     URL is the provider's before ready (publicUrl: none)
+            ├── model check       model_lifecycle.py: one warning per model near shutdown
+            ├── signal watcher    SIGTERM / SIGINT -> graceful stop
             └── systemd watchdog  when WATCHDOG_USEC is set (systemd.py)
 
 Stopping runs the other way: calls are ended (up to ``shutdownGraceSeconds``), then the HTTP
@@ -27,6 +31,7 @@ import gc
 import logging
 import os
 import resource
+import secrets
 import signal
 import time
 import uuid
@@ -40,6 +45,8 @@ import httpx
 import trio
 
 from . import __version__, systemd
+from .agent.builtin import make_builtin
+from .agent.chat import model_name, shown_url
 from .config import VoiceCallConfig
 from .errors import DaemonStartError, SocketInUse
 from .health import health_report
@@ -51,6 +58,7 @@ from .rpc.methods import build_methods
 from .rpc.server import RpcServer
 from .rpc.unix import open_unix_listener
 from .supervisor import Supervisor
+from .tunnel.supervisor import TunnelSupervisor
 
 log = logging.getLogger("voicecall.daemon")
 
@@ -69,6 +77,9 @@ class DaemonHandle:
     ready: bool = False  # every part started (what READY=1 tells systemd)
     config_path: Path | None = None  # the file SIGHUP re-reads
     reloader: Reloader | None = None  # while signals are handled
+    tunnel: TunnelSupervisor | None = None  # the tunnel in force (None: publicUrl or none)
+    # echoed to doctor's reachability probe (health.PROBE_HEADER); shown on the socket only
+    probe_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -128,9 +139,6 @@ async def run_daemon(
     streaming_problem = config.streaming_warning()
     if streaming_problem:
         log.warning("%s", streaming_problem)
-    if config.tunnel.provider != "none" or config.tailscale.mode != "off":
-        log.warning("tunnel/tailscale settings are accepted but the daemon does not start a "
-                    "tunnel yet; set publicUrl to the URL of a tunnel you run")
     store_lock = lock_store(config.store_dir)
     try:
         try:
@@ -186,6 +194,10 @@ async def _run_bound(
         from .voice import voice_factory
 
         supervisor.voice_factory = voice_factory(config, provider, http)
+    # the reply client has its own connections: an injected carrier client may be in memory
+    chat_http = httpx.AsyncClient(timeout=10.0)
+    supervisor.builtin = make_builtin(config, chat_http)
+    _log_replies(config, supervisor.builtin is not None)
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal,
                           config_path=config_path)
     try:
@@ -197,9 +209,20 @@ async def _run_bound(
             finally:
                 await journal.close()
     finally:
-        if own_client:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await chat_http.aclose()
+            if own_client:
                 await http.aclose()
+
+
+def _log_replies(config: VoiceCallConfig, builtin: bool) -> None:
+    """Say once who answers callers when no gateway agent is registered (never the key)."""
+    if builtin:
+        log.info("built-in replies: %s at %s (a registered agent takes precedence)",
+                 model_name(config.response_model), shown_url(config.response_base_url))
+    else:
+        log.info("no built-in replies (responseBaseUrl is OpenAI's and no key is set): "
+                 "callers are answered only by a registered agent")
 
 
 async def _run_calls(
@@ -224,8 +247,9 @@ async def _run_calls(
                                  listen=handle.http_binds)
 
         def rpc_health() -> dict[str, Any]:  # daemon.health: also whether all parts started
-            return health_report(supervisor, started=started, public_url=provider.public_url,
-                                 listen=handle.http_binds, ready=handle.ready)
+            return {**health_report(supervisor, started=started,
+                                    public_url=provider.public_url, listen=handle.http_binds,
+                                    ready=handle.ready), "probeToken": handle.probe_token}
 
         methods = build_methods(supervisor, health=rpc_health, simulate_inbound=simulate)
         rpc = RpcServer(methods)
@@ -237,9 +261,15 @@ async def _run_calls(
                 handle.reloader = Reloader(handle, handle.config_path, env)
                 await front.start(handle.reloader.watch)
             await front.start(rpc.serve, handle.socket_path, listener)
-            handle.http_binds = await front.start(
-                _serve_http, config, provider, supervisor, health, http_stop, http_done
-            )
+            handle.http_binds = await front.start(partial(
+                _serve_http, config, provider, supervisor, health, http_stop, http_done,
+                probe_token=handle.probe_token))
+            # the tunnel forwards to the bound port; its URL is in force before ready
+            from .model_lifecycle import warn_about_models
+            from .tunnel.task import start_tunnel
+
+            handle.tunnel = await start_tunnel(front, config, provider.set_public_url,
+                                               handle.http_binds, env, stop=handle.stop_event)
             interval = systemd.watchdog_interval_s(env)
             if interval:
                 front.start_soon(systemd.watchdog, interval, env)
@@ -251,6 +281,7 @@ async def _run_calls(
             gc.freeze()
             systemd.notify("READY=1", env)
             task_status.started(handle)
+            front.start_soon(warn_about_models, config, env)  # never delays or fails start-up
             await handle.stop_event.wait()
             log.info("stopping: ending %d live call(s)", supervisor.active_count)
             systemd.notify("STOPPING=1", env)
@@ -271,6 +302,7 @@ async def _serve_http(
     stop: trio.Event,
     done: trio.Event,
     *,
+    probe_token: str | None = None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     from hypercorn.config import Config as HypercornConfig
@@ -280,7 +312,7 @@ async def _serve_http(
     from .front_limits import FD_RESERVE, connection_cap
     from .web import WebhookGate, create_app_for
 
-    gate = WebhookGate(config, provider, supervisor)
+    gate = WebhookGate(config, provider, supervisor, probe_token=probe_token)
     app = create_app_for(gate, health=health)
     hc = HypercornConfig()
     hc.accesslog = None

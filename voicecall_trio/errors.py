@@ -11,6 +11,7 @@ quart or msgspec.
     ├── VoiceCallError                 rpc -32000  application error a handler raises
     │   ├── ConfigError                rpc -32000  a bad config; the message names the key path
     │   ├── DaemonStartError           exit 1      the daemon cannot start (config, lock, port)
+    │   │   └── TunnelError            exit 1      the tunnel could not start, or died
     │   ├── CallNotFound               rpc -32001  "Call not found"
     │   ├── CallNotConnected           rpc -32002  the call is not connected, or has ended
     │   ├── ConcurrencyLimit           rpc -32003  "Maximum concurrent calls (N) reached"
@@ -32,7 +33,9 @@ quart or msgspec.
     ├── UsageError                     exit 2      a command's arguments make no sense together
     ├── Failed                         exit 1      a command's operation failed
     ├── JournalError (OSError)         -> VoiceCallError (rpc -32000) "...; the call was not placed"
-    └── PeerClosed                     -           the fast front's peer stopped or ran late
+    ├── PeerClosed                     -           the fast front's peer stopped or ran late
+    └── ChatError                      -           a built-in reply failed (status, refused, time)
+        └── ChatStreamError            -           a malformed, oversized or truncated reply stream
 
 Where each is raised:
 
@@ -41,6 +44,10 @@ Where each is raised:
 - ``SpeechError``: by the speech clients (``tts/``) when the provider answers an error status,
   times out or cannot be reached before the first audio byte (the message names the provider
   and the failure, never a key), and by ``media.player.Player.enqueue`` when its queue is full.
+- ``TunnelError``: by ``tunnel/`` when the ngrok agent or ``tailscale`` fails (missing binary,
+  an error line, an exit, no URL in time); before the first URL it stops ``serve`` (exit 1),
+  later the tunnel supervisor logs it and restarts the tunnel. The message names the config
+  key and the cause, never a secret.
 - ``ProviderError``: by the carrier shells and the REST executor (``status`` is the carrier's
   HTTP status, ``code`` its error code). It never reaches a client as is: ``carrier_error`` is
   the one place it becomes a ``CarrierError``.
@@ -61,6 +68,11 @@ Where each is raised:
 - ``UsageError`` / ``Failed``: by CLI commands; ``cli.outcome.guard`` maps them to exit codes.
 - ``JournalError``: by the journal writer (``journal.py``) when a record cannot be written;
   an ``initiate`` whose first record fails is refused before any dial.
+- ``ChatError``: by the built-in reply client (``agent/client.py``): ``status`` is the LLM
+  server's HTTP status (None: refused, timed out), ``code`` its ``error.code``, ``retryable``
+  whether one retry may help (429 other than ``insufficient_quota``, 5xx). ``ChatStreamError``
+  by the sans-IO SSE and chunk decoders. Neither reaches a client: ``replies.py`` logs one line
+  (never the key) and speaks a fallback.
 - ``PeerClosed``: by the fast front's connection (``front_connection.py``) when a peer stops
   sending or reading within the request timeout; the connection is dropped.
 """
@@ -90,6 +102,10 @@ class ConfigError(VoiceCallError):
 
 class DaemonStartError(VoiceCallError):
     """Raised when the daemon cannot start (config, lock, port); the message says why."""
+
+
+class TunnelError(DaemonStartError):
+    """Raised when a tunnel cannot start or dies; the message names the cause."""
 
 
 class CallNotFound(VoiceCallError):
@@ -261,6 +277,8 @@ __all__ = [
     "CallNotConnected",
     "CallNotFound",
     "CarrierError",
+    "ChatError",
+    "ChatStreamError",
     "ConcurrencyLimit",
     "ConfigError",
     "DaemonStartError",
@@ -276,6 +294,7 @@ __all__ = [
     "SpeechError",
     "TelnyxParseError",
     "TranscriptTimeout",
+    "TunnelError",
     "UsageError",
     "VoiceCallError",
     "WebhookParseError",
@@ -290,3 +309,20 @@ class JournalError(OSError):
 
 class PeerClosed(Exception):
     """The fast front's peer went away or stalled: drop the connection."""
+
+
+class ChatError(Exception):
+    """A built-in reply failed: the LLM server's status and ``error.code``, if it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retryable: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
+
+
+class ChatStreamError(ChatError):
+    """A reply stream that cannot be read: bad JSON, an error event, oversized, or cut short."""

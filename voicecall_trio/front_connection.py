@@ -84,6 +84,7 @@ class _Connection:
             if head.method != "POST" or head.path != self.gate.path:
                 return True
             response, close = await self._exchange(head)
+            response = self.gate.stamp(head.headers, response)
             close = close or head.close or self.front.closing
             await self._send(render_response(response.status, response.body,
                                              response.content_type, dict(response.headers),

@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 
+# ``voicecall doctor``'s reachability probe: a webhook request through the public URL that
+# carries this daemon's per-run token (``daemon.health`` ``probeToken``, readable only on the
+# 0600 socket) gets it echoed back in this header, whatever the answer, which proves the
+# request reached *this* daemon. Without the token, or with a wrong one, nothing changes.
+PROBE_HEADER = "x-voicecall-probe"
+
 if TYPE_CHECKING:
     from .supervisor import Supervisor
 
@@ -36,4 +42,4 @@ def health_report(supervisor: Supervisor, *, started: float, public_url: str | N
     return report
 
 
-__all__ = ["health_report"]
+__all__ = ["PROBE_HEADER", "health_report"]

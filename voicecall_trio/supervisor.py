@@ -71,6 +71,7 @@ from .replies import Responder
 from .text import check_text, clean_event, clean_text, repaired
 
 if TYPE_CHECKING:
+    from .agent.builtin import BuiltinResponder
     from .voice import MediaStream, VoiceSession
 
 log = logging.getLogger("voicecall.calls")
@@ -104,6 +105,7 @@ class Supervisor:
         # streamed calls: the daemon sets this when streaming runs (voice.voice_factory)
         self.voice_factory: Callable[[Supervisor, LiveCall], VoiceSession | None] | None = None
         self.stream_sessions = _StreamSessions(self)
+        self.builtin: BuiltinResponder | None = None  # built-in replies, when configured
         self.started_at = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -177,12 +179,16 @@ class Supervisor:
             self.journal.append(record, line)
         if event_type is None:
             return
+        if record.state is not before:
+            log.info("call %s: %s -> %s (%s)", record.call_id, before, record.state, event_type)
+        self._publish(record, event_type, extra)
+
+    def _publish(self, record: CallRecord, event_type: str,
+                 extra: dict[str, Any] | None) -> None:
         payload: dict[str, Any] = {"callId": record.call_id, "type": event_type,
                                    "state": record.state.value}
         if extra:
             payload.update(extra)
-        if record.state is not before:
-            log.info("call %s: %s -> %s (%s)", record.call_id, before, record.state, event_type)
         self.bus.publish(payload)
 
     def note(self, call: LiveCall, **metadata: Any) -> None:
@@ -195,7 +201,13 @@ class Supervisor:
         transcripts, barge-in), as ``deliver`` does for a carrier's."""
         if call.record.terminal:
             return
-        self._apply(call, clean_event(event))
+        event = clean_event(event)
+        if isinstance(event, CallSpeech) and not event.is_final:
+            # an interim transcript (several a second) is news for subscribers only: it
+            # changes nothing in the record, so nothing is journaled or remembered
+            self._publish(call.record, "call.speech", _public_fields(event))
+            return
+        self._apply(call, event)
 
     def speech_queues(self, call: LiveCall) -> bool:
         """Whether ``say`` queues audio (a media stream), so a reply can be spoken sentence
@@ -204,15 +216,12 @@ class Supervisor:
 
     def interrupt_reply(self, call: LiveCall) -> None:
         """The callee talked over the bot: the reply being prepared is cancelled."""
-        interrupt = getattr(replies, "interrupt", None)
-        if interrupt is not None:
-            interrupt(self, call)
+        replies.interrupt(self, call)
 
     def _apply(self, call: LiveCall, event: CallEvent) -> CallRecord:
         record = model.apply(call.record, event, self._now_ms())
         if record is not call.record:
-            extra = {k: v for k, v in _event_fields(event).items()
-                     if k not in ("id", "callId", "type", "timestamp")}
+            extra = _public_fields(event)
             # an interim transcript changes nothing worth a journal line (streaming STT sends
             # several a second); it is still published to subscribers
             interim = (isinstance(event, CallSpeech) and not event.is_final
@@ -481,10 +490,11 @@ def _event_type(event: CallEvent) -> str:
     return str(type(event).__struct_config__.tag)
 
 
-def _event_fields(event: CallEvent) -> dict[str, Any]:
+def _public_fields(event: CallEvent) -> dict[str, Any]:
+    """What a ``voicecall.event`` notification tells of an event beyond its call and type."""
     out = msgspec.to_builtins(event)
     assert isinstance(out, dict)
-    return out
+    return {k: v for k, v in out.items() if k not in ("id", "callId", "type", "timestamp")}
 
 
 __all__ = ["DIAL_TIMEOUT_S", "LiveCall", "Supervisor"]

@@ -248,9 +248,7 @@ class VoiceSession:
         log.info("call %s: barge-in after %d ms of speech", self.call_id, heard_ms)
         self._emit(CallInterrupted(id=f"{utterance.id}:cut", utterance=utterance.id,
                                    heard_ms=heard_ms))
-        interrupt = getattr(self._sup, "interrupt_reply", None)
-        if interrupt is not None:
-            interrupt(self._call)
+        self._sup.interrupt_reply(self._call)
 
     def _on_stt_lost(self) -> None:
         log.warning("call %s: transcription lost: the STT could not be reached again",

@@ -20,6 +20,7 @@ never a 500 that leaks a traceback and never a crashed daemon.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -30,6 +31,7 @@ from quart_trio import QuartTrio
 
 from .config import VoiceCallConfig
 from .errors import BodyTooLarge, WebhookRejected
+from .health import PROBE_HEADER
 from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse, rejected
 
 log = logging.getLogger("voicecall.web")
@@ -66,8 +68,9 @@ class WebhookGate:
     """
 
     def __init__(self, config: VoiceCallConfig, provider: Provider,
-                 directory: CallDirectory) -> None:
+                 directory: CallDirectory, *, probe_token: str | None = None) -> None:
         security = config.webhook_security
+        self.probe_token = probe_token
         self.provider = provider
         self.directory = directory
         self.path = config.serve.path
@@ -117,6 +120,15 @@ class WebhookGate:
             return TOO_LARGE
         return None
 
+    def stamp(self, headers: Mapping[str, str], response: WebhookResponse) -> WebhookResponse:
+        """``response``, with the probe token echoed when the request carried it (doctor)."""
+        token, probe = self.probe_token, headers.get(PROBE_HEADER)
+        if not token or probe is None or not hmac.compare_digest(
+                probe.encode("utf-8", "replace"), token.encode()):
+            return response
+        return WebhookResponse(response.status, response.body, response.content_type,
+                               {**response.headers, PROBE_HEADER: token})
+
     async def respond(self, request: WebhookRequest) -> WebhookResponse:
         """The carrier module's answer. A ``WebhookRejected`` it raises is rendered with its
         own status; any other failure becomes a 400 and one log line."""
@@ -156,6 +168,7 @@ class WebhookEndpoint:
                 refusal = TOO_LARGE
         if refusal is not None:
             # over HTTP/1.x the connection ends after it rather than read an unwanted body
+            refusal = self.gate.stamp(headers, refusal)
             await _reply(send, refusal, close=scope.get("http_version", "1.1") in ("1.0", "1.1"))
             return
         if not self.gate.enter(remote):
@@ -167,7 +180,7 @@ class WebhookEndpoint:
             # released before the answer is sent, as on the fast path: a peer that never
             # reads its answer (an h2 stream with a zero window) must not keep the slot
             self.gate.leave(remote)
-        await _reply(send, response)
+        await _reply(send, self.gate.stamp(headers, response))
 
     async def _handle(self, scope: Scope, headers: dict[str, str], body: bytes,
                       remote: str) -> WebhookResponse:

@@ -3,9 +3,9 @@ format, during a whole Twilio call.
 
 A real ``voicecall serve`` subprocess talks to ``FakeTwilio`` (running in this test's trio
 loop): REST dial with Basic auth, signed status callbacks, TwiML fetches, Gather results, a REST
-update per turn, and the hang-up. The auth token and the OpenAI key (env) are distinctive, so
-a grep of the captured stderr finds them wherever they leak. A webhook with a bad signature
-is sent too (its refusal is logged), and a correctly signed status callback whose
+update per turn, and the hang-up. The auth token and the OpenAI key (in the config) are
+distinctive, so a grep of the captured stderr finds them wherever they leak. A webhook with
+a bad signature is sent too (its refusal is logged), and a correctly signed status callback whose
 ``ErrorMessage`` carries the secrets, an ``Authorization`` value, a stream token and a phone
 number: the daemon logs carrier error text, so this proves the redaction is in force in the
 ``serve`` process itself, not only that nothing happened to leak. Blocking helpers (the daemon
@@ -43,7 +43,8 @@ STREAM_MAC = "Zm9yZ2VkLXN0cmVhbS1tYWMx"  # 24 URL-safe base64 characters, as flo
 async def test_no_secret_in_serve_output_during_a_whole_call(
     make_daemon: MakeDaemon, monkeypatch: pytest.MonkeyPatch, log_format: str, log_level: str
 ) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", OPENAI)  # the daemon's environment (clean_env copies)
+    # the OpenAI key sits in the config: the tests' daemons never get OPENAI_API_KEY (it
+    # would switch built-in replies on against the real API); tts.apiKey is not used here
     script = ["Hello, this is the callee.", "Nine works.", "Bye."]
     fake = FakeTwilio(account_sid=ACCOUNT, auth_token=TOKEN, phone_number=FROM,
                       voice_url=PUBLIC)
@@ -51,7 +52,8 @@ async def test_no_secret_in_serve_output_during_a_whole_call(
         fake.callees[CALLEE] = Callee(script=script)
         d = make_daemon(start=False, provider="twilio", fromNumber=FROM, publicUrl=PUBLIC,
                         twilio={"accountSid": ACCOUNT, "authToken": TOKEN,
-                                "apiBaseUrl": fake.url})
+                                "apiBaseUrl": fake.url},
+                        tts={"apiKey": OPENAI})
         await trio.to_thread.run_sync(
             lambda: d.start(extra_args=("--log-format", log_format, "--log-level", log_level)))
         health = await trio.to_thread.run_sync(d.health)

@@ -108,42 +108,45 @@ def test_watch_knows_the_models_terminal_states() -> None:
 FAKE_TAILSCALE = """#!/bin/sh
 echo "$@" >> "$TS_LOG"
 case "$*" in
-  *status*) echo " https://box.tail.ts.net/hook (Funnel on)"; exit 0 ;;
+  "status --json") echo '{"Self": {"DNSName": "box.tail.ts.net."}}'; exit 0 ;;
 esac
 if [ -n "$TS_FAIL" ]; then echo "funnel is not enabled" >&2; exit 1; fi
 """
 
 
-@pytest.mark.parametrize(("mode", "fail", "code", "calls", "err"), [
-    ("funnel", "", 0, ["funnel --bg --yes --set-path /hook http://127.0.0.1:4321/hook",
-                       "funnel status"], ""),
-    ("serve", "", 0, ["serve --bg --yes --set-path /hook http://127.0.0.1:4321/hook",
-                      "serve status"], "Tailscale Serve is private to your tailnet"),
-    ("off", "1", 0, ["funnel --set-path /hook off", "serve --set-path /hook off",
-                     "funnel status"], ""),
-    ("funnel", "1", 1, ["funnel --bg --yes --set-path /hook http://127.0.0.1:4321/hook"],
-     "error: funnel --bg --yes --set-path /hook http://127.0.0.1:4321/hook failed: "
-     "funnel is not enabled"),
+@pytest.mark.parametrize(("mode", "fail", "code", "calls", "err", "out"), [
+    ("funnel", "", 0, ["status --json",
+                       "funnel --bg --yes --set-path /hook http://127.0.0.1:4321/hook"], "",
+     "https://box.tail.ts.net/hook\n"),
+    ("serve", "", 0, ["status --json",
+                      "serve --bg --yes --set-path /hook http://127.0.0.1:4321/hook"],
+     "Tailscale Serve is private to your tailnet", "https://box.tail.ts.net/hook\n"),
+    ("off", "1", 0, ["funnel --set-path /hook off", "serve --set-path /hook off"], "",
+     "off: /hook no longer exposed\n"),
+    ("funnel", "1", 1, ["status --json",
+                        "funnel --bg --yes --set-path /hook http://127.0.0.1:4321/hook"],
+     "error: expose --mode funnel: `tailscale funnel --bg --yes --set-path /hook "
+     "http://127.0.0.1:4321/hook` failed (exit 1): funnel is not enabled", ""),
 ])
 def test_expose_runs_tailscale(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    mode: str, fail: str, code: int, calls: list[str], err: str,
+    mode: str, fail: str, code: int, calls: list[str], err: str, out: str,
 ) -> None:
     fake = tmp_path / "bin" / "tailscale"
     fake.parent.mkdir()
     fake.write_text(FAKE_TAILSCALE)
     fake.chmod(0o755)
     log = tmp_path / "calls.log"
-    monkeypatch.setenv("PATH", str(fake.parent))
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
     monkeypatch.setenv("TS_LOG", str(log))
     monkeypatch.setenv("TS_FAIL", fail)
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"serve": {"port": 4321, "path": "/hook"}}))
     assert cli.main(["expose", "--mode", mode, "--config", str(config)]) == code
     assert log.read_text().splitlines() == calls
-    out, error = capsys.readouterr()
+    printed, error = capsys.readouterr()
     assert err in error
-    assert out == ("https://box.tail.ts.net/hook (Funnel on)\n" if code == 0 else "")
+    assert printed == out
 
 
 def test_expose_without_tailscale_says_how_to_get_it(
@@ -153,4 +156,4 @@ def test_expose_without_tailscale_says_how_to_get_it(
     config = tmp_path / "config.json"
     config.write_text("{}")
     assert cli.main(["expose", "--config", str(config)]) == 1
-    assert "tailscale is not installed" in capsys.readouterr().err
+    assert "the tailscale binary was not found on PATH" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,39 @@ def test_unreadable_or_garbage_files_are_config_errors(tmp_path: Path) -> None:
     bad.write_text("{nope")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(bad, {})
+
+
+@pytest.mark.parametrize(("doc", "env", "key"), [
+    ({"responseApiKey": "sk-ours", "streaming": {"openaiApiKey": "sk-stream"}},
+     {"OPENAI_API_KEY": "sk-env"}, "sk-ours"),
+    ({"streaming": {"openaiApiKey": "sk-stream"}}, {"OPENAI_API_KEY": "sk-env"}, "sk-env"),
+    ({"streaming": {"openaiApiKey": "sk-stream"}}, {}, "sk-stream"),
+    ({}, {}, None),
+])
+def test_the_reply_key_is_ours_then_the_env_then_streaming(
+        doc: dict[str, Any], env: dict[str, str], key: str | None) -> None:
+    assert build_config(doc, env).response_key() == key
+
+
+def test_reply_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"^responseTimeoutMs:"):
+        build_config({"responseTimeoutMs": 0}, {})
+    with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
+        build_config({"responseBaseUrl": "ftp://x"}, {})
+    with pytest.raises(ConfigError, match=r"^responseModel:"):
+        build_config({"responseModel": " "}, {})
+
+
+def test_doctor_says_who_answers_without_the_key() -> None:
+    from voicecall_trio.cli.doctor.local import replies_detail
+
+    assert replies_detail(build_config({}, {})).startswith("replies: only a registered agent")
+    keyed = replies_detail(build_config({}, {"OPENAI_API_KEY": "sk-secret"}))
+    assert keyed == "replies: built-in, gpt-4o-mini at https://api.openai.com/v1"
+    local = build_config({"responseBaseUrl": "http://127.0.0.1:11434/v1",
+                          "responseModel": "ollama/llama3.1"}, {})
+    assert replies_detail(local) == ("replies: built-in, llama3.1 at "
+                                     "http://127.0.0.1:11434/v1 (no key)")
+    secret = build_config({"responseBaseUrl": "https://user:sk-pw@llm.example/v1?key=sk-q"}, {})
+    assert "sk-" not in replies_detail(secret)
+

@@ -416,3 +416,11 @@ def test_a_lone_surrogate_in_a_forwarded_host_is_no_match_not_an_exception() -> 
     check = verify_request(TOKEN, policy, request)
     assert not check.ok and check.reason == "invalid signature"
     assert not validate(TOKEN, "https://a.example/\udc00", {"k": "\ud83d"}, "AAAA").ok
+
+
+def test_a_wss_stream_url_gets_port_443_as_its_default_variant() -> None:
+    from voicecall_trio.providers.twilio.signature import port_variants
+
+    assert port_variants("wss://voice.example.com/voice/stream") == (
+        "wss://voice.example.com/voice/stream", "wss://voice.example.com:443/voice/stream")
+    assert port_variants("ws://127.0.0.1/voice/stream")[1] == "ws://127.0.0.1:80/voice/stream"

@@ -13,10 +13,12 @@ from typing import Any
 from .binder import Command, fast_bind
 from .calls import call, continue_, end, simulate_inbound, speak, status
 from .doctor import doctor
+from .expose import expose
 from .init import init
-from .journal import latency, tail
+from .journal import tail
+from .latency import latency
 from .outcome import EXIT_USAGE
-from .serve import expose, serve
+from .serve import serve
 from .systemd_unit import systemd_unit
 from .tool import tool
 from .watch import watch

@@ -148,8 +148,11 @@ def status(*, call_id: str | None = None, json: bool = False, socket: str | None
         return EXIT_FAILED
     if call_id:
         emit(result, json, lambda r: describe_call(r["call"]))
-    else:
-        emit(result, json, lambda r: "\n".join(call_row(c) for c in r["calls"]) or "no calls")
+        return EXIT_OK
+    if not json:  # the URL carriers call now (a tunnel's may change while the daemon runs)
+        health = rpc(socket, config, "daemon.health")
+        print(f"public URL: {health.get('publicUrl') or 'none'}")
+    emit(result, json, lambda r: "\n".join(call_row(c) for c in r["calls"]) or "no calls")
     return EXIT_OK
 
 

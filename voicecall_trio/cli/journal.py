@@ -1,5 +1,5 @@
-"""The commands that read ``calls.jsonl`` directly, so they work while the daemon is down:
-``tail`` (with a follower for ``--follow``) and ``latency``.
+"""``tail``, which reads ``calls.jsonl`` directly, so it works while the daemon is down (with
+a follower for ``--follow``); ``latency``, which does the same, is ``cli/latency.py``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .connect import journal_path
 from .outcome import EXIT_OK
-from .render import emit, journal_line
+from .render import journal_line
 
 if TYPE_CHECKING:  # pathlib costs the CLI's start-up 4 ms; only tail needs it, when it runs
     from pathlib import Path
@@ -79,19 +79,3 @@ def tail(*, lines: int = 20, follow: bool = False, json: bool = False,
                 print(journal_line(line, json), flush=True)
     except KeyboardInterrupt:
         return EXIT_OK
-
-
-def latency(*, json: bool = False, config: str | None = None) -> int:
-    """Turn latency percentiles from the journal: callee's last words -> bot's next words.
-
-    Parameters
-    ----------
-    json
-        Print the figures as JSON.
-    config
-        Config file, used to find the store.
-    """
-    from .journal_stats import describe_summary, latency_summary, read_latest
-
-    emit(latency_summary(read_latest(journal_path(config))), json, describe_summary)
-    return EXIT_OK

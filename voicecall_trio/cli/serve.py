@@ -1,5 +1,4 @@
-"""The commands about the daemon itself: ``serve`` runs it, ``expose`` puts its webhook on
-the internet with Tailscale (``tunnel.py`` holds the command lines).
+"""``voicecall serve``: run the daemon (``expose`` lives in ``expose.py``).
 
 ``serve`` is the one command that imports trio and the rest of the daemon, and only once it
 runs. The ``--socket`` it is given goes to the daemon as an argument; the environment is left
@@ -9,7 +8,6 @@ as it was.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Literal
 
 from ..errors import Failed
@@ -77,32 +75,4 @@ def serve(*, config: str | None = None, socket: str | None = None,
     except Exception:  # through the log handler (redacted), not Python's raw traceback
         log.critical("the daemon stopped on an error", exc_info=True)
         return EXIT_FAILED
-    return EXIT_OK
-
-
-def expose(*, mode: Literal["funnel", "serve", "off"] = "funnel", config: str | None = None
-           ) -> int:
-    """Expose the webhook with Tailscale (funnel: public; serve: tailnet only; off: stop).
-
-    Parameters
-    ----------
-    mode
-        funnel makes serve.path reachable from the internet (what Twilio/Telnyx need);
-        serve only within your tailnet; off removes it.
-    config
-        Config file (serve.port, serve.path).
-    """
-    from .. import tunnel
-    from ..config import load_config
-
-    cfg = load_config(config)
-    tailscale = tunnel.find_tailscale()
-    if tailscale is None:
-        raise Failed(tunnel.NOT_INSTALLED)
-    failure = tunnel.apply_tailscale(tailscale, mode, port=cfg.serve.port, path=cfg.serve.path)
-    if failure is not None:
-        raise Failed(failure)
-    if mode == "serve":
-        print(tunnel.SERVE_IS_PRIVATE, file=sys.stderr)
-    print(tunnel.tailscale_status(tailscale, mode))
     return EXIT_OK

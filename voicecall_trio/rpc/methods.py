@@ -19,6 +19,7 @@ from ..events import MAX_TEXT_CHARS
 from ..health import health_report
 from ..model import record_to_builtins
 from ..providers import InboundDecision
+from ..replies import AgentReply, Responder
 from ..supervisor import Supervisor
 from .protocol import INVALID_PARAMS
 from .server import Connection, Handler
@@ -130,7 +131,7 @@ def build_methods(
             result["callId"] = outcome.record.call_id
         return result
 
-    agents: dict[Connection, Callable[[dict[str, Any]], Awaitable[str | None]]] = {}
+    agents: dict[Connection, Responder] = {}
 
     async def register(params: dict[str, Any], conn: Connection) -> Any:
         """This connection answers callers from now on (agent.respond requests)."""
@@ -140,17 +141,19 @@ def build_methods(
             supervisor.set_responder(known)
             return {"registered": True}
 
-        async def respond(request: dict[str, Any]) -> str | None:
+        async def respond(request: dict[str, Any]) -> AgentReply | None:
             result = await conn.request("agent.respond", request)
+            end_call = False
             if isinstance(result, dict):
+                end_call = result.get("endCall") is True
                 result = result.get("text")
             if not isinstance(result, str):
-                return None
+                return AgentReply(None, end_call) if end_call else None
             if len(result) > MAX_TEXT_CHARS:
                 log.warning("agent reply of %d characters cut to %d", len(result),
                             MAX_TEXT_CHARS)
                 result = result[:MAX_TEXT_CHARS]
-            return result
+            return AgentReply(result, end_call)
 
         agents[conn] = respond
         supervisor.set_responder(respond)

@@ -7,8 +7,10 @@ simulators; ``running_daemon`` starts a whole daemon inside the caller's trio ru
 are the small pieces carrier, gate and front tests compose instead of writing their own.
 ``FakeTTS`` serves OpenAI's and ElevenLabs' speech APIs (streamed, in memory through
 ``StreamingASGITransport`` when a test needs the autojump clock).
+``FakeChatCompletions`` is a local OpenAI-compatible Chat Completions server (``testing/chat.py``).
 """
 
+from .chat import FakeChatCompletions
 from .daemon import RunningDaemon, running_daemon
 from .directory import FakeDirectory
 from .fake_telnyx import FakeTelnyx
@@ -18,6 +20,7 @@ from .server import serve_asgi
 from .tts import FakeTTS
 
 __all__ = [
+    "FakeChatCompletions",
     "FakeDirectory",
     "FakeProvider",
     "FakeTTS",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,14 +59,19 @@ async def running_daemon(
     *,
     store: Path | None = None,
     http_client: httpx.AsyncClient | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningDaemon]:
-    """Start a daemon (config = defaults + ``overrides``), yield it, stop it gracefully."""
+    """Start a daemon (config = defaults + ``overrides``), yield it, stop it gracefully.
+
+    ``environ`` is the daemon's environment (default empty: nothing leaks in from the test's);
+    a tunnel test passes one whose ``PATH`` holds its fake ``ngrok`` or ``tailscale``."""
     directory = store or Path(tempfile.mkdtemp(prefix="vc"))
     config = daemon_config(overrides, store=directory)
     async with trio.open_nursery() as nursery:
         handle: DaemonHandle = await nursery.start(
-            lambda task_status: run_daemon(config, environ={}, http_client=http_client,
-                                           handle_signals=False, task_status=task_status)
+            lambda task_status: run_daemon(config, environ=dict(environ or {}),
+                                           http_client=http_client, handle_signals=False,
+                                           task_status=task_status)
         )
         client = await TrioClient.connect(handle.socket_path)
         nursery.start_soon(client.run)

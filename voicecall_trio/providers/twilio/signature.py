@@ -122,7 +122,7 @@ def _base_variants(url: str) -> tuple[str, ...]:
     if netloc != bare:  # has a port
         with_port = url
     else:
-        with_port = f"{scheme}://{netloc}:{443 if scheme == 'https' else 80}{rest}"
+        with_port = f"{scheme}://{netloc}:{443 if scheme in ('https', 'wss') else 80}{rest}"
     return (without,) if without == with_port else (without, with_port)
 
 

@@ -57,12 +57,18 @@ class UrlPolicy:
     trust_forwarding_headers: bool = False
     trusted_proxy_ips: tuple[str, ...] = ()
     ngrok_loopback: bool = False  # an ngrok agent on this host may vouch for X-Forwarded-*
+    # ``public_url`` is the one a supervised tunnel reported: signatures are checked against
+    # it only (no proxy's or allowedHosts' host is believed instead; see ``reconstruct_urls``)
+    tunnel_url: bool = False
 
     @classmethod
     def from_config(cls, config: VoiceCallConfig, public_url: str | None = None) -> UrlPolicy:
+        """``public_url``: the URL in force when it is not ``publicUrl`` (a tunnel's; the
+        daemon starts no tunnel when ``publicUrl`` is set)."""
         sec = config.webhook_security
         return cls(
             public_url=public_url or config.public_url,
+            tunnel_url=bool(public_url) and public_url != config.public_url,
             allowed_hosts=tuple(h.strip().lower() for h in sec.allowed_hosts if h.strip()),
             trust_forwarding_headers=sec.trust_forwarding_headers,
             trusted_proxy_ips=tuple(sec.trusted_proxy_i_ps),
@@ -138,7 +144,7 @@ def tunnel_vouches_for(policy: UrlPolicy, host: str) -> bool:
     relays from loopback, so with no known public URL and no list, no host is believed:
     otherwise a request signed for another host could be replayed here by naming that host.
     """
-    if policy.allowed_hosts and host_allowed(policy, host):
+    if policy.allowed_hosts and not policy.tunnel_url and host_allowed(policy, host):
         return True
     if not policy.public_url:
         return False
@@ -203,9 +209,13 @@ def reconstruct_urls(
     own Host header and scheme. A host that did not come from ``publicUrl`` must be in
     ``allowedHosts`` when that list is set. Headers relayed by a tunnel agent (``tunnel``
     trust, not a proxy the operator named) name a host only when ``tunnel_vouches_for`` it;
-    any other forwarded host is ignored, as if the header were absent.
+    any other forwarded host is ignored, as if the header were absent. While a supervised
+    tunnel's URL is in force (``tunnel_url``) every forwarder is held to that rule and
+    ``allowedHosts`` vouches for no other host: the tunnel's URL is the only one signed.
     """
     trust = forwarding_trust(policy, remote_addr)
+    if trust is not None and policy.tunnel_url:
+        trust = "tunnel"
     if trust is not None:
         f_proto, f_host = _forwarded_pair(headers)
         if trust == "tunnel":

@@ -100,6 +100,9 @@ class RestApi(CallSimulation):
         params: dict[str, Any] = body if isinstance(body, dict) else {}
         if action == "create":
             return self._create(params)
+        if action == "balance":
+            return 200, {"data": {"record_type": "balance", "balance": "10.00",
+                                  "currency": "USD", "available_credit": "10.00"}}
         assert ccid is not None
         call = self.calls.get(ccid)
         if call is None:
@@ -185,6 +188,8 @@ def _route(method: str, path: str) -> tuple[str | None, str] | None:
     parts = [unquote(p) for p in path.strip("/").split("/")]
     if parts and parts[0] == "v2":
         parts = parts[1:]
+    if parts == ["balance"] and method == "GET":
+        return None, "balance"  # doctor's cheap authenticated read
     if not parts or parts[0] != "calls":
         return None
     if len(parts) == 1 and method == "POST":

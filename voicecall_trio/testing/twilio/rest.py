@@ -74,8 +74,10 @@ class RestApi(CalleeSimulation):
         rest = path[len(prefix):] if path.startswith(prefix) else ""
         account, _, resource = rest.partition("/")
         sid: str | None = None
-        action: Literal["create", "update", "fetch", "other"] = "other"
-        if resource == "Calls.json" and method == "POST":
+        action: Literal["create", "update", "fetch", "account", "other"] = "other"
+        if not resource and account.endswith(".json") and method == "GET":
+            account, action = account[:-len(".json")], "account"  # the account itself
+        elif resource == "Calls.json" and method == "POST":
             action = "create"
         elif resource.startswith("Calls/") and resource.endswith(".json"):
             sid = unquote(resource[len("Calls/"):-len(".json")])
@@ -91,7 +93,8 @@ class RestApi(CalleeSimulation):
 
     def _route(self, method: str, path: str, headers: dict[str, str],
                form: tuple[tuple[str, str], ...], account: str,
-               action: Literal["create", "update", "fetch", "other"], sid: str | None
+               action: Literal["create", "update", "fetch", "account", "other"],
+               sid: str | None
                ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
         if not self._authorized(headers):
             status, doc = _error(401, 20003, "Authenticate")
@@ -106,6 +109,8 @@ class RestApi(CalleeSimulation):
                 if failure.remaining == 0:
                     self._failures.remove(failure)
                 return (*_error(failure.status, failure.code, failure.message), [])
+        if action == "account":  # doctor's cheap authenticated read
+            return 200, {"sid": self.account_sid, "status": "active", "type": "Full"}, []
         if action == "create":
             return (*self._create(dict(form), [v for k, v in form if k == "StatusCallbackEvent"]),
                     [])

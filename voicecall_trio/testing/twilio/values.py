@@ -76,7 +76,7 @@ class ApiRequest:
     path: str
     form: tuple[tuple[str, str], ...]
     status: int
-    action: Literal["create", "update", "fetch", "other"]
+    action: Literal["create", "update", "fetch", "account", "other"]
     call_sid: str | None = None
 
     def get(self, key: str) -> str | None:
