@@ -31,6 +31,7 @@ sends were against their 20 ms schedule, so a figure is not the generator's own 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -94,6 +95,7 @@ class Run:
         self.streams: list[LeanStream] = []
         self.window = (math.inf, math.inf)
         self.latencies: list[float] = []
+        self.stalls: list[float] = []  # the heartbeat's oversleeps
         self.forwarded_in_window = 0
         self.received = 0
         self._want = math.inf  # frames sent in all, once the sender stopped
@@ -130,7 +132,8 @@ class Run:
                     await stack.enter_async_context(service)
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self.sink.run)
-            config = daemon_config(fake.url, tts.base_url, self.sink.url, args.calls)
+            stt_url = "ws://127.0.0.1:9/v1/realtime" if args.stt_refused else self.sink.url
+            config = daemon_config(fake.url, tts.base_url, stt_url, args.calls)
             if llm is not None:
                 config["responseBaseUrl"] = llm.url
                 config["responseApiKey"] = OPENAI_KEY
@@ -200,6 +203,14 @@ class Run:
         with trio.move_on_after(5):
             await self._drained.wait()
 
+    async def _heartbeat(self) -> None:
+        """How late this process's own loop wakes (a 1 ms sleep, over and over): a stall
+        here shows in every time this process takes, so it is reported beside them."""
+        while True:
+            before = trio.current_time()
+            await trio.sleep(0.001)
+            self.stalls.append(trio.current_time() - before - 0.001)
+
     async def _scenario(self, nursery: trio.Nursery, fake: Any, daemon: Daemon
                         ) -> dict[str, Any]:
         args = self.args
@@ -211,12 +222,17 @@ class Run:
             nursery.start_soon(self.sender.run)
             await self._open(nursery, fake, calls)
         setup_s = time.perf_counter() - t_setup
+        # no collector pauses in the measured part (a run is short; memory may grow)
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        nursery.start_soon(self._heartbeat)
         if args.scenario == "inbound":
             out = await self._inbound(pid)
         elif args.scenario == "replies":
             out = await self._replies()
         else:
-            out = await self._speaking()
+            out = await self._speaking(pid)
         out.update(self._common(idle_rss, setup_s))
         return out
 
@@ -239,21 +255,24 @@ class Run:
         out["rss_loaded_mb"] = round(rss_mb(pid), 1)
         await self._drain()
         frames = self.forwarded_in_window
+        start, end = self.window
+        sent = sum(1 for s in self.streams for t in s.sent_at if start <= t < end)
         out.update({
             "frames_in_window": frames,
+            "frames_sent_in_window": sent,
             "cpu_us_per_frame": round(out["daemon_cpu_s"] / frames * 1e6, 2) if frames
+            else math.nan,
+            "cpu_us_per_frame_sent": round(out["daemon_cpu_s"] / sent * 1e6, 2) if sent
             else math.nan,
             "latency": summary_ms(self.latencies),
         })
         return out
 
-    async def _speaking(self) -> dict[str, Any]:
+    async def _speaking(self, pid: int) -> dict[str, Any]:
         args = self.args
         all_open = trio.current_time()
-        own0, wall0 = time.process_time(), time.perf_counter()
         # every call speaks its greeting; then each is interrupted, 7 ms apart
-        await trio.sleep(args.barge_in_s)
-        own_share = (time.process_time() - own0) / (time.perf_counter() - wall0)
+        cpu = await self._window(args.barge_in_s, pid)
         starts: list[float] = []
         interrupts: dict[int, float] = {}
         for s in self.streams:
@@ -278,8 +297,7 @@ class Run:
                 if after:
                     clear_ms.append(after[0] - interrupts[s.index])
         await self._drain()
-        return {"greeting_s": args.greeting_s,
-                "generator_cpu_share": round(own_share, 3),
+        return {**cpu, "greeting_s": args.greeting_s,
                 "start_to_first_frame": summary_ms(starts),
                 "pacing_jitter": summary_ms(jitter),
                 "late_frames": late,
@@ -290,6 +308,8 @@ class Run:
         """Final transcript -> the reply's first frame, ``--turns`` times a call."""
         gaps: list[float] = []
         missing = 0
+        began = trio.current_time()
+        self.window = (began, math.inf)
 
         async def converse(stream: LeanStream) -> None:
             nonlocal missing
@@ -315,12 +335,15 @@ class Run:
             for stream in self.streams:
                 nursery.start_soon(converse, stream)
                 await trio.sleep(0.05)
+        self.window = (began, trio.current_time())
         await self._drain()
         return {"turns": len(gaps), "turns_without_reply": missing,
                 "final_to_first_audio": summary_ms(gaps)}
 
     def _common(self, idle_rss: float, setup_s: float) -> dict[str, Any]:
-        lateness = [x for s in self.streams for x in s.lateness]
+        start, end = self.window  # the sender's schedule, in the measured window
+        lateness = [x for s in self.streams for x, t in zip(s.lateness, s.sent_at, strict=True)
+                    if start <= t < end]
         sent = self.sender.frames_sent
         received = self.sink.frames
         return {
@@ -339,6 +362,7 @@ class Run:
             "streams_closed_early": sum(1 for s in self.streams if s.close_code is not None),
             "generator_send_lateness": summary_ms(lateness),
             "generator_blocked_sends": sum(s.blocked_sends for s in self.streams),
+            "generator_loop_stall": summary_ms(self.stalls),
         }
 
 
@@ -354,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--barge-in-s", type=float, default=4.0,
                         help="speaking: from the last stream open to the first barge-in")
     parser.add_argument("--open-gap-ms", type=float, default=10.0)
+    parser.add_argument("--stt-refused", action="store_true",
+                        help="point the daemon's STT at a closed port (the route's cost alone)")
     parser.add_argument("--profile", default="", help="run the daemon under cProfile to this")
     args = parser.parse_args(argv)
     if args.scenario == "speaking" and args.greeting_s < args.barge_in_s + 3:
