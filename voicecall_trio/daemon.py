@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import trio
@@ -60,6 +60,9 @@ from .rpc.unix import open_unix_listener
 from .supervisor import Supervisor
 from .tunnel.supervisor import TunnelSupervisor
 
+if TYPE_CHECKING:
+    from .media.route import MediaRoute
+
 log = logging.getLogger("voicecall.daemon")
 
 
@@ -73,6 +76,7 @@ class DaemonHandle:
     provider: Provider
     journal: Journal
     http_binds: list[str] = field(default_factory=list)
+    media_route: MediaRoute | None = None  # the media WebSocket route, when streams are served
     stop_event: trio.Event = field(default_factory=trio.Event)
     ready: bool = False  # every part started (what READY=1 tells systemd)
     config_path: Path | None = None  # the file SIGHUP re-reads
@@ -255,6 +259,7 @@ async def _run_calls(
         rpc = RpcServer(methods)
         http_stop = trio.Event()
         http_done = trio.Event()
+        handle.media_route = media_route = make_media_route(config, provider, supervisor)
         async with trio.open_nursery() as front:
             if handle_signals:  # before anything answers: a SIGTERM from then on is graceful
                 await front.start(_watch_signals, handle.stop_event)
@@ -263,7 +268,7 @@ async def _run_calls(
             await front.start(rpc.serve, handle.socket_path, listener)
             handle.http_binds = await front.start(partial(
                 _serve_http, config, provider, supervisor, health, http_stop, http_done,
-                probe_token=handle.probe_token))
+                media_route, probe_token=handle.probe_token))
             # the tunnel forwards to the bound port; its URL is in force before ready
             from .model_lifecycle import warn_about_models
             from .tunnel.task import start_tunnel
@@ -285,6 +290,8 @@ async def _run_calls(
             await handle.stop_event.wait()
             log.info("stopping: ending %d live call(s)", supervisor.active_count)
             systemd.notify("STOPPING=1", env)
+            if media_route is not None:  # streams close with 1001 before their calls end
+                await media_route.close_all(1001)
             await supervisor.shutdown(config.shutdown_grace_seconds)
             http_stop.set()
             with trio.move_on_after(1.5):
@@ -301,6 +308,7 @@ async def _serve_http(
     health: Callable[[], dict[str, Any]],
     stop: trio.Event,
     done: trio.Event,
+    media_route: MediaRoute | None = None,
     *,
     probe_token: str | None = None,
     task_status: trio.TaskStatus[list[str]],
@@ -335,10 +343,23 @@ async def _serve_http(
                     "and outgoing requests", config.serve.max_connections, cap,
                     fd_soft_limit(), FD_RESERVE)
     try:
-        await HttpFront(app, hc, gate, max_connections=cap).serve(listeners, stop,
-                                                                  task_status=task_status)
+        await HttpFront(app, hc, gate, max_connections=cap,
+                        media_route=media_route).serve(listeners, stop, task_status=task_status)
     finally:
         done.set()
+
+
+def make_media_route(config: VoiceCallConfig, provider: Provider,
+                     supervisor: Supervisor) -> MediaRoute | None:
+    """The media WebSocket route, when streaming is active, the carrier offers streams and
+    the supervisor has the call side (``stream_sessions``); else None (no route: 404)."""
+    from .media.route import MediaRoute, authenticator_of
+
+    sessions = getattr(supervisor, "stream_sessions", None)
+    authenticator = authenticator_of(provider)
+    if not config.streaming_active() or authenticator is None or sessions is None:
+        return None
+    return MediaRoute(config, authenticator, sessions)
 
 
 def fd_soft_limit() -> int:

@@ -11,9 +11,12 @@ So one trio listener owns the port. Each connection starts here:
 - a request ``http1.parse_head`` recognises as ``POST <serve.path> HTTP/1.1`` (or 1.0) with
   a plain ``Content-Length`` body is answered in place, through the same ``WebhookGate`` the
   ASGI endpoint uses (same checks, same answers, one in-flight count per IP);
-- anything else (``/healthz``, 404s, the media WebSocket, chunked bodies, upgrades, malformed
-  bytes) hands the connection over to Hypercorn, with the bytes already read replayed first,
-  and Hypercorn serves it until it closes.
+- a WebSocket upgrade for ``streaming.streamPath`` goes to the media route
+  (``media/route.py``), when the daemon built one (a carrier with media streams, streaming
+  active), with the bytes already read;
+- anything else (``/healthz``, 404s, chunked bodies, other upgrades, malformed bytes) hands
+  the connection over to Hypercorn, with the bytes already read replayed first, and Hypercorn
+  serves it until it closes.
 
 Every connection is bounded in time, whoever serves it: a started request must arrive whole
 within ``request_timeout_s`` (10 s; a byte every few seconds does not extend it), and an idle
@@ -46,15 +49,18 @@ import errno
 import logging
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .errors import PeerClosed
-from .front_connection import _Connection
+from .front_connection import CLOSED, MEDIA, Next, _Connection
 from .front_limits import Throttled, shed_candidate
-from .handover import IDLE, Handed, Rewound
+from .handover import BUSY, IDLE, Handed, Rewound
 from .web import WebhookGate
+
+if TYPE_CHECKING:
+    from .media.route import MediaRoute
 
 log = logging.getLogger("voicecall.http")
 
@@ -71,12 +77,14 @@ class HttpFront:
 
     def __init__(self, app: Any, hypercorn_config: Any, gate: WebhookGate, *,
                  max_connections: int | None = None,
-                 request_timeout_s: float | None = None) -> None:
+                 request_timeout_s: float | None = None,
+                 media_route: MediaRoute | None = None) -> None:
         from hypercorn.utils import wrap_app
 
         self.app = wrap_app(app, hypercorn_config.wsgi_max_body_size, "asgi")
         self.hc = hypercorn_config
         self.gate = gate
+        self.media_route = media_route  # WebSocket upgrades of streaming.streamPath go there
         self.keep_alive_s = float(hypercorn_config.keep_alive_timeout)
         # (the module's defaults are read here, so a test can set them small)
         self.request_timeout_s = request_timeout_s or REQUEST_TIMEOUT_S
@@ -89,7 +97,7 @@ class HttpFront:
         self.closing = False
         self._idle: dict[_Connection, float] = {}  # connection -> when it became idle
         # every open connection, fast path or handed over, oldest first
-        self._open: dict[_Connection | Handed, None] = {}
+        self._open: dict[_Connection | Handed | _MediaSlot, None] = {}
         self._starting = 0  # accepted, its task not yet running
         self._accept_failed = Throttled("cannot accept HTTP connections for now")
         self._full = Throttled("HTTP connection cap reached and every connection is busy; "
@@ -199,13 +207,18 @@ class HttpFront:
         try:
             connection = _Connection(self, sock)
             self._open[connection] = None
+            after: Next = CLOSED
             try:
-                hand_over = await connection.serve()
+                after = await connection.serve()
             except (PeerClosed, trio.ClosedResourceError, OSError):
                 pass
+            hand_over = after != CLOSED
             if hand_over and sock.fileno() >= 0:  # (not if it was shed meanwhile)
                 del self._open[connection]
-                await self._hand_over(sock, bytes(connection.buffer), connection.started)
+                if after == MEDIA:
+                    await self._to_media(sock, bytes(connection.buffer), connection.remote)
+                else:
+                    await self._hand_over(sock, bytes(connection.buffer), connection.started)
         except OSError:
             pass  # the peer was gone before we could ask who it was
         except Exception:
@@ -238,6 +251,38 @@ class HttpFront:
             self._open.pop(handed, None)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+
+    async def _to_media(self, sock: socket.socket, replay: bytes, remote: str) -> None:
+        """Give the connection to the media route, which bounds its own streams; here it is
+        counted against the cap and never shed (the route's admission decides)."""
+        assert self.media_route is not None
+        try:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        except BaseException:
+            sock.close()
+            raise
+        slot = _MediaSlot(stream)
+        self._open[slot] = None
+        try:
+            await self.media_route.serve(stream, replay, remote)
+        finally:
+            self._open.pop(slot, None)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+class _MediaSlot:
+    """A connection the media route serves, as the front's cap sees it: busy (never shed)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+
+    def phase(self) -> tuple[int, float]:
+        return BUSY, 0.0
+
+    def drop(self) -> None:  # never chosen (busy); here for the cap's protocol
+        self.stream.socket.close()
 
 
 def describe_binds(listeners: Sequence[trio.SocketListener]) -> list[str]:

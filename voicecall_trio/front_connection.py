@@ -2,8 +2,9 @@
 
 A webhook (``POST <serve.path>`` with a plain ``Content-Length`` body, as ``http1.parse_head``
 accepts it) is read, handed to the ``WebhookGate`` and answered on this connection's own task,
-driving the non-blocking socket directly; anything else makes ``serve`` return True and
-``front.HttpFront`` hands the connection, with the bytes read so far, to Hypercorn. This is the
+driving the non-blocking socket directly; a WebSocket upgrade the media route wants makes
+``serve`` return MEDIA, anything else HYPERCORN, and ``front.HttpFront`` hands the connection,
+with the bytes read so far, to the media route or to Hypercorn. This is the
 per-request hot path: keep it free of extra layers (docs/benchmarks.md has the costs).
 
 It enforces the request deadline itself (a started request must arrive whole within the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
@@ -27,6 +28,12 @@ from .web import AMBIGUOUS_FRAMING, TOO_LARGE, TOO_MANY
 
 if TYPE_CHECKING:
     from .front import HttpFront
+
+# where a connection goes when the fast path lets go of it
+Next = Literal["closed", "hypercorn", "media"]
+CLOSED: Next = "closed"
+HYPERCORN: Next = "hypercorn"
+MEDIA: Next = "media"  # a WebSocket upgrade for ``streaming.streamPath``: the media route
 
 RECEIVE_BYTES = 65536
 DRAIN_TIMEOUT_S = 1.0  # after a refusal that closes, how long unread input is drained
@@ -70,19 +77,24 @@ class _Connection:
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 
-    async def serve(self) -> bool:
-        """Answer webhook requests until the connection ends (False) or must be handed over."""
+    async def serve(self) -> Next:
+        """Answer webhook requests until the connection ends (CLOSED) or must be handed over
+        (HYPERCORN, or MEDIA for a WebSocket upgrade of the media route's path)."""
         while True:
             self.waited = False
             try:
                 head = await self._next_head()
             except NotSimple as exc:  # hand over, unless refused before a 100 Continue
-                return exc.declined is None or not await self._refuse_before_continue(
-                    *exc.declined)
+                if exc.declined is None:
+                    return HYPERCORN
+                route = self.front.media_route
+                if route is not None and route.wants(*exc.declined):
+                    return MEDIA
+                return CLOSED if await self._refuse_before_continue(*exc.declined) else HYPERCORN
             if head is None:
-                return False
+                return CLOSED
             if head.method != "POST" or head.path != self.gate.path:
-                return True
+                return HYPERCORN
             response, close = await self._exchange(head)
             response = self.gate.stamp(head.headers, response)
             close = close or head.close or self.front.closing
@@ -92,7 +104,7 @@ class _Connection:
             self.busy = False
             if close:
                 await self._drain()
-                return False
+                return CLOSED
             if not self.waited:
                 await trio.lowlevel.checkpoint()  # pipelined requests: let others run too
 

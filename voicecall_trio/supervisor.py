@@ -72,7 +72,8 @@ from .text import check_text, clean_event, clean_text, repaired
 
 if TYPE_CHECKING:
     from .agent.builtin import BuiltinResponder
-    from .voice import MediaStream, VoiceSession
+    from .media.stream import MediaStream
+    from .voice import VoiceSession
 
 log = logging.getLogger("voicecall.calls")
 

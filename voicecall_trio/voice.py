@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -42,7 +42,7 @@ from .events import (
     CallSpeech,
     CallSpoken,
 )
-from .media.player import AudioSink, Player, Utterance
+from .media.player import Player, Utterance
 from .stt.realtime import Final, Interim, SpeechStarted, SpeechStopped, SttEvent, SttFailure
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from .call import LiveCall
     from .config import VoiceCallConfig
+    from .media.stream import MediaStream
     from .providers import Provider
     from .stt.pump import RealtimeTranscriber
     from .supervisor import Supervisor
@@ -59,14 +60,6 @@ log = logging.getLogger("voicecall.voice")
 
 CLOSE_TIMEOUT_S = 2.0  # closing a stream at the end of a call gives up after this long
 STT_ERRORS_LOGGED = 3  # per session; later ones are counted, not logged
-
-class MediaStream(AudioSink, Protocol):
-    """A media stream as the session uses it (the route's streams have this shape)."""
-
-    stream_id: str
-
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
-
 
 TranscriberFactory = Callable[[Callable[[SttEvent], None], Callable[[], None]],
                               "RealtimeTranscriber"]

@@ -42,7 +42,6 @@ PUBLIC = "https://voice.example.com/voice/webhook"
 STREAM_URL = "wss://voice.example.com/voice/stream"
 WAIT_S = 15.0
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
-pytest.importorskip("voicecall_trio.media.route")  # (until the media route lands)
 HELLO = "Hello, I would like to book a table for two."
 GREETING = "Hello Sam, this is your assistant calling about dinner tonight."
 

@@ -27,6 +27,7 @@ import trio
 
 from ...config import VoiceCallConfig
 from ...errors import ProviderError, WebhookParseError
+from ...media import twilio_stream
 from ...model import CallRecord
 from .. import (
     CallDirectory,
@@ -49,7 +50,7 @@ from .rest import (
     parse_fetch,
     update_twiml,
 )
-from .signature import SIGNATURE_HEADER, SignatureCheck, verify_request
+from .signature import SIGNATURE_HEADER, SignatureCheck, verify_request, verify_upgrade
 from .signed_url import UrlPolicy, reconstruct_for
 from .webhooks import (
     RequestKind,
@@ -138,6 +139,23 @@ class TwilioProvider:
     def stream_call_id(self, token: str) -> str | None:
         """The call id a stream token was issued for, or None if we did not issue it."""
         return self._flow.stream_call_id(token)
+
+    # -- media streams (media.stream.StreamAuthenticator) ----------------------------------
+
+    framing = twilio_stream.FRAMING  # Twilio Media Streams messages
+
+    def verify_upgrade(self, request: WebhookRequest) -> str | None:
+        """None if Twilio signed this media-stream upgrade (or verification is skipped), else
+        why not, naming the URLs tried (never the token)."""
+        if self._config.skip_signature_verification:
+            return None
+        check = verify_upgrade(self._token, self._url_policy(), request, self.stream_url())
+        if check.ok:
+            return None
+        return f"{check.reason} (tried {', '.join(check.tried_urls) or 'no URL'})"
+
+    def call_id_for_token(self, token: str) -> str | None:
+        return self.stream_call_id(token)
 
     def _require_base(self) -> str:
         base = self.webhook_url
@@ -234,13 +252,17 @@ class TwilioProvider:
 
     def _check(self, request: WebhookRequest,
                form: list[tuple[str, str]] | None) -> SignatureCheck:
-        policy = self._policy
-        if policy is None or policy.public_url != (self._public_url or self._config.public_url):
-            policy = self._policy = UrlPolicy.from_config(self._config, self._public_url)
+        policy = self._url_policy()
         if self._config.skip_signature_verification:
             tried = reconstruct_for(policy, request).urls
             return SignatureCheck(True, "verification skipped", tried, tried[0] if tried else None)
         return verify_request(self._token, policy, request, form=form)
+
+    def _url_policy(self) -> UrlPolicy:
+        policy = self._policy
+        if policy is None or policy.public_url != (self._public_url or self._config.public_url):
+            policy = self._policy = UrlPolicy.from_config(self._config, self._public_url)
+        return policy
 
     @staticmethod
     def _replay_key(request: WebhookRequest) -> str:

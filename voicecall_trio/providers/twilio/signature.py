@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ...errors import SignatureRejected
 from ..forms import form_pairs
-from .signed_url import UrlPolicy, reconstruct_for, split_netloc
+from .signed_url import UrlPolicy, reconstruct_for, reconstruct_urls, split_netloc
 
 if TYPE_CHECKING:
     from .. import WebhookRequest
@@ -122,7 +122,8 @@ def _base_variants(url: str) -> tuple[str, ...]:
     if netloc != bare:  # has a port
         with_port = url
     else:
-        with_port = f"{scheme}://{netloc}:{443 if scheme in ('https', 'wss') else 80}{rest}"
+        default = 443 if scheme in ("https", "wss") else 80  # wss: the media stream's URL
+        with_port = f"{scheme}://{netloc}:{default}{rest}"
     return (without,) if without == with_port else (without, with_port)
 
 
@@ -187,6 +188,50 @@ def form_params(body: bytes) -> list[tuple[str, str]]:
 
 def _is_json(headers: Mapping[str, str]) -> bool:
     return "json" in headers.get("content-type", "").lower()
+
+
+_WS_SCHEMES = {"https": "wss", "http": "ws"}
+
+
+def verify_upgrade(
+    auth_token: str | None, policy: UrlPolicy, request: WebhookRequest,
+    stream_url: str | None = None,
+) -> SignatureCheck:
+    """Verify a media-stream upgrade: the signature is over the ``wss://`` stream URL as the
+    TwiML gave it (``stream_url``, first), without parameters and without a body.
+
+    The other candidates are rebuilt as for a webhook (``publicUrl``, trusted forwarding
+    headers, Host; port variants), with the request's query dropped (Twilio signs the URL
+    it was given, which has none) and the scheme mapped https -> wss, http -> ws.
+    """
+    signature = request.headers.get(SIGNATURE_HEADER, "").strip()
+    if not signature:
+        return SignatureCheck(False, "missing signature")
+    if not auth_token:
+        return SignatureCheck(False, "no auth token configured (twilio.authToken)")
+    algorithm = algorithm_of(request.headers)
+    if algorithm is None:
+        return SignatureCheck(False, "unsupported signature algorithm")
+    rebuilt = reconstruct_urls(policy, path=request.path, query_string="",
+                               headers=request.headers, scheme=request.scheme,
+                               host=request.host or request.headers.get("host", ""),
+                               remote_addr=request.remote_addr)
+    candidates = [stream_url] if stream_url else []
+    for url in rebuilt.urls:
+        scheme, sep, rest = url.partition("://")
+        mapped = f"{_WS_SCHEMES.get(scheme, scheme)}{sep}{rest}"
+        if mapped not in candidates:
+            candidates.append(mapped)
+    if not candidates:
+        return SignatureCheck(False, rebuilt.error or "no stream URL to check",
+                              algorithm=algorithm)
+    tried: list[str] = []
+    for url in candidates:
+        check = validate(auth_token, url, (), signature, algorithm=algorithm)
+        tried.extend(u for u in check.tried_urls if u not in tried)
+        if check.ok:
+            return SignatureCheck(True, "ok", tuple(tried), check.url, algorithm)
+    return SignatureCheck(False, "invalid signature", tuple(tried), tried[0], algorithm)
 
 
 def verify_request(
