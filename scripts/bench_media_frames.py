@@ -124,6 +124,28 @@ def pacing_errors(arrivals: Sequence[float], *, lead_s: float, frame_s: float = 
             for n, t in enumerate(arrivals) if n >= first and since <= t < until]
 
 
+def rebased_errors(arrivals: Sequence[float], *, lead_s: float, frame_s: float = FRAME_S,
+                   since: float = -math.inf, until: float = math.inf
+                   ) -> tuple[list[float], int]:
+    """``pacing_errors`` measured against the schedule the pacer itself keeps: when a frame
+    arrives more than a frame after it was due to play, the far end has run dry and the
+    pacer starts a new run from that frame (``media/pacing.Pacer``), so the reference starts
+    over there too. Returns the errors and how many times that happened (each one a gap the
+    caller heard); a stall then counts once, not in every later frame."""
+    errors: list[float] = []
+    rebases = 0
+    first = math.ceil(lead_s / frame_s - 1e-9)
+    t0, n0 = (arrivals[0], 0) if arrivals else (0.0, 0)
+    for n, t in enumerate(arrivals):
+        k = n - n0
+        if t > t0 + k * frame_s + frame_s:  # later than its playout by more than a frame
+            rebases += 1
+            t0, n0, k = t, n, 0
+        if k >= first and since <= t < until:
+            errors.append(abs(t - (t0 + k * frame_s - lead_s)))
+    return errors, rebases
+
+
 def late_frames(arrivals: Sequence[float], frame_s: float = FRAME_S) -> int:
     """Frames that arrived after they were due to play (``arrivals[0] + n * frame_s``): a
     gap the caller would hear."""
@@ -141,6 +163,21 @@ def summary_ms(values: Iterable[float]) -> dict[str, float]:
             "max_ms": round(max(data) * 1000, 3) if data else math.nan}
 
 
-__all__ = ["FRAME_BYTES", "FRAME_S", "STAMP_BYTES", "StampedAudio", "connected_message",
-           "late_frames", "mark_message", "media_message", "pacing_errors", "pct",
-           "read_stamp", "stamp", "start_message", "stop_message", "summary_ms"]
+__all__ = [
+    "FRAME_BYTES",
+    "FRAME_S",
+    "STAMP_BYTES",
+    "StampedAudio",
+    "connected_message",
+    "late_frames",
+    "mark_message",
+    "media_message",
+    "pacing_errors",
+    "pct",
+    "read_stamp",
+    "rebased_errors",
+    "stamp",
+    "start_message",
+    "stop_message",
+    "summary_ms",
+]

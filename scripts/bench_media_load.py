@@ -48,7 +48,13 @@ sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(1, str(SCRIPTS.parent))
 
 from bench import Daemon, cpu_seconds, rss_mb  # noqa: E402
-from bench_media_frames import StampedAudio, late_frames, pacing_errors, summary_ms  # noqa: E402
+from bench_media_frames import (  # noqa: E402
+    StampedAudio,
+    late_frames,
+    pacing_errors,
+    rebased_errors,
+    summary_ms,
+)
 from bench_media_sink import SttSink  # noqa: E402
 from bench_media_streams import LeanStream, Sender  # noqa: E402
 from bench_media_ws import Masker  # noqa: E402
@@ -260,7 +266,8 @@ class Run:
         await trio.sleep_until(self.window[1])
         cpu1, own1, wall1 = cpu_seconds(pid), time.process_time(), time.perf_counter()
         wall = wall1 - wall0
-        return {"window_s": round(wall, 2), "daemon_cpu_s": round(cpu1 - cpu0, 3),
+        return {"loadavg_1min": round(os.getloadavg()[0], 2), "window_s": round(wall, 2),
+                "daemon_cpu_s": round(cpu1 - cpu0, 3),
                 "daemon_cpu_share": round((cpu1 - cpu0) / wall, 3),
                 "generator_cpu_share": round((own1 - own0) / wall, 3)}
 
@@ -298,6 +305,8 @@ class Run:
             await trio.sleep(0.007)
         await trio.sleep(1.0)
         jitter: list[float] = []
+        own_jitter: list[float] = []
+        runs_restarted = 0
         late = 0
         clear_ms: list[float] = []
         for s in self.streams:
@@ -307,6 +316,9 @@ class Run:
             spoken = [t for t in s.arrivals if t < until]
             # only while every call was speaking: from the last stream's start on
             jitter += pacing_errors(spoken, lead_s=LEAD_S, since=all_open)
+            errors, rebases = rebased_errors(spoken, lead_s=LEAD_S, since=all_open)
+            own_jitter += errors
+            runs_restarted += rebases
             late += late_frames(spoken)
             if s.index in interrupts:
                 after = [c for c in s.clears if c >= interrupts[s.index]]
@@ -317,6 +329,8 @@ class Run:
                 "start_to_first_frame": summary_ms(starts),
                 "pacing_jitter": summary_ms(jitter),
                 "late_frames": late,
+                "pacing_jitter_rebased": summary_ms(own_jitter),
+                "pacer_restarts": runs_restarted,
                 "speech_started_to_clear": summary_ms(clear_ms),
                 "interrupted": len(interrupts), "clears_seen": len(clear_ms)}
 

@@ -35,6 +35,7 @@ from bench_media_frames import (  # noqa: E402
     pacing_errors,
     pct,
     read_stamp,
+    rebased_errors,
 )
 from bench_media_sink import SttSink  # noqa: E402
 from bench_media_streams import LeanStream, Sender  # noqa: E402
@@ -139,6 +140,12 @@ def test_pacing_errors_follow_the_pacer() -> None:
     assert pacing_errors(shaky, lead_s=0.06, since=0.2, until=0.3) == pytest.approx([0.0] * 5)
     stalled = [0.02 * k for k in range(5)] + [0.5]
     assert late_frames(stalled) == 1
+    # a 100 ms stall, then a new run (three at once, then on time): one restart, and the
+    # frames after it are on the new run's schedule
+    restarted = perfect[:10] + [0.3, 0.3, 0.3, 0.3] + [0.3 + 0.02 * k for k in range(1, 10)]
+    errors, restarts = rebased_errors(restarted, lead_s=0.06)
+    assert restarts == 1 and max(errors) == pytest.approx(0.0, abs=1e-9)
+    assert max(pacing_errors(restarted, lead_s=0.06)) > 0.1  # the brief's measure keeps it
     assert pacing_errors([], lead_s=0.06) == [] and math.isnan(pct([], 50))
     assert pct([3.0, 1.0, 2.0], 50) == 2.0 and pct([1.0] * 99 + [9.0], 99) == 1.0
 
