@@ -46,15 +46,39 @@ QUICK: dict[str, list[str]] = {
 }
 
 
+QUIET_CORES = 0.5  # other processes' CPU (in cores) under which the machine counts as quiet
+QUIET_WAIT_S = 45.0  # the longest a run waits for a quiet machine before it goes anyway
+
+
+def wait_quiet(limit_s: float = QUIET_WAIT_S) -> float:
+    """Wait (bounded) until the other processes on this shared box use under ``QUIET_CORES``
+    over a 2 s sample: the figures are about the daemon, not the neighbours. Returns the
+    last sample, in cores."""
+    from bench_media_load import machine_busy_s
+
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy0, wall0 = machine_busy_s(), time.monotonic()
+        time.sleep(2.0)
+        busy = (machine_busy_s() - busy0) / (time.monotonic() - wall0)
+        if busy < QUIET_CORES or time.monotonic() > deadline:
+            return round(busy, 2)
+
+
 def run_load(arguments: list[str]) -> dict[str, Any]:
-    """One load process; its JSON result."""
+    """One load process, once the machine is quiet (or has not been for 45 s); its
+    JSON result, with the CPU others used just before it started."""
     from bench import pinned
+
+    before = wait_quiet()
 
     done = subprocess.run(pinned([sys.executable, str(LOAD), *arguments], 1),
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"media load {' '.join(arguments)} failed:\n{done.stderr[-4000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    result["others_cpu_cores_before"] = before
+    return result
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:

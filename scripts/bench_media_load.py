@@ -90,6 +90,14 @@ def daemon_config(fake_url: str, tts_url: str, stt_url: str, calls: int) -> dict
     }
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat): what other processes
+    took during a window is this less the daemon's and our own."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 class Run:
     """The state of one scenario run (see the module docstring)."""
 
@@ -263,10 +271,14 @@ class Run:
         now = trio.current_time()
         self.window = (now, now + seconds)
         cpu0, own0, wall0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+        busy0 = machine_busy_s()
         await trio.sleep_until(self.window[1])
         cpu1, own1, wall1 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+        busy1 = machine_busy_s()
         wall = wall1 - wall0
+        others = (busy1 - busy0) - (cpu1 - cpu0) - (own1 - own0)
         return {"loadavg_1min": round(os.getloadavg()[0], 2), "window_s": round(wall, 2),
+                "others_cpu_cores": round(max(0.0, others) / wall, 2),
                 "daemon_cpu_s": round(cpu1 - cpu0, 3),
                 "daemon_cpu_share": round((cpu1 - cpu0) / wall, 3),
                 "generator_cpu_share": round((own1 - own0) / wall, 3)}
