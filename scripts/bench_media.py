@@ -133,6 +133,12 @@ def _rss_per_call_kb(r: dict[str, Any]) -> float:
     return round((r["rss_loaded_mb"] - r["rss_idle_mb"]) * 1024 / r["calls"], 1)
 
 
+def _others(r: dict[str, Any]) -> str:
+    """The neighbours' CPU (this box is shared): during the window and just before it."""
+    during, before = r.get("others_cpu_cores"), r.get("others_cpu_cores_before")
+    return f"{during} cores (before the run: {before})"
+
+
 def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for name in ("inbound_50", "inbound_200"):
@@ -151,6 +157,7 @@ def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
             (f"  load generator at {n} calls: CPU share of its core; send lateness p99",
              f"{r['generator_cpu_share']:.0%}; {r['generator_send_lateness']['p99_ms']} ms",
              "< 70%"),
+            (f"  other processes on the box during the window, {n} calls", _others(r), ""),
         ]
     r = media.get("speaking_100")
     if r is not None:
@@ -172,6 +179,7 @@ def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
              "<= 100 ms"),
             (f"  load generator while {n} calls speak: CPU share of its core",
              f"{r['generator_cpu_share']:.0%}" if "generator_cpu_share" in r else "-", "< 70%"),
+            (f"  other processes on the box while {n} calls speak", _others(r), ""),
         ]
     r = media.get("replies_20")
     if r is not None:
