@@ -139,6 +139,14 @@ def _others(r: dict[str, Any]) -> str:
     return f"{during} cores (before the run: {before})"
 
 
+def _gc(r: dict[str, Any]) -> str:
+    gc = r.get("daemon_gc")
+    if not gc:
+        return "-"
+    full = gc["gen2"]
+    return f"{full['n']}, {full['p50_ms']} / {full['max_ms']} ms"
+
+
 def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for name in ("inbound_50", "inbound_200"):
@@ -158,6 +166,7 @@ def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
              f"{r['generator_cpu_share']:.0%}; {r['generator_send_lateness']['p99_ms']} ms",
              "< 70%"),
             (f"  other processes on the box during the window, {n} calls", _others(r), ""),
+            (f"  daemon GC at {n} calls: generation-2 collections a run, p50 / max", _gc(r), ""),
         ]
     r = media.get("speaking_100")
     if r is not None:
@@ -180,6 +189,8 @@ def table_rows(media: dict[str, Any]) -> list[tuple[str, str, str]]:
             (f"  load generator while {n} calls speak: CPU share of its core",
              f"{r['generator_cpu_share']:.0%}" if "generator_cpu_share" in r else "-", "< 70%"),
             (f"  other processes on the box while {n} calls speak", _others(r), ""),
+            (f"  daemon GC with {n} calls: generation-2 collections a run, p50 / max", _gc(r),
+             ""),
         ]
     r = media.get("replies_20")
     if r is not None:

@@ -35,7 +35,9 @@ import gc
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -98,6 +100,47 @@ def machine_busy_s() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+GC_HOOK = '''\
+import atexit, gc, os, time
+_began = []
+_pauses = []
+def _timed(phase, info):
+    if phase == "start":
+        _began[:] = [time.perf_counter()]
+    elif _began:
+        _pauses.append((time.perf_counter() - _began[0], info.get("generation", -1)))
+gc.callbacks.append(_timed)
+@atexit.register
+def _write():
+    path = os.environ.get("VOICECALL_BENCH_GC_LOG")
+    if path:
+        with open(path + "." + str(os.getpid()), "w") as out:
+            out.write(repr(_pauses))
+'''
+
+
+def gc_hook(directory: Path) -> dict[str, str]:
+    """Environment that makes the daemon time its garbage collections (a ``sitecustomize``
+    with a ``gc.callbacks`` hook, written at exit): the benchmark's instrument, like cProfile,
+    nothing in the daemon's code."""
+    (directory / "sitecustomize.py").write_text(GC_HOOK)
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(directory) + (os.pathsep + path if path else ""),
+            "VOICECALL_BENCH_GC_LOG": str(directory / "gc")}
+
+
+def gc_pauses(directory: Path) -> dict[str, Any]:
+    """The daemon's collections of generation 2 (count, p50, max) and the longest of any."""
+    import ast
+
+    pauses: list[tuple[float, int]] = []
+    for log in directory.glob("gc.*"):
+        pauses += ast.literal_eval(log.read_text() or "[]")
+    full = [p for p, generation in pauses if generation == 2]
+    return {"collections": len(pauses), "gen2": summary_ms(full),
+            "longest_ms": round(max((p for p, _ in pauses), default=0.0) * 1000, 2)}
+
+
 class Run:
     """The state of one scenario run (see the module docstring)."""
 
@@ -152,8 +195,19 @@ class Run:
                 config["responseBaseUrl"] = llm.url
                 config["responseApiKey"] = OPENAI_KEY
             python_args = ("-m", "cProfile", "-o", args.profile) if args.profile else ()
-            daemon = await trio.to_thread.run_sync(
-                lambda: Daemon(config, core=0, python_args=python_args))
+            hook_dir = Path(tempfile.mkdtemp(prefix="vcgc"))
+            hook = gc_hook(hook_dir)
+            saved = {name: os.environ.get(name) for name in hook}
+            os.environ.update(hook)  # Daemon copies the environment when it starts
+            try:
+                daemon = await trio.to_thread.run_sync(
+                    lambda: Daemon(config, core=0, python_args=python_args))
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
             try:
                 fake.tunnel(PUBLIC, daemon.http_base, forwarded_headers=False)
                 result = await self._scenario(nursery, fake, daemon)
@@ -161,6 +215,8 @@ class Run:
                 self.sender.stop()
                 await trio.to_thread.run_sync(daemon.stop)
                 nursery.cancel_scope.cancel()
+            result["daemon_gc"] = gc_pauses(hook_dir)
+            shutil.rmtree(hook_dir, ignore_errors=True)
         return result
 
     async def _place(self, daemon: Daemon, fake: Any) -> list[Any]:
