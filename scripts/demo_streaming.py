@@ -37,6 +37,7 @@ SCRIPT = [
 ]
 GREETING = "Hello Sam, this is your assistant calling about dinner."
 QUESTION = "Would you like the table at eight tonight?"
+REPLY = "Of course, a table for two."  # what the fake model answers
 
 
 def main() -> int:
@@ -65,7 +66,8 @@ async def _demo() -> int:
     from voicecall_trio.testing.fake_twilio import Callee, FakeTwilio, hello_ulaw
 
     try:  # written in parallel with this demo (issue #10): imported only here
-        from voicecall_trio.testing.realtime_stt import FakeRealtimeSTT
+        from voicecall_trio.testing.chat import FakeChatCompletions, Reply
+        from voicecall_trio.testing.realtime_stt import FAKE_API_KEY, FakeRealtimeSTT
         from voicecall_trio.testing.tts import FakeTTS
     except ImportError as exc:
         raise _Missing(f"needs FakeRealtimeSTT and FakeTTS ({exc})") from None
@@ -82,10 +84,12 @@ async def _demo() -> int:
                     default_callee=Callee(stream_audio=hello_ulaw())))
                 stt = await _enter(stack, FakeRealtimeSTT(script=SCRIPT))
                 tts = await _enter(stack, FakeTTS())
+                chat = await _enter(stack, FakeChatCompletions(default=Reply(REPLY)))
                 step("starting the daemon (Twilio, streaming on, barge-in on)")
                 try:
                     daemon = await stack.enter_async_context(
-                        running_daemon(_config(fake.url, stt.url, tts.base_url), store=work))
+                        running_daemon(_config(fake.url, stt.url, tts.base_url, chat.url,
+                                               FAKE_API_KEY), store=work))
                 except ConfigError as exc:  # a streaming key this build lacks
                     raise _Missing(f"the daemon would not take the config: {exc}") from None
                 fake.tunnel(PUBLIC, daemon.base_url)  # Twilio reaches the daemon's public URL
@@ -116,7 +120,8 @@ async def _enter(stack: AsyncExitStack, service: Any) -> Any:
     return started if started is not None else service
 
 
-def _config(twilio_url: str, stt_url: str, tts_url: str) -> dict[str, Any]:
+def _config(twilio_url: str, stt_url: str, tts_url: str, chat_url: str, key: str
+            ) -> dict[str, Any]:
     return {
         "provider": "twilio",
         "fromNumber": FROM,
@@ -124,9 +129,12 @@ def _config(twilio_url: str, stt_url: str, tts_url: str) -> dict[str, Any]:
         "publicUrl": PUBLIC,
         "outbound": {"defaultMode": "conversation"},
         "transcriptTimeoutMs": 20000,
-        "streaming": {"enabled": True, "openaiApiKey": "sk-demo-not-a-real-key",
-                      "realtimeUrl": stt_url, "bargeIn": True},
-        "tts": {"provider": "openai", "baseUrl": tts_url, "apiKey": "sk-demo-not-a-real-key"},
+        "streaming": {"enabled": True, "openaiApiKey": key, "realtimeUrl": stt_url,
+                      "bargeIn": True},
+        "tts": {"provider": "openai", "baseUrl": tts_url, "apiKey": key},
+        # the built-in replies answer from the shipped fake (the key above would otherwise
+        # send them to OpenAI)
+        "responseBaseUrl": chat_url,
         "shutdownGraceSeconds": 2,
     }
 
@@ -138,7 +146,7 @@ class Watch:
         import trio
 
         self.seen: dict[str, list[dict[str, Any]]] = {"interim": [], "final": [],
-                                                       "interrupted": []}
+                                                       "interrupted": [], "bot": []}
         self._changed = trio.Event()
 
     async def until(self, predicate: Any) -> None:
@@ -162,6 +170,7 @@ class Watch:
             label = "caller" if final else "caller (interim)"
             print(f"    {label:>17}: {event.get('text', '')}", flush=True)
         elif kind == "call.speaking":
+            self.seen["bot"].append(event)
             print(f"    {'bot':>17}: {event.get('text', '')}", flush=True)
         elif kind == "call.interrupted":
             self.seen["interrupted"].append(event)
@@ -181,6 +190,8 @@ async def _call(daemon: Any, fake: Any, watch: Watch) -> bool:
                                                          "mode": "conversation"})
         call_id = placed["callId"]
         await watch.until(lambda: watch.seen["final"] and watch.seen["interrupted"])
+        step("the built-in reply answers the caller by itself (FakeChatCompletions)")
+        await watch.until(lambda: any(e.get("text") == REPLY for e in watch.seen["bot"]))
         step(f"continue: {QUESTION!r}")
         sid = next(iter(fake.calls))
         fake.play_audio(sid, _hello())  # the callee speaks again while the bot asks

@@ -12,7 +12,8 @@ Start order (each child reports ready through ``task_status.started()``)::
             │                     anything answers, so an early SIGTERM is graceful too)
             ├── reloader          SIGHUP -> re-read the config file (reloader.py)
             ├── JSON-RPC server   on the Unix socket bound first, as the single-instance lock
-            ├── HTTP front        front.py: webhooks answered in place; other requests
+            ├── HTTP front        front.py: webhooks answered in place; media-stream
+            │                     upgrades to media/route.py; other requests
             │                     (/healthz, h2, chunked) handed to Hypercorn and Quart
             ├── tunnel            tunnel/: ngrok or Tailscale, once the port is bound; its
             │                     URL is the provider's before ready (publicUrl: none)
@@ -20,8 +21,9 @@ Start order (each child reports ready through ``task_status.started()``)::
             ├── signal watcher    SIGTERM / SIGINT -> graceful stop
             └── systemd watchdog  when WATCHDOG_USEC is set (systemd.py)
 
-Stopping runs the other way: calls are ended (up to ``shutdownGraceSeconds``), then the HTTP
-server drains and the socket is unlinked, then the journal writer flushes and exits.
+Stopping runs the other way: media streams are closed with 1001, calls are ended (up to
+``shutdownGraceSeconds``), then the HTTP server drains and the socket is unlinked, then the
+journal writer flushes and exits.
 """
 
 from __future__ import annotations

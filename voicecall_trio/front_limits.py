@@ -35,8 +35,10 @@ class Throttled:
     """A warning that may recur many times a second, logged at most once per ``every_s``
     with the number of times it happened since the last line (and no traceback)."""
 
-    def __init__(self, message: str, every_s: float = LOG_EVERY_S) -> None:
+    def __init__(self, message: str, every_s: float = LOG_EVERY_S,
+                 logger: logging.Logger = log) -> None:
         self.message = message
+        self.log = logger
         self.every_s = every_s
         self.count = 0
         self._next_at = -math.inf
@@ -44,8 +46,8 @@ class Throttled:
     def __call__(self, now: float, detail: str) -> None:
         self.count += 1
         if now >= self._next_at:
-            log.warning("%s: %s (%d time(s) since the last such line)", self.message, detail,
-                        self.count)
+            self.log.warning("%s: %s (%d time(s) since the last such line)", self.message,
+                             detail, self.count)
             self.count = 0
             self._next_at = now + self.every_s
 

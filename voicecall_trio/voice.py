@@ -125,6 +125,7 @@ class VoiceSession:
         except SpeechError as exc:
             send.close()
             raise self._speech_failed(exc) from None
+        self._milestone("ttsFirstByte")
 
     async def _synthesize(self, text: str, send: trio.MemorySendChannel[bytes], *,
                           task_status: trio.TaskStatus[None]) -> None:
@@ -166,15 +167,17 @@ class VoiceSession:
 
     def _started(self, utterance: Utterance) -> None:
         self._emit(CallSpeaking(id=utterance.id, text=utterance.text))
-        waterfall = getattr(self._call, "waterfall", None)
-        if waterfall is not None:
-            waterfall.mark("firstAudioOut", at=trio.current_time())
+        self._milestone("firstAudioOut")
 
     def _spoken(self, utterance: Utterance) -> None:
         self._emit(CallSpoken(id=f"{utterance.id}:spoken"))
-        waterfall = getattr(self._call, "waterfall", None)
+        self._milestone("heard")
+
+    def _milestone(self, stage: str) -> None:
+        """A stage of the current turn's latency waterfall (the first mark of each counts)."""
+        waterfall = self._call.waterfall
         if waterfall is not None:
-            waterfall.mark("heard", at=trio.current_time())
+            waterfall.mark(stage, at=trio.current_time())
 
     # -- streams (StreamSessions / StreamHandler) ----------------------------------------
     def attach(self, stream: MediaStream) -> VoiceSession:
@@ -215,9 +218,7 @@ class VoiceSession:
                 if self._barge_in and self.player.playing:
                     self.barge_in()
             case SpeechStopped():
-                waterfall = getattr(self._call, "waterfall", None)
-                if waterfall is not None:
-                    waterfall.mark("callerStopped", at=trio.current_time())
+                self._milestone("callerStopped")
             case Interim(text=text):
                 if text:
                     self._events += 1

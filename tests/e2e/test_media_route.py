@@ -39,7 +39,8 @@ from voicecall_trio.config import build_config
 from voicecall_trio.daemon import make_media_route
 from voicecall_trio.front import HttpFront
 from voicecall_trio.media import twilio_stream
-from voicecall_trio.media.route import MediaRoute, RouteStream
+from voicecall_trio.media.route import MediaRoute
+from voicecall_trio.media.route_stream import RouteStream
 from voicecall_trio.media.stream import MediaStream, StreamHandler
 from voicecall_trio.providers import WebhookRequest, WebhookResponse
 from voicecall_trio.providers.twilio.shell import TwilioProvider
@@ -605,3 +606,50 @@ async def test_skip_signature_verification_skips_the_upgrade_check() -> None:
         reason = strict.verify_upgrade(request)
         assert reason is not None and "missing signature" in reason
         assert "secret-token" not in reason
+
+
+async def test_the_daemon_closes_streams_1001_before_it_ends_the_calls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole in-process daemon (mock carrier given the stub's stream checks, a supervisor
+    given stub ``stream_sessions``, as the lead's supervisor will have): at stop, the stream
+    hears 1001 and its handler ``stopped`` before the supervisor's shutdown begins."""
+    from voicecall_trio.providers.mock import MockProvider
+    from voicecall_trio.supervisor import Supervisor
+    from voicecall_trio.testing.daemon import running_daemon
+
+    order: list[str] = []
+    sessions = StubSessions("c1")
+    auth = StubAuth()
+    monkeypatch.setattr(Supervisor, "stream_sessions", sessions, raising=False)
+    for name in ("verify_upgrade", "call_id_for_token", "framing"):
+        monkeypatch.setattr(MockProvider, name, getattr(auth, name), raising=False)
+    real_shutdown = Supervisor.shutdown
+
+    async def shutdown(self: Supervisor, grace_s: float) -> None:
+        order.append("calls ended")
+        await real_shutdown(self, grace_s)
+
+    monkeypatch.setattr(Supervisor, "shutdown", shutdown)
+    async with running_daemon({"streaming": {"enabled": True, "openaiApiKey": "sk-x"}}) as d:
+        assert d.handle.media_route is not None
+        port = int(d.base_url.rsplit(":", 1)[1])
+        ws = await Ws.open(port)
+        await ws.start()
+        await sessions.wait_attached(1)
+        sessions.handlers["c1"].stopped = (  # type: ignore[method-assign]
+            lambda stream: order.append("stream stopped"))
+        d.stop()
+        assert await ws.closed_with() == (1001, "going away")
+    assert order == ["stream stopped", "calls ended"]
+
+
+async def test_an_upgrade_with_a_body_is_not_the_routes() -> None:
+    sessions = StubSessions("c1")
+    async with serving(sessions) as (_, route, port):
+        assert route is not None
+        head = (b"GET /voice/stream HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nTransfer-Encoding: chunked\r\n"
+                b"X-Twilio-Signature: good\r\n\r\n0\r\n\r\n")
+        assert await http_status(port, head) in (400, 404)
+        assert route.open == 0 and route.forbidden == 0 and sessions.asked == []

@@ -44,6 +44,7 @@ WAIT_S = 15.0
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 HELLO = "Hello, I would like to book a table for two."
 GREETING = "Hello Sam, this is your assistant calling about dinner tonight."
+REPLY = "Noted."  # the built-in replies' answer, unless a test scripts its own
 
 
 @dataclass
@@ -60,7 +61,12 @@ class Rig:
 @asynccontextmanager
 async def streaming_rig(script: list[tuple[str, int, int]], *, callee: Callee | None = None,
                         tts_pcm: bytes | None = None, **extra: Any) -> AsyncIterator[Rig]:
+    """The daemon on the simulators. The STT's key also keys built-in replies (issue #11), so
+    ``responseBaseUrl`` always points at a local fake: no test reaches the internet."""
     async with AsyncExitStack() as stack:
+        if "responseBaseUrl" not in extra:
+            chat = await stack.enter_async_context(FakeChatCompletions(default=Reply(REPLY)))
+            extra["responseBaseUrl"] = chat.url
         fake = await stack.enter_async_context(FakeTwilio(
             account_sid=ACCOUNT, auth_token=TOKEN, phone_number=FROM, voice_url=PUBLIC,
             default_callee=callee or Callee(stream_audio=hello_ulaw())))
@@ -154,7 +160,8 @@ async def test_streamed_outbound_call_transcribes_the_callee_and_answers_continu
         vad = update["audio"]["input"]["turn_detection"]
         assert vad["type"] == "server_vad" and vad["silence_duration_ms"] == 800
         assert forwarded_exactly(rig, stream)
-        assert hello_ulaw() in bytes(session.audio)  # the callee's words, byte for byte
+        await until(rig.fake, lambda: hello_ulaw() in bytes(session.audio))  # byte for byte
+        assert forwarded_exactly(rig, stream)
         rig.fake.play_audio(twilio.sid, hello_ulaw())
         answer = await rig.rpc("voicecall.continue", {"callId": call_id,
                                                       "message": "Shall we say eight?"})
@@ -191,7 +198,7 @@ async def test_streamed_inbound_call_is_greeted_and_transcribed() -> None:
         listed = (await rig.rpc("voicecall.status"))["calls"]
         (call_id,) = [c["callId"] for c in listed]
         call = await until_daemon(rig, call_id, lambda c: bool(lines(c, "user")))
-        assert [x["text"] for x in lines(call, "bot")] == ["Thanks for calling, how can I help?"]
+        assert lines(call, "bot")[0]["text"] == "Thanks for calling, how can I help?"
         assert lines(call, "user")[0]["text"] == HELLO
         assert forwarded_exactly(rig, streams(twilio)[0])
 
@@ -207,7 +214,7 @@ async def test_barge_in_sends_clear_and_records_what_was_heard() -> None:
         await until(rig.fake, lambda: bool(stream.clears))
         call = await until_daemon(rig, call_id,
                                   lambda c: any(x.get("interrupted") for x in lines(c, "bot")))
-        (bot,) = lines(call, "bot")
+        bot = lines(call, "bot")[0]
         assert bot["text"] == GREETING and bot["interrupted"] is True
         assert 500 <= bot["heardMs"] <= 2500
         sent_ms = len(stream.audio) / 8
@@ -221,6 +228,7 @@ async def test_barge_in_sends_clear_and_records_what_was_heard() -> None:
 async def test_unsigned_bad_token_and_silent_streams_are_refused_without_an_stt_session() -> None:
     async with streaming_rig([], callee=Callee(stream_audio=b"")) as rig:
         call_id, twilio = await placed(rig)
+        await until(rig.fake, lambda: len(rig.stt.sessions) == 1)  # the real stream's
         opened = len(rig.stt.connections)
         unsigned = await rig.fake.open_stream(twilio.sid, signature="missing")
         wrong = await rig.fake.open_stream(twilio.sid, signature="wrong")
@@ -308,16 +316,19 @@ async def test_streaming_without_an_openai_key_keeps_conversations_on_gather() -
     async with AsyncExitStack() as stack:
         fake = await stack.enter_async_context(FakeTwilio(
             account_sid=ACCOUNT, auth_token=TOKEN, phone_number=FROM, voice_url=PUBLIC,
-            default_callee=Callee(script=["Sounds good."])))
+            default_callee=Callee(script=["Hello?", "Sounds good."])))
         config = {"provider": "twilio", "fromNumber": FROM,
                   "twilio": {"accountSid": ACCOUNT, "authToken": TOKEN, "apiBaseUrl": fake.url},
                   "publicUrl": PUBLIC, "streaming": {"enabled": True},
-                  "shutdownGraceSeconds": 2}
+                  "transcriptTimeoutMs": 10_000, "shutdownGraceSeconds": 2}
         daemon = await stack.enter_async_context(
             running_daemon(config))  # (its environment is empty: no OPENAI_API_KEY)
         fake.tunnel(PUBLIC, daemon.base_url)
         result = await daemon.rpc("voicecall.initiate", {"to": CALLEE, "message": "Hi there",
                                                          "mode": "conversation"})
+        # the callee's first words, on <Gather>
+        await until_daemon(Rig(daemon, fake, None, None), result["callId"],  # type: ignore[arg-type]
+                           lambda c: bool(lines(c, "user")))
         answer = await daemon.rpc("voicecall.continue", {"callId": result["callId"],
                                                          "message": "Eight o'clock?"})
         assert answer["transcript"] == "Sounds good."
@@ -342,6 +353,14 @@ async def test_a_builtin_reply_speaks_its_first_sentence_before_the_completion_e
         assert request.body["model"] == "gpt-4o-mini" and request.body["stream"] is True
         assert request.messages[-1] == {"role": "user", "content": HELLO}
         assert lines(call, "user")[0]["text"] == HELLO
+        # the turn's waterfall, on the stream: from the STT's speech_stopped to the audio out
+        call = await until_daemon(rig, call_id, lambda c: any(
+            "firstAudioOut" in t for t in c["metadata"].get("turns", [])))
+        turn = next(t for t in call["metadata"]["turns"] if "firstAudioOut" in t)
+        assert turn["callerStopped"] == 0
+        for stage in ("finalTranscript", "replyRequested", "firstToken", "firstSentence",
+                      "ttsFirstByte"):
+            assert 0 <= turn[stage] <= turn["firstAudioOut"], stage
 
 
 async def test_a_barge_in_cancels_the_completion_in_flight() -> None:

@@ -11,7 +11,10 @@
 ``twilio_stream``  Twilio Media Streams framing: text in, events out (*pure*)
 ``route``          the WebSocket route the front hands ``GET <streamPath>`` upgrades to:
                    admission, upgrade verification, the ``start`` token, frames (trio)
+``route_stream``   ``RouteStream``: the ``MediaStream`` a call gets (sends under a lock)
 ``route_limits``   the route's admission arithmetic (*pure*)
+``ws_frames``      whole client frames out of received bytes; the common masked text frame
+                   read without wsproto (*pure*)
 =================  ======================================================================
 
 This file imports nothing, so ``import voicecall_trio.media.<x>`` costs only what ``x`` needs

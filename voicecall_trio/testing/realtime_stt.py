@@ -247,8 +247,8 @@ class FakeRealtimeSTT:
                         finally:
                             self._end(session)
                     nursery.cancel_scope.cancel()
-        except (trio.TooSlowError, ConnectionClosed, trio.BrokenResourceError):
-            pass
+        except* (trio.TooSlowError, ConnectionClosed, trio.BrokenResourceError):
+            pass  # (raised in the nursery's body, so they come grouped)
         finally:
             await trio.aclose_forcefully(stream)
 
