@@ -47,7 +47,7 @@ QUICK: dict[str, list[str]] = {
 
 
 QUIET_CORES = 0.5  # other processes' CPU (in cores) under which the machine counts as quiet
-QUIET_WAIT_S = 45.0  # the longest a run waits for a quiet machine before it goes anyway
+QUIET_WAIT_S = 60.0  # the longest a run waits for a quiet machine before it goes anyway
 
 
 def wait_quiet(limit_s: float = QUIET_WAIT_S) -> float:
@@ -66,7 +66,7 @@ def wait_quiet(limit_s: float = QUIET_WAIT_S) -> float:
 
 
 def run_load(arguments: list[str]) -> dict[str, Any]:
-    """One load process, once the machine is quiet (or has not been for 45 s); its
+    """One load process, once the machine is quiet (or has not been for 60 s); its
     JSON result, with the CPU others used just before it started."""
     from bench import pinned
 
