@@ -34,6 +34,24 @@ import pytest
 
 from voicecall_trio.states import TERMINAL_STATE_NAMES as TERMINAL_STATES
 
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""}
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _local_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    """Tests never reach the internet: a name other than loopback does not resolve, so a
+    test that would call a real API fails at once (and never waits on DNS)."""
+    name = host.decode() if isinstance(host, bytes) else str(host or "")
+    if name not in _LOCAL_NAMES and not name.startswith("127."):
+        raise socket.gaierror(socket.EAI_NONAME, f"tests resolve no names ({name})")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _local_getaddrinfo)
+
+
 _BIN = Path(sys.executable).parent
 VOICECALL = str(_BIN / "voicecall") if (_BIN / "voicecall").exists() else (
     shutil.which("voicecall") or "voicecall"

@@ -337,8 +337,9 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
         raise ConfigError(f"{key('responseModel')}: must name a model (like openai/gpt-4o-mini)")
     if config.response_timeout_ms < 1:
         raise ConfigError(f"{key('responseTimeoutMs')}: must be at least 1")
-    if not config.response_base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{key('responseBaseUrl')}: must be an http:// or https:// URL")
+    if not _http_url(config.response_base_url):
+        raise ConfigError(f"{key('responseBaseUrl')}: must be an http:// or https:// URL "
+                          "with a host (and a valid port, if any)")
     if config.max_duration_seconds < 1:
         raise ConfigError(f"{key('maxDurationSeconds')}: must be at least 1")
     for name, path in (("serve.path", config.serve.path), ("streaming.streamPath",
@@ -350,6 +351,19 @@ def validate(config: VoiceCallConfig, prefix: str = "") -> None:
     if config.serve.max_connections < 1:
         raise ConfigError(f"{key('serve.maxConnections')}: must be at least 1")
     _validate_streaming(config, key)
+
+
+def _http_url(url: str) -> bool:
+    """An absolute http(s) URL whose host and port parse (``urlsplit`` raises on a bad
+    IPv6 literal or port: that must be a config error, not a crash of the daemon)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _validate_streaming(config: VoiceCallConfig, key: Any) -> None:

@@ -63,12 +63,22 @@ def parse_document(text: str, suffix: str) -> Any:
     raise ConfigError("cannot parse config: not JSON, JSON5 or TOML")
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is a few KiB; /dev/zero is not a config
+
+
 def read_document(path: str | os.PathLike[str]) -> Any:
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // (1024 * 1024)} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode read it
     return parse_document(text, os.path.splitext(os.fspath(path))[1])
 
 

@@ -84,6 +84,8 @@ class DaemonHandle:
     config_path: Path | None = None  # the file SIGHUP re-reads
     reloader: Reloader | None = None  # while signals are handled
     tunnel: TunnelSupervisor | None = None  # the tunnel in force (None: publicUrl or none)
+    chat_http: httpx.AsyncClient | None = None  # the built-in replies' client (a reload
+    #                                             rebuilds the responder on it)
     # echoed to doctor's reachability probe (health.PROBE_HEADER); shown on the socket only
     probe_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
@@ -205,7 +207,7 @@ async def _run_bound(
     supervisor.builtin = make_builtin(config, chat_http)
     _log_replies(config, supervisor.builtin is not None)
     handle = DaemonHandle(config, socket_path, supervisor, provider, journal,
-                          config_path=config_path)
+                          config_path=config_path, chat_http=chat_http)
     try:
         async with trio.open_nursery() as root:
             await root.start(journal.run)

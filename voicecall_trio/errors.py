@@ -315,12 +315,14 @@ class ChatError(Exception):
     """A built-in reply failed: the LLM server's status and ``error.code``, if it answered."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 retryable: bool = False, retry_after: float | None = None) -> None:
+                 retryable: bool = False, retry_after: float | None = None,
+                 tools_refused: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
         self.retryable = retryable
+        self.tools_refused = tools_refused  # a 400 about tools: the model takes none
         self.retry_after = retry_after  # seconds the server asked us to wait, if it did
 
 

@@ -122,7 +122,7 @@ async def look_up(http: httpx.AsyncClient, ref: ModelRef, today: date) -> Findin
     """``GET {base}/models/{id}``; a failed look-up is a finding too (never raises)."""
     import httpx
 
-    from .agent.chat import shown_url
+    from .agent.chat import is_openai, shown_url
 
     url = f"{ref.base_url}/models/{quote(ref.model, safe='')}"
     shown = shown_url(ref.base_url)  # a base URL may carry a key in its user part
@@ -138,6 +138,11 @@ async def look_up(http: httpx.AsyncClient, ref: ModelRef, today: date) -> Findin
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         return Finding(ref, False, f"{ref.key} {ref.model}: cannot look it up at "
                                    f"{shown}: {type(exc).__name__}")
+    if status == 404 and not is_openai(ref.base_url):
+        # OpenRouter, vLLM, LM Studio ... need not offer the look-up: only OpenAI announces
+        # shutdowns, so there is nothing to hold against the config
+        return Finding(ref, True, f"{ref.key} {ref.model}: not listed by {shown} (no "
+                                  "shutdown data outside OpenAI)")
     if status == 404:
         return Finding(ref, False, f"{ref.key} {ref.model}: no such model at {shown}")
     if status in (401, 403):

@@ -33,11 +33,28 @@ log = logging.getLogger("voicecall.reload")
 
 def apply_config(handle: DaemonHandle, config: VoiceCallConfig) -> None:
     """Make ``config`` the one every new decision reads."""
+    old = handle.config
     handle.config = config
     handle.supervisor.config = config
+    if handle.chat_http is not None and _replies_changed(old, config):
+        # the responder holds its model, prompt, key and budget: a new one for new replies
+        # (a reply in flight keeps the one it started with)
+        from .agent.builtin import make_builtin
+
+        handle.supervisor.builtin = make_builtin(config, handle.chat_http)
+        log.info("reload: built-in replies are %s", "on" if handle.supervisor.builtin
+                 is not None else "off (responseBaseUrl is OpenAI's and no key is set)")
     reconfigure = getattr(handle.provider, "reconfigure", None)
     if reconfigure is not None:
         reconfigure(config)
+
+
+def _replies_changed(old: VoiceCallConfig, new: VoiceCallConfig) -> bool:
+    """Whether a key the built-in responder was made from differs."""
+    return (old.response_model, old.response_system_prompt, old.response_timeout_ms,
+            old.response_base_url, old.response_key()) != (
+        new.response_model, new.response_system_prompt, new.response_timeout_ms,
+        new.response_base_url, new.response_key())
 
 
 class Reloader:
@@ -74,7 +91,10 @@ class Reloader:
             systemd.reloading(self.environ)
         try:
             try:
-                new = await trio.to_thread.run_sync(load_config, self.path, self.environ)
+                # abandoned on cancel: a read that never ends (the path is now a FIFO, a
+                # hung network mount) must not hold up the daemon's shutdown
+                new = await trio.to_thread.run_sync(load_config, self.path, self.environ,
+                                                    abandon_on_cancel=True)
                 plan = plan_reload(self.handle.config, new)
             except ConfigError as exc:
                 log.warning("reload: keeping the old config: %s: %s", self.path, exc.message)

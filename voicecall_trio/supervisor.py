@@ -428,6 +428,9 @@ class Supervisor:
         if call.continue_waiting:
             raise CallNotConnected("Another continue is already waiting on this call")
         call.continue_waiting = True
+        # the operator takes this turn: a reply still being prepared for the callee's last
+        # words (agent or built-in) is dropped, not spoken over or after the message
+        replies.interrupt(self, call)
         try:
             start = len(call.record.transcript)
             await self.say(call, message, listen=True)

@@ -32,6 +32,7 @@ from quart_trio import QuartTrio
 from .config import VoiceCallConfig
 from .errors import BodyTooLarge, WebhookRejected
 from .health import PROBE_HEADER
+from .log_budget import LogBudget
 from .providers import CallDirectory, Provider, WebhookRequest, WebhookResponse, rejected
 
 log = logging.getLogger("voicecall.web")
@@ -81,6 +82,11 @@ class WebhookGate:
         )
         self.in_flight: dict[str, int] = {}
         self._turnstile = trio.StrictFIFOLock()
+        # refusals of outside input: a flood of them must not flood the log (log_budget.py)
+        self.refused_busy = LogBudget(log)
+        self.refused_unsigned = LogBudget(log)
+        self.refused_large = LogBudget(log)
+        self.refused_other = LogBudget(log)
 
     def full(self, remote: str) -> bool:
         """Would ``enter`` refuse ``remote`` now? (Asked before a ``100 Continue``.)"""
@@ -95,7 +101,7 @@ class WebhookGate:
         """
         count = self.in_flight.get(remote, 0)
         if count >= self.limit:
-            log.info("webhook from %s refused: too many requests in flight", remote)
+            self.refused_busy("webhook from %s refused: too many requests in flight", remote)
             return False
         self.in_flight[remote] = count + 1
         return True
@@ -109,14 +115,14 @@ class WebhookGate:
         """The answer when the head alone settles it (401, 400, 413), before any body is read."""
         for name in self.required:
             if name not in headers:
-                log.info("webhook from %s refused: missing %s header", remote, name)
+                self.refused_unsigned("webhook from %s refused: missing %s header", remote, name)
                 return MISSING_SIGNATURE
         try:
             declared = int(headers.get("content-length", "0") or 0)
         except ValueError:
             return BAD_LENGTH
         if declared > self.max_body:
-            log.info("webhook from %s refused: body over %d bytes", remote, self.max_body)
+            self.refused_large("webhook from %s refused: body over %d bytes", remote, self.max_body)
             return TOO_LARGE
         return None
 
@@ -137,7 +143,7 @@ class WebhookGate:
         try:
             return await self.provider.handle_webhook(request, self.directory)
         except WebhookRejected as exc:  # a rejection the carrier module left to us
-            log.info("webhook from %s refused: %s", request.remote_addr, exc)
+            self.refused_other("webhook from %s refused: %s", request.remote_addr, exc)
             return rejected(exc)
         except Exception:
             log.exception("webhook from %s: carrier module failed", request.remote_addr)
@@ -163,8 +169,8 @@ class WebhookEndpoint:
             try:
                 body = await self._read_body(receive)
             except BodyTooLarge:
-                log.info("webhook from %s refused: body over %d bytes", remote,
-                         self.gate.max_body)
+                self.gate.refused_large("webhook from %s refused: body over %d bytes",
+                                        remote, self.gate.max_body)
                 refusal = TOO_LARGE
         if refusal is not None:
             # over HTTP/1.x the connection ends after it rather than read an unwanted body

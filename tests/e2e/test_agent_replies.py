@@ -106,3 +106,27 @@ async def test_agent_register_over_the_socket() -> None:
             assert seen[0]["transcript"] == "Is the shop open?"
             await agent.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_continue_cancels_the_reply_in_flight(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """The operator's ``continue`` takes the turn: a reply still being prepared for the
+    callee's previous words is dropped, not spoken over (or after) the continue's message."""
+    async with rig(tmp_path, mock={"callerScript": ["one", "two", "three"],
+                                   "replyDelayMs": 1000}) as r:
+        asked: list[str] = []
+
+        async def responder(params: dict[str, Any]) -> str:
+            asked.append(params["transcript"])
+            await trio.sleep(0.3)  # virtual: it answers while the continue is under way
+            return "agent words"
+
+        r.sup.set_responder(responder)
+        record = await r.sup.initiate("+15555550123", "Hi", "conversation")
+        call = r.sup.live[record.call_id]
+        await call.wait_until(lambda rec: any(e.text == "one" for e in rec.transcript))
+        assert await r.sup.continue_call(record.call_id, "And then?") == "two"
+        assert len(asked) <= 1  # asked, perhaps, but its answer is dropped
+        bot = [e.text for e in call.record.transcript if e.speaker == "bot"]
+        assert bot == ["Hi", "And then?"]

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from conftest import VOICECALL, MakeDaemon, clean_env
 
@@ -276,3 +277,20 @@ async def test_doctor_passes_end_to_end_on_telnyx(tmp_path: Path) -> None:
         detail(report, "credentials")
     assert got["clock"] == "ok"
     assert "KEY-doctor" not in json.dumps(report)
+
+
+@pytest.mark.parametrize("content", [b'{"provider": "twilio",', b'{"note": "\xff"}', None])
+def test_a_file_that_cannot_be_read_is_a_failed_config_check_not_an_error(
+        tmp_path: Path, content: bytes | None) -> None:
+    """Unparseable, not UTF-8, or missing: ``--json`` still prints the report (config
+    ``fail`` with the cause, the rest skipped), it does not stop at an ``error:`` line."""
+    config = tmp_path / "broken.json"
+    if content is not None:
+        config.write_bytes(content)
+    done = trio.run(doctor_run, config, ())
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    got = statuses(report)
+    assert list(got) == list(NAMES)
+    assert got["config"] == "fail" and detail(report, "config")  # the cause
+    assert {got[n] for n in NAMES[1:]} == {"skip"}

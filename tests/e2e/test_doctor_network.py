@@ -129,6 +129,29 @@ async def test_background_check_warns_once_per_model(caplog: pytest.LogCaptureFi
     assert "sk-bg" not in caplog.text
 
 
+async def test_a_model_another_server_does_not_list_is_not_a_failure() -> None:
+    """OpenRouter, vLLM and others answer 404 to ``GET /models/{id}``: only OpenAI announces
+    shutdowns, so there that is no finding against the config (doctor must not fail a
+    working reply setup); at OpenAI a 404 is still a failure (a model that does not exist)."""
+    from datetime import date
+
+    from voicecall_trio.cli.doctor.network import check_models
+
+    seen: list[httpx.Request] = []
+    local = build_config({"responseBaseUrl": "https://openrouter.ai/api/v1",
+                          "responseModel": "openrouter/anthropic/claude-3.5-sonnet",
+                          "responseApiKey": "sk-or-0123456789"}, {})
+    openai = build_config({"responseModel": "openai/gpt-typo",
+                           "responseApiKey": "sk-oa-0123456789"}, {})
+    async with httpx.AsyncClient(transport=models_transport({}, seen)) as http:
+        elsewhere = await check_models(local, {}, http, today=date(2027, 1, 1))
+        at_openai = await check_models(openai, {}, http, today=date(2027, 1, 1))
+    assert len(seen) == 2
+    assert elsewhere.status == "ok", elsewhere.detail
+    assert "openrouter.ai" in elsewhere.detail and "sk-or" not in elsewhere.detail
+    assert at_openai.status == "fail" and "no such model" in at_openai.detail
+
+
 async def test_no_key_no_request_and_a_failing_server_never_raises(
         caplog: pytest.LogCaptureFixture) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:

@@ -84,6 +84,40 @@ def test_the_journal_across_rotation_and_one_call(
         latency(call_id="zzz", config=str(config))
 
 
+def test_a_hostile_journal_never_breaks_the_command_or_its_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A line nested deeper than the JSON decoder recurses, and figures that are not finite
+    (``Infinity``/``NaN``/``1e400``, which Python's json reads), are skipped: the output
+    stays strict JSON."""
+    config = write_store(tmp_path, [
+        "[" * 200_000,
+        '{"callId": "x", "metadata": {"turns": [{"callerStopped": 0, "firstToken": Infinity,'
+        ' "firstSentence": NaN, "firstAudioOut": 1e400, "heard": 5,'
+        ' "replyRequested": 1' + "0" * 400 + '}]}}',
+        record("a", [turn(10.0)]),
+    ])
+    assert latency(json=True, config=str(config)) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in {out}"))
+    assert summary["turns"] == 2
+    assert summary["stages"]["firstToken"]["p99"] == 10.0
+    assert summary["total"] == {"p50": 12.0, "p90": 12.0, "p99": 12.0}
+    assert summary["stages"]["heard"]["p50"] == 5.0
+
+
+def test_an_unreadable_journal_is_an_error_naming_it(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "calls.jsonl").mkdir(parents=True)  # a directory where the journal should be
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"store": str(store)}))
+    with pytest.raises(Failed, match=r"cannot read the journal .*calls\.jsonl"):
+        latency(config=str(config))
+    (tmp_path / "file").write_text("")
+    config.write_text(json.dumps({"store": str(tmp_path / "file")}))  # the store is a file
+    with pytest.raises(Failed, match="cannot read the journal"):
+        latency(config=str(config))
+
+
 def test_the_command_line(tmp_path: Path) -> None:
     config = write_store(tmp_path, [record("a", [turn(10.0)])])
     assert bind(["latency", "--call-id", "a", "--json"]) is not None
@@ -125,3 +159,14 @@ async def test_the_turns_of_test_calls(tmp_path: Path,
     assert summary["total"] == summary["stages"]["firstAudioOut"]
     assert latency(call_id=ids[0], json=True, config=str(config)) == 0
     assert json.loads(capsys.readouterr().out)["turns"] == 3
+
+
+def test_tail_of_an_unreadable_journal_is_an_error_naming_it(tmp_path: Path) -> None:
+    from voicecall_trio.cli.journal import tail
+
+    store = tmp_path / "store"
+    (store / "calls.jsonl").mkdir(parents=True)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"store": str(store)}))
+    with pytest.raises(Failed, match=r"cannot read the journal .*calls\.jsonl"):
+        tail(config=str(config))

@@ -620,7 +620,7 @@ async def test_the_daemon_closes_streams_1001_before_it_ends_the_calls(
     order: list[str] = []
     sessions = StubSessions("c1")
     auth = StubAuth()
-    monkeypatch.setattr(Supervisor, "stream_sessions", sessions, raising=False)
+    monkeypatch.setattr("voicecall_trio.supervisor._StreamSessions", lambda sup: sessions)
     for name in ("verify_upgrade", "call_id_for_token", "framing"):
         monkeypatch.setattr(MockProvider, name, getattr(auth, name), raising=False)
     real_shutdown = Supervisor.shutdown
@@ -630,7 +630,11 @@ async def test_the_daemon_closes_streams_1001_before_it_ends_the_calls(
         await real_shutdown(self, grace_s)
 
     monkeypatch.setattr(Supervisor, "shutdown", shutdown)
-    async with running_daemon({"streaming": {"enabled": True, "openaiApiKey": "sk-x"}}) as d:
+    nowhere = "127.0.0.1:9"  # the key switches on model checks and replies: keep them local
+    async with running_daemon({"streaming": {"enabled": True, "openaiApiKey": "sk-x",
+                                             "realtimeUrl": f"ws://{nowhere}/v1/realtime"},
+                               "tts": {"baseUrl": f"http://{nowhere}/v1"},
+                               "responseBaseUrl": f"http://{nowhere}/v1"}) as d:
         assert d.handle.media_route is not None
         port = int(d.base_url.rsplit(":", 1)[1])
         ws = await Ws.open(port)

@@ -169,3 +169,33 @@ async def test_a_daemon_started_without_a_file_says_there_is_nothing_to_reload(
         assert handle.config is config and not handle.stop_event.is_set()
         handle.stop()
     assert "nothing to re-read" in caplog.text
+
+
+async def test_a_reload_stuck_reading_a_fifo_does_not_hold_up_shutdown(tmp_path: Path) -> None:
+    """The config path replaced by a FIFO nobody writes: ``open`` blocks in the reload's
+    thread. Stopping the daemon must not wait for that thread (it is abandoned). A writer
+    opens the FIFO after a few seconds either way, so an unfixed daemon fails, not hangs."""
+    import threading
+    import time
+
+    import trio.testing
+
+    store = tmp_path / "s"
+    path = tmp_path / "config.json"
+    with trio.fail_after(WAIT_S):
+        async with daemon_with_file(tmp_path, base(store)) as handle:
+            path.unlink()
+            os.mkfifo(path)
+
+            def unblock() -> None:
+                time.sleep(4.0)
+                with open(path, "w") as fifo:  # let a stuck reader finish
+                    fifo.write("{}")
+
+            threading.Thread(target=unblock, daemon=True).start()
+            os.kill(os.getpid(), signal.SIGHUP)
+            await trio.testing.wait_all_tasks_blocked(0.2)  # the reload waits on its thread
+            assert handle.reloader is not None and handle.reloader.outcomes == []
+            started = time.monotonic()
+        stopped_in = time.monotonic() - started
+    assert stopped_in < 3.0

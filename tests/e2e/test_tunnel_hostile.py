@@ -111,3 +111,29 @@ async def test_an_agent_that_closes_its_log_but_lives_on_is_stopped(
                                                                    "not exit"):
         await agent.open(reported.append)
     assert reported == ["https://x.ngrok.app/h"]
+
+
+async def test_a_warning_with_an_err_before_the_url_is_not_fatal(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Real agents on a firewalled host log ``lvl=warn msg="failed to check for update"
+    obj=updater err=...`` at start: the tunnel still comes up, so start-up must go on."""
+    caplog.set_level(logging.WARNING, logger="voicecall.tunnel")
+    fakes = FakeTunnels(tmp_path)
+    update = ngrok_line(lvl="warn", msg="failed to check for update", obj="updater",
+                        err='Post "https://update.equinox.io/check": context deadline exceeded')
+    fakes.script_ngrok([{"lines": [update, update, ngrok_started("https://ok.ngrok.app")]}])
+    reported: list[str] = []
+    up = trio.Event()
+
+    def report(url: str) -> None:
+        reported.append(url)
+        up.set()
+
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tunnel(fakes).open, report)
+            await up.wait()
+            nursery.cancel_scope.cancel()
+    assert reported == ["https://ok.ngrok.app/voice/webhook"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "voicecall.tunnel"]
+    assert len(warned) == 1 and "failed to check for update" in warned[0]

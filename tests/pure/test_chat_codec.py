@@ -179,3 +179,16 @@ def test_urls_are_shown_without_credentials() -> None:
     assert shown_url("https://user:sk-pw@llm.example:8443/v1?key=sk-q") == \
         "https://llm.example:8443/v1"
     assert shown_url("http://[::1") == "(unparsable URL)"
+
+
+@pytest.mark.parametrize(("status", "body", "refused"), [
+    (400, b'{"error": {"message": "llama3 does not support tools", "type": "api_error"}}',
+     True),
+    (400, b'{"error": "registry.ollama.ai/library/gemma:2b does not support tools"}', True),
+    (400, b'{"error": {"message": "bad messages", "type": "invalid_request_error"}}', False),
+    (500, b'{"error": {"message": "tools are broken", "type": "server_error"}}', False),
+    (400, b"<html>Bad Request</html>", False),
+])
+def test_a_400_about_tools_is_told_apart(status: int, body: bytes, refused: bool) -> None:
+    error = error_from_response(status, body)
+    assert error.tools_refused is refused and error.status == status

@@ -13,6 +13,7 @@ import pytest
 
 from voicecall_trio.cli import journal_stats as stats
 from voicecall_trio.cli.journal import JournalFollower
+from voicecall_trio.cli.render import journal_line
 
 
 def record(call_id: str, *turns: tuple[str, float], **fields: Any) -> dict[str, Any]:
@@ -100,3 +101,11 @@ def test_follower_survives_rotation_and_a_missing_file(tmp_path: Path) -> None:
     assert follower.poll() == []
     path.write_bytes(b'{"c": 3}\n')  # shorter than before: rotated, read from the top
     assert follower.poll() == [b'{"c": 3}']
+
+
+@pytest.mark.parametrize("line", [
+    b"[" * 200_000, b'{"transcript": 5}', b'{"transcript": [5]}', b'"x"',
+    b'{"startedAt": "x"}', b'{"startedAt": 1e400}', b'{"endedAt": -1e300}',
+])
+def test_tail_shows_a_hostile_line_as_unreadable(line: bytes) -> None:
+    assert journal_line(line, False).startswith("(unreadable line)")

@@ -115,8 +115,10 @@ def test_the_reply_key_is_ours_then_the_env_then_streaming(
 def test_reply_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"^responseTimeoutMs:"):
         build_config({"responseTimeoutMs": 0}, {})
-    with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
-        build_config({"responseBaseUrl": "ftp://x"}, {})
+    for bad in ("ftp://x", "http://[bad/v1", "http://x:99999/v1", "http:///v1", "https://"):
+        # each passed a prefix check, and urlsplit raised at start-up: a traceback, no daemon
+        with pytest.raises(ConfigError, match=r"^responseBaseUrl:"):
+            build_config({"responseBaseUrl": bad}, {})
     with pytest.raises(ConfigError, match=r"^responseModel:"):
         build_config({"responseModel": " "}, {})
 
@@ -134,3 +136,22 @@ def test_doctor_says_who_answers_without_the_key() -> None:
     secret = build_config({"responseBaseUrl": "https://user:sk-pw@llm.example/v1?key=sk-q"}, {})
     assert "sk-" not in replies_detail(secret)
 
+
+
+def test_a_file_that_is_not_utf8_or_is_huge_is_a_config_error(tmp_path: Path) -> None:
+    """``serve``, ``doctor`` and SIGHUP all read through ``load_config``: a binary file must
+    be a ConfigError naming it (doctor's ``config`` check fails, serve exits 1), never a
+    UnicodeDecodeError traceback; a file of many MiB is refused, not read into memory."""
+    binary = tmp_path / "config.json"
+    binary.write_bytes(b'{"store": "/tmp/x", "note": "\xff\xfe"}')
+    with pytest.raises(ConfigError, match=r"config\.json.*UTF-8"):
+        load_config(binary, {})
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (8 * 1024 * 1024) + b"{}")
+    with pytest.raises(ConfigError, match=r"huge\.json.*over"):
+        load_config(huge, {})
+
+    from voicecall_trio.cli.doctor.local import check_config
+
+    check, config = check_config(str(binary), {})
+    assert check.status == "fail" and config is None

@@ -153,3 +153,14 @@ def test_any_log_object_gives_a_bounded_answer_without_the_token(
         assert TOKEN not in event.describe() and len(event.message) <= 300
     elif isinstance(event, ngrok.Started):
         assert ngrok.tunnel_url(event.url) == event.url
+
+
+def test_a_warning_is_fatal_only_with_ngroks_code() -> None:
+    update = ngrok.parse_line(line(lvl="warn", msg="failed to check for update",
+                                   obj="updater", err="Post https://update.equinox.io: EOF"))
+    assert isinstance(update, ngrok.LogError) and not update.fatal
+    coded = ngrok.parse_line(line(lvl="warn", msg="x", err="failed: ERR_NGROK_320"))
+    assert isinstance(coded, ngrok.LogError) and coded.fatal
+    for level in ("eror", "crit"):
+        event = ngrok.parse_line(line(lvl=level, msg="failed to reconnect session"))
+        assert isinstance(event, ngrok.LogError) and event.fatal

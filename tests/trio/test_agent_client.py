@@ -197,3 +197,74 @@ async def test_a_reply_over_the_cap_is_cut_and_its_stream_closed() -> None:
         assert len(reply.text) == MAX_REPLY_CHARS
         with trio.fail_after(5):
             await fake.wait_for(lambda f: f.abandoned + f.completed == 1)
+
+
+class _HeldOpen(httpx.AsyncByteStream):
+    """A whole reply, then the stream is held open: no ``[DONE]``, no end."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            yield event
+        await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_finished_reply_whose_stream_is_held_open_is_still_the_reply(
+        autojump_clock: object) -> None:
+    import json
+
+    def event(delta: dict[str, object], finish: str | None = None) -> bytes:
+        chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    body = _HeldOpen([event({"content": "All booked."}), event({}, "stop")])
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=body))
+    async with httpx.AsyncClient(transport=transport) as http:
+        client = ChatClient(http, base_url="http://chat.test/v1", api_key=None, model="m")
+        started = trio.current_time()
+        reply = await client.complete(MESSAGES, deadline=budget(30.0))
+    assert reply.text == "All booked." and reply.finish_reason == "stop"
+    assert trio.current_time() - started <= 1.5  # the grace, not the 30 s budget
+    assert body.closed
+
+
+async def test_a_server_whose_model_takes_no_tools_is_asked_again_without_end_call(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Ollama answers 400 "... does not support tools" for many small local models: the
+    reply is asked for again without the tool (and from then on), rather than every turn
+    becoming a spoken fallback; the model then cannot end the call (one log line says so)."""
+    import logging
+
+    from voicecall_trio.testing.chat import ChatRequest
+
+    def respond(request: ChatRequest) -> Reply:
+        if "tools" in request.body:
+            return Reply(status=400, error={
+                "message": "registry.ollama.ai/library/gemma:2b does not support tools",
+                "type": "api_error", "param": None, "code": None})
+        return Reply("Hello there.")
+
+    caplog.set_level(logging.WARNING)
+    async with FakeChatCompletions(respond=respond) as fake, httpx.AsyncClient() as http:
+        client = ChatClient(http, base_url=fake.url, api_key=None, model="gemma:2b")
+        first = await client.complete(MESSAGES, deadline=budget())
+        second = await client.complete(MESSAGES, deadline=budget())
+    assert first.text == second.text == "Hello there."
+    assert ["tools" in r.body for r in fake.requests] == [True, False, False]
+    assert len([r for r in caplog.records if "end_call" in r.getMessage()]) == 1
+
+
+async def test_another_400_is_not_retried() -> None:
+    async with served(Reply(status=400, error={"message": "bad messages", "type":
+                                               "invalid_request_error", "param": None,
+                                               "code": None})) as (fake, client):
+        with pytest.raises(ChatError) as caught:
+            await client.complete(MESSAGES, deadline=budget())
+    assert caught.value.status == 400 and len(fake.requests) == 1

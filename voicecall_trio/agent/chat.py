@@ -235,18 +235,28 @@ def error_from_response(status: int, body: bytes) -> ChatError:
     than ``insufficient_quota``, or a 5xx, is worth one retry; a 401 or 400 never is."""
     code: str | None = None
     kind: str | None = None
+    said = ""
     try:
         doc = json.loads(body)
         error = doc.get("error") if isinstance(doc, dict) else None
         if isinstance(error, dict):
             code = error.get("code") if isinstance(error.get("code"), str) else None
             kind = error.get("type") if isinstance(error.get("type"), str) else None
+            text = error.get("message")
+            said = text if isinstance(text, str) else ""
+        elif isinstance(error, str):  # some servers send {"error": "text"}
+            said = error
     except (ValueError, RecursionError):
         pass
     label = code or kind
     retryable = (status == 429 and "insufficient_quota" not in (code, kind)) or status >= 500
+    # Ollama: "<model> does not support tools"; others name "tools" or "tool_choice"
+    tools_refused = status == 400 and "tool" in f"{said} {code or ''}".lower()
     message = f"the reply server answered {status}" + (f" ({label[:64]})" if label else "")
-    return ChatError(message, status=status, code=code, retryable=retryable)
+    if tools_refused:
+        message += " (its model takes no tools)"
+    return ChatError(message, status=status, code=code, retryable=retryable,
+                     tools_refused=tools_refused)
 
 
 def _error_text(chunk: Mapping[str, Any]) -> str:

@@ -12,6 +12,8 @@ and never the key.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -36,10 +38,15 @@ from .chat import (
 )
 from .sse import SseParser
 
+log = logging.getLogger("voicecall.calls")
+
 MAX_REPLY_CHARS = 4_000  # reply text beyond this is not read (the stream is closed)
 MAX_BODY_BYTES = 1_048_576  # a non-streamed reply or an error body, at most
 RETRY_DELAY_S = 0.25  # before the one retry, unless the server asks for less (retry-after-ms)
 MAX_RETRY_DELAY_S = 2.0
+# after ``finish_reason`` only the usage chunk and ``[DONE]`` follow, at once: a server (or a
+# proxy) that then holds the stream open must not turn a whole reply into a timeout
+FINISH_GRACE_S = 1.0
 
 
 @dataclass
@@ -84,9 +91,18 @@ class ChatClient:
         try:
             return await self._attempt(body, deadline, on_event)
         except ChatError as exc:
-            delay = RETRY_DELAY_S if exc.retry_after is None else exc.retry_after
-            if not exc.retryable or trio.current_time() + delay >= deadline:
-                raise
+            if exc.tools_refused and self.end_call:
+                # a local model without tool support (Ollama answers 400): ask without the
+                # tool, now and from now on, rather than failing every turn
+                self.end_call = False
+                log.warning("the reply server refused the end_call tool (%s): asking "
+                            "without it from now on; the model cannot end calls", exc.message)
+                body = build_request(self.model, messages, end_call=False)
+                delay = 0.0
+            else:
+                delay = RETRY_DELAY_S if exc.retry_after is None else exc.retry_after
+                if not exc.retryable or trio.current_time() + delay >= deadline:
+                    raise
         await trio.sleep(delay)
         reply = await self._attempt(body, deadline, on_event)
         reply.attempts = 2
@@ -125,12 +141,15 @@ async def _read_stream(response: httpx.Response,
     reply = ChatReply()
     parser = SseParser()
     decoder = ChunkDecoder()
-    async for chunk in response.aiter_bytes():
-        for sse in parser.feed(chunk):
-            for event in decoder.feed(sse.data):
-                _take(reply, event, on_event)
-            if decoder.done or len(reply.text) >= MAX_REPLY_CHARS:
-                return _finished(reply)
+    with trio.CancelScope() as grace:
+        async for chunk in response.aiter_bytes():
+            for sse in parser.feed(chunk):
+                for event in decoder.feed(sse.data):
+                    _take(reply, event, on_event)
+                if decoder.done or len(reply.text) >= MAX_REPLY_CHARS:
+                    return _finished(reply)
+            if reply.finish_reason is not None and grace.deadline == math.inf:
+                grace.deadline = trio.current_time() + FINISH_GRACE_S
     if reply.finish_reason is None:
         raise ChatStreamError("the reply stream ended before the reply did")
     return _finished(reply)

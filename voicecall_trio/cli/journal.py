@@ -64,10 +64,15 @@ def tail(*, lines: int = 20, follow: bool = False, json: bool = False,
     import time
     from pathlib import Path
 
+    from ..errors import Failed
     from ..journal_tail import tail_lines
 
     path = Path(journal_path(config))
-    for line in tail_lines(path, lines):
+    try:
+        last = tail_lines(path, lines)
+    except OSError as exc:  # a directory in its place, no permission, an I/O error
+        raise Failed(f"cannot read the journal {path}: {exc.strerror or exc}") from None
+    for line in last:
         print(journal_line(line, json), flush=True)
     if not follow:
         return EXIT_OK

@@ -22,7 +22,7 @@ def latest_records(lines: Iterable[bytes | str]) -> dict[str, dict[str, Any]]:
         try:
             record = json.loads(line)
             latest[record["callId"]] = record
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # a line nested too deep
             continue
     return latest
 

@@ -69,8 +69,15 @@ def _values(turns: Iterable[Mapping[str, Any]], stage: str) -> list[float]:
     out: list[float] = []
     for turn in turns:
         value = turn.get(stage)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            out.append(float(value))
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        try:
+            figure = float(value)  # an integer of 400 digits does not fit
+        except OverflowError:
+            continue
+        # json reads Infinity, NaN and 1e400 too: such a figure would make --json invalid
+        if math.isfinite(figure) and figure >= 0:
+            out.append(figure)
     return out
 
 
@@ -98,12 +105,17 @@ def journal_files(path: str) -> list[str]:
                    if (m := pattern.match(entry))]
     except FileNotFoundError:
         return []
+    except OSError:  # not a directory, not readable: opening the journal will say so
+        rotated = []
     return [os.path.join(directory, entry) for _, entry in sorted(rotated, reverse=True)] \
         + [path]
 
 
 def read_records(path: str) -> dict[str, dict[str, Any]]:
-    """The latest record of each call across the kept files (the newest file wins)."""
+    """The latest record of each call across the kept files (the newest file wins);
+    ``Failed`` naming the file when one cannot be read."""
+    from ..errors import Failed
+
     latest: dict[str, dict[str, Any]] = {}
     for file in journal_files(path):
         try:
@@ -111,6 +123,8 @@ def read_records(path: str) -> dict[str, dict[str, Any]]:
                 latest.update(latest_records(handle))
         except FileNotFoundError:
             continue
+        except OSError as exc:  # a directory in its place, no permission, an I/O error
+            raise Failed(f"cannot read the journal {file}: {exc.strerror or exc}") from None
     return latest
 
 

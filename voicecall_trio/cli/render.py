@@ -75,5 +75,6 @@ def journal_line(line: bytes, as_json: bool) -> str:
         said = f"  {last[0].get('speaker')}: {last[0].get('text')}" if last[0] else ""
         return (f"{fmt_time(rec.get('endedAt') or rec.get('answeredAt') or rec.get('startedAt'))}"
                 f"  {rec.get('callId')}  {rec.get('state')}{said}")
-    except (ValueError, AttributeError, IndexError):
+    except (ValueError, AttributeError, IndexError, TypeError, KeyError, RecursionError,
+            OverflowError):  # a hostile or torn line is shown, never raised
         return f"(unreadable line) {text[:120]}"

@@ -138,6 +138,7 @@ def build_methods(
         _params(params, NoParams)
         known = agents.get(conn)
         if known is not None:  # registering again: the latest agent again, no new watcher
+            agents[conn] = agents.pop(conn)  # ...and the last to fall back to
             supervisor.set_responder(known)
             return {"registered": True}
 
@@ -165,8 +166,14 @@ def build_methods(
             finally:
                 agents.pop(conn, None)
                 if supervisor.responder is respond:
-                    supervisor.set_responder(None)
-                    log.info("agent connection closed: no agent registered")
+                    # the newest agent still connected answers from now on, if any is
+                    newest = next(reversed(agents.values()), None)
+                    supervisor.set_responder(newest)
+                    if newest is None:
+                        log.info("agent connection closed: no agent registered")
+                    else:
+                        log.info("agent connection closed: an earlier registered agent "
+                                 "answers again")
 
         conn.nursery.start_soon(watch)
         return {"registered": True}

@@ -26,6 +26,10 @@ ERROR_LEVELS = frozenset({"eror", "crit"})  # ngrok's own spelling of error and 
 # an ``err`` field on these levels is not a failure: ngrok logs e.g. a missing default config
 # file as ``{"lvl": "info", "msg": "ignoring default config path ...", "err": "stat ..."}``
 QUIET_LEVELS = frozenset({"info", "dbug", "debug", "trce"})
+# a ``warn`` line with an ``err`` is fatal only with ngrok's error code: the agent logs
+# ``{"lvl": "warn", "msg": "failed to check for update", "obj": "updater", "err": ...}`` on
+# any host that cannot reach its update server, and the tunnel comes up all the same
+WARN_LEVELS = frozenset({"warn", "warning"})
 _CODE = re.compile(r"ERR_NGROK_\d{1,6}")
 _NO_ERROR = frozenset({"", "<nil>", "nil", "null"})
 _WILDCARD = frozenset({"", "0.0.0.0", "::", "[::]"})
@@ -40,10 +44,12 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class LogError:
-    """An error line: ngrok's message (redacted, bounded) and its ``ERR_NGROK_xxx`` code."""
+    """An error line: ngrok's message (redacted, bounded) and its ``ERR_NGROK_xxx`` code;
+    ``fatal`` False for a warning that does not stop the tunnel (logged, never a failure)."""
 
     message: str
     code: str | None
+    fatal: bool = True
 
     def describe(self) -> str:
         if self.code and self.code not in self.message:
@@ -110,8 +116,8 @@ def parse_line(line: bytes | str, secrets: Iterable[str] = ()) -> Started | LogE
     """What one line of ngrok's JSON log says: the tunnel started, an error, or nothing.
 
     An error is a line at level ``eror`` or ``crit``, or one with an ``err`` field at any
-    level but the quiet ones. Lines that are not a JSON object (a banner, a torn line) say
-    nothing.
+    level but the quiet ones; at ``warn`` it is fatal only with an ``ERR_NGROK_xxx`` code.
+    Lines that are not a JSON object (a banner, a torn line) say nothing.
     """
     try:
         doc = json.loads(line)
@@ -127,7 +133,9 @@ def parse_line(line: bytes | str, secrets: Iterable[str] = ()) -> Started | LogE
         msg = doc.get("msg")
         words = " ".join(str(part) for part in (msg, err_text) if part)
         clean = redact(words, secrets)
-        return LogError(clip(clean) or "ngrok reported an error", error_code(clean))
+        code = error_code(clean)
+        fatal = level not in WARN_LEVELS or code is not None
+        return LogError(clip(clean) or "ngrok reported an error", code, fatal)
     if doc.get("msg") == "started tunnel":
         url = tunnel_url(doc.get("url"))
         return Started(url) if url is not None else None

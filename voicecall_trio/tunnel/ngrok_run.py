@@ -106,7 +106,9 @@ class NgrokTunnel:
                 chunk = await process.stdout.receive_some(65536)
                 for raw in lines.feed(chunk) if chunk else lines.flush():
                     event = ngrok.parse_line(raw, self.secrets)
-                    if isinstance(event, ngrok.LogError):
+                    if isinstance(event, ngrok.LogError) and not event.fatal:
+                        self._log_error(event)  # e.g. its update check failed
+                    elif isinstance(event, ngrok.LogError):
                         if not started:
                             raise TunnelError(f"ngrok reported: {event.describe()}")
                         last_error = event

@@ -45,6 +45,7 @@ def run_checks(config_path: str | None, socket: str | None, environ: dict[str, s
                ) -> list[Any]:
     import trio
 
+    from ...errors import ConfigError
     from ..connect import socket_path
     from . import local, report
 
@@ -52,7 +53,12 @@ def run_checks(config_path: str | None, socket: str | None, environ: dict[str, s
     if cfg is not None:
         sock = os.path.expanduser(socket) if socket else str(cfg.socket_path(environ))
     else:
-        sock = socket_path(socket, config_path)
+        try:
+            sock = socket_path(socket, config_path)
+        except ConfigError:  # unreadable or unparseable: it names no socket; report, go on
+            unknown = "no valid config to find the socket in (pass --socket)"
+            return [config_check, report.skip("daemon", unknown), report.skip("socket", unknown)
+                    ] + [report.skip(name, "no valid config") for name in report.NAMES[3:]]
     daemon_check, health = local.check_daemon(sock)
     checks = [config_check, daemon_check, local.check_socket(sock)]
     if cfg is None:

@@ -28,6 +28,7 @@ import trio
 from ...config import VoiceCallConfig
 from ...errors import ConfigError, ProviderError, SignatureRejected, WebhookRejected
 from ...events import CallError, CallInitiated
+from ...log_budget import LogBudget
 from ...model import CallRecord, is_late_confirmation, was_answered
 from .. import (
     CallDirectory,
@@ -80,6 +81,8 @@ class TelnyxProvider:
     ) -> None:
         self._config = config
         self._clock = clock
+        # forged or malformed webhooks: a flood must not flood the log (log_budget.py)
+        self.refused = LogBudget(log, logging.WARNING)
         self._public_url = config.public_url
         self._key: nacl.signing.VerifyKey | None = None
         if config.telnyx.public_key:
@@ -197,7 +200,7 @@ class TelnyxProvider:
                 return _DUPLICATE
             hook = parse_webhook(request.body)
         except WebhookRejected as exc:
-            log.warning("telnyx webhook from %s refused: %s", request.remote_addr or "?", exc)
+            self.refused("telnyx webhook from %s refused: %s", request.remote_addr or "?", exc)
             return rejected(exc)
         try:
             await self._act(hook, directory)

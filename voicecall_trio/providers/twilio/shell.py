@@ -27,6 +27,7 @@ import trio
 
 from ...config import VoiceCallConfig
 from ...errors import ProviderError, WebhookParseError
+from ...log_budget import LogBudget
 from ...media import twilio_stream
 from ...model import CallRecord
 from .. import (
@@ -84,6 +85,9 @@ class TwilioProvider:
         new_token: TokenSource = new_token,
     ) -> None:
         self._config = config
+        # forged or unreadable webhooks: a flood must not flood the log (log_budget.py)
+        self.refused = LogBudget(log, logging.WARNING)
+        self.unreadable = LogBudget(log, logging.WARNING)
         self._account = config.twilio.account_sid or ""
         self._token = config.twilio.auth_token
         self._rest = RestClient(
@@ -228,8 +232,8 @@ class TwilioProvider:
         form = strict_form(request.body, request.headers.get("content-type", ""))
         check = self._check(request, form)
         if not check.ok:
-            log.warning("Twilio webhook refused: %s (tried %s)", check.reason,
-                        ", ".join(check.tried_urls) or "no URL")
+            self.refused("Twilio webhook refused: %s (tried %s)", check.reason,
+                     ", ".join(check.tried_urls) or "no URL")
             return rejected(check.rejection())
         key = self._replay_key(request)
         while (pending := self._pending.get(key)) is not None:
@@ -289,7 +293,7 @@ class TwilioProvider:
             hook = parse_webhook(request.body, request.query_string,
                                  request.headers.get("content-type", ""), form=form)
         except WebhookParseError as exc:
-            log.warning("Twilio webhook unreadable: %s", exc)
+            self.unreadable("Twilio webhook unreadable: %s", exc)
             return rejected(exc)
         base = self._base_for(check)
         if hook.kind is RequestKind.STATUS:
