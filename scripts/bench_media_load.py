@@ -110,6 +110,8 @@ def _timed(phase, info):
     elif _began:
         _pauses.append((time.perf_counter() - _began[0], info.get("generation", -1)))
 gc.callbacks.append(_timed)
+if os.environ.get("VOICECALL_BENCH_GC_THRESHOLDS"):  # an experiment: other collector settings
+    gc.set_threshold(*(int(x) for x in os.environ["VOICECALL_BENCH_GC_THRESHOLDS"].split(",")))
 @atexit.register
 def _write():
     path = os.environ.get("VOICECALL_BENCH_GC_LOG")
@@ -119,14 +121,15 @@ def _write():
 '''
 
 
-def gc_hook(directory: Path) -> dict[str, str]:
+def gc_hook(directory: Path, thresholds: str = "") -> dict[str, str]:
     """Environment that makes the daemon time its garbage collections (a ``sitecustomize``
     with a ``gc.callbacks`` hook, written at exit): the benchmark's instrument, like cProfile,
     nothing in the daemon's code."""
     (directory / "sitecustomize.py").write_text(GC_HOOK)
     path = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": str(directory) + (os.pathsep + path if path else ""),
-            "VOICECALL_BENCH_GC_LOG": str(directory / "gc")}
+            "VOICECALL_BENCH_GC_LOG": str(directory / "gc"),
+            "VOICECALL_BENCH_GC_THRESHOLDS": thresholds}
 
 
 def gc_pauses(directory: Path) -> dict[str, Any]:
@@ -196,7 +199,7 @@ class Run:
                 config["responseApiKey"] = OPENAI_KEY
             python_args = ("-m", "cProfile", "-o", args.profile) if args.profile else ()
             hook_dir = Path(tempfile.mkdtemp(prefix="vcgc"))
-            hook = gc_hook(hook_dir)
+            hook = gc_hook(hook_dir, args.gc_thresholds)
             saved = {name: os.environ.get(name) for name in hook}
             os.environ.update(hook)  # Daemon copies the environment when it starts
             try:
@@ -478,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-gap-ms", type=float, default=10.0)
     parser.add_argument("--stt-refused", action="store_true",
                         help="point the daemon's STT at a closed port (the route's cost alone)")
+    parser.add_argument("--gc-thresholds", default="",
+                        help="an experiment: gc.set_threshold(...) in the daemon, e.g. 700,10,1000")
     parser.add_argument("--profile", default="", help="run the daemon under cProfile to this")
     args = parser.parse_args(argv)
     if args.scenario == "speaking" and args.greeting_s < args.barge_in_s + 3:
