@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import SpeechError, VoiceCallError
+from .errors import CallNotConnected, SpeechError, VoiceCallError
 from .events import (
     CallActive,
     CallDtmf,
@@ -82,6 +82,10 @@ class VoiceSession:
         self._nursery: trio.Nursery | None = None
         self._events = 0  # numbers the STT's events, so each has its own event id
         self._stt_errors = 0
+        # ``say`` calls waiting for their TTS's first audio: that wait runs in the caller's
+        # task (``nursery.start``), out of reach of the call's nursery, so the end cancels it
+        self._waiting: set[trio.CancelScope] = set()
+        self._over = False
 
     @property
     def call_id(self) -> str:
@@ -97,8 +101,14 @@ class VoiceSession:
                 self._call.voice = self
                 task_status.started()
                 nursery.start_soon(self._greet)
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:  # the call ended: (the nursery would wait for pending starts)
+                    self._over = True
+                    for scope in self._waiting:
+                        scope.cancel()
         finally:
+            self._over = True
             self._call.voice = None
             stream, self.stream = self.stream, None
             if stream is not None:
@@ -119,12 +129,21 @@ class VoiceSession:
         send, receive = trio.open_memory_channel[bytes](math.inf)
         utterance = Utterance(id=f"bot:{self._sup.ids().replace('-', '')}", text=text,
                               audio=receive)
-        try:
-            self.player.enqueue(utterance)
-            await nursery.start(self._synthesize, text, send)
-        except SpeechError as exc:
+        if self._over:
+            raise CallNotConnected("Call has ended")
+        with trio.CancelScope() as waiting:
+            self._waiting.add(waiting)
+            try:
+                self.player.enqueue(utterance)
+                await nursery.start(self._synthesize, text, send)
+            except SpeechError as exc:
+                send.close()
+                raise self._speech_failed(exc) from None
+            finally:
+                self._waiting.discard(waiting)
+        if waiting.cancelled_caught:
             send.close()
-            raise self._speech_failed(exc) from None
+            raise CallNotConnected("Call ended before its speech started")
         self._milestone("ttsFirstByte")
 
     async def _synthesize(self, text: str, send: trio.MemorySendChannel[bytes], *,

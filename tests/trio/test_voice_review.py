@@ -1,0 +1,53 @@
+"""Review (R2) of the voice session: the call ending, or the caller talking, at awkward moments.
+
+Same rig as ``test_voice.py`` (real supervisor and journal, stand-in stream and STT, FakeTTS in
+memory), on the autojump clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_voice import StubStream, placed, voice_rig
+
+from voicecall_trio.errors import VoiceCallError
+
+
+async def test_a_call_ended_while_its_tts_has_not_answered_does_not_hold_speak(
+        tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """``speak`` waits for the TTS's first audio; if the call ends meanwhile, the request
+    belongs to a dead call: ``speak`` answers at once and nothing fails later."""
+    caplog.set_level(logging.DEBUG)
+    async with voice_rig(tmp_path) as (r, tts):
+        call = await placed(r)
+        record = call.record
+        await tts.wait_for_requests(1)  # the greeting's, answered at once
+        r.sup.stream_sessions.attach(record.call_id, StubStream("MZ1"))  # type: ignore[arg-type]
+        tts.first_byte_delay = 8.0
+        outcome: list[object] = []
+
+        async def speak() -> None:
+            begin = trio.current_time()
+            try:
+                await r.sup.speak(record.call_id, "Are you still there?")
+                outcome.append("spoken")
+            except VoiceCallError as exc:
+                outcome.append(exc)
+            outcome.append(trio.current_time() - begin)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(speak)
+            await tts.wait_for_requests(2)
+            await trio.sleep(1.0)
+            await r.sup.end(record.call_id)
+            await trio.sleep(10.0)  # past the TTS's answer
+        assert call.record.terminal
+        assert len(outcome) == 2 and isinstance(outcome[0], VoiceCallError), outcome
+        assert outcome[1] < 2.0
+    failures = [rec for rec in caplog.records
+                if rec.levelno >= logging.ERROR or rec.exc_info is not None]
+    assert failures == []
