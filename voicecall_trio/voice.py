@@ -9,7 +9,8 @@ carries on a media stream) and joins three parts that know nothing of each other
 * the STT session (``stt/pump.py``), opened when the first stream attaches and kept for the
   call's life (a takeover keeps it): interim transcripts become ``call.speech`` with
   ``isFinal: false`` (published, not journaled), finals the transcript lines that
-  ``continue`` and replies use; ``speech_started`` while the bot is playing is a barge-in.
+  ``continue`` and replies use; ``speech_started`` while the bot speaks (an utterance
+  playing, or the gap before the next one of a run) is a barge-in.
 * the player (``media/player.py``): utterances synthesised by the TTS client (``tts/``) are
   queued in order and paced out as 20 ms frames; an utterance enters the transcript when its
   first frame goes out and counts as spoken when its mark comes back.
@@ -234,7 +235,7 @@ class VoiceSession:
     def _on_stt(self, event: SttEvent) -> None:
         match event:
             case SpeechStarted():
-                if self._barge_in and self.player.playing:
+                if self._barge_in and self.player.speaking:
                     self.barge_in()
             case SpeechStopped():
                 self._milestone("callerStopped")
@@ -253,9 +254,15 @@ class VoiceSession:
                     log.warning("call %s: transcription error: %s", self.call_id, message)
 
     def barge_in(self) -> None:
-        """The caller talks over the bot: silence it and note how much was heard."""
+        """The caller talks over the bot: silence it and note how much was heard. Between
+        two sentences (nothing audible, the next still coming) nothing was cut, but the next
+        sentences and the reply making them are dropped all the same."""
+        speaking = self.player.speaking
         cut = self.player.clear()
         if cut is None:
+            if speaking:
+                log.info("call %s: barge-in between two utterances", self.call_id)
+                self._sup.interrupt_reply(self._call)
             return
         utterance, heard_ms = cut
         log.info("call %s: barge-in after %d ms of speech", self.call_id, heard_ms)

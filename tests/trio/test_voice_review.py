@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import trio
-from test_voice import StubStream, placed, voice_rig
+from test_voice import StubStream, StubSTT, placed, voice_rig
 
 from voicecall_trio.errors import VoiceCallError
+from voicecall_trio.stt.realtime import SpeechStarted
 
 
 async def test_a_call_ended_while_its_tts_has_not_answered_does_not_hold_speak(
@@ -51,3 +52,32 @@ async def test_a_call_ended_while_its_tts_has_not_answered_does_not_hold_speak(
     failures = [rec for rec in caplog.records
                 if rec.levelno >= logging.ERROR or rec.exc_info is not None]
     assert failures == []
+
+
+async def test_the_caller_talking_between_two_sentences_stops_the_next_and_the_reply(
+        tmp_path: Path, autojump_clock: Any) -> None:
+    """Barge-in at an utterance boundary: the first sentence has played, the second waits for
+    its TTS. The caller's speech then is a barge-in too: the second never plays, and the reply
+    that is still making sentences is interrupted."""
+    async with voice_rig(tmp_path) as (r, tts):
+        call = await placed(r)
+        stream = StubStream("MZ1")
+        voice = r.sup.stream_sessions.attach(call.record.call_id, stream)  # type: ignore[arg-type]
+        assert voice is not None
+        await call.wait_until(lambda rec: rec.state.value == "speaking")  # its first frame
+        interrupted: list[float] = []
+        r.sup.interrupt_reply = lambda c: interrupted.append(trio.current_time())  # type: ignore[method-assign]
+        tts.first_byte_delay = 3.0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.sup.speak, call.record.call_id, "And the second sentence.")
+            await trio.sleep(1.1)  # the greeting (1 s of tone) has played out
+            # the second sentence waits for its audio
+            assert not voice.player.playing and voice.player.speaking
+            StubSTT.made[0].on_event(SpeechStarted("item_1", 1500))
+            assert interrupted == [trio.current_time()]
+            await trio.sleep(5.0)  # past the second sentence's TTS answer
+        bots = [e.text for e in call.record.transcript if e.speaker == "bot"]
+        assert bots == [call.record.metadata["initialMessage"]]
+        frames = len(stream.frames)
+        await trio.sleep(1.0)
+        assert len(stream.frames) == frames
