@@ -3,7 +3,8 @@ gets, and the route's reading of what arrives on it.
 
 Sending: any task (the call's player) may send while the route's task reads; one lock orders
 the sends (the 101 first), a close frame is the last, and a send on a dead or stalled socket
-(``SEND_TIMEOUT_S``) marks the stream closed and ends the reading instead of raising.
+(``SEND_TIMEOUT_S``) marks the stream closed and ends the reading instead of raising. So
+does a send its caller cancels (a tighter timeout of its own): part of the frame may be out.
 
 Receiving (the route's task, ``received``): the bytes are split into whole frames
 (``ws_frames``); the common one, a whole masked text frame, is read here, any other goes,
@@ -110,6 +111,9 @@ class RouteStream:
                     return
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+                except BaseException:  # cancelled by the caller (the player's own bound):
+                    self._dead()  # part of the frame may be out, so nothing may follow it
+                    raise
             self._dead()
 
     async def send_raw(self, data: bytes) -> bool:

@@ -1,0 +1,45 @@
+"""Review (R2) of the media route's stream, in memory: a peer that stops reading."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+from test_media_frames import Auth, Sessions
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
+
+from voicecall_trio.config import build_config
+from voicecall_trio.media.route import MediaRoute
+from voicecall_trio.media.route_stream import SEND_TIMEOUT_S, RouteStream
+
+
+def stream_on(socket: Any) -> RouteStream:
+    server = WSConnection(ConnectionType.SERVER)
+    client = WSConnection(ConnectionType.CLIENT)
+    server.receive_data(client.send(Request(host="h", target="/voice/stream")))
+    list(server.events())
+    server.send(AcceptConnection())
+    assert server.connection is not None
+    route = MediaRoute(build_config({}, {}), Auth(), Sessions())
+    stream = RouteStream(route, socket, server.connection, "1.2.3.4")
+    stream.accepted = True
+    return stream
+
+
+async def test_a_send_cut_short_by_the_caller_s_own_timeout_marks_the_stream_dead(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The player bounds each send (5 s) tighter than the route (10 s). A send it cancels may
+    have written part of a frame: nothing may follow it on that socket, so the stream is
+    dead (its reader ends, the handler is told), not left open with a torn frame."""
+    ours, _peer = trio.testing.lockstep_stream_pair()  # a peer that never reads
+    stream = stream_on(ours)
+    with trio.move_on_after(SEND_TIMEOUT_S / 2) as scope:
+        await stream.send_audio(b"\xff" * 160)
+    assert scope.cancelled_caught
+    assert stream.closed and stream.reader.cancel_called
+    begin = trio.current_time()
+    await stream.send_mark("bot:1")  # a later send returns at once
+    await stream.close(1000)
+    assert trio.current_time() == begin
