@@ -43,3 +43,20 @@ async def test_a_send_cut_short_by_the_caller_s_own_timeout_marks_the_stream_dea
     await stream.send_mark("bot:1")  # a later send returns at once
     await stream.close(1000)
     assert trio.current_time() == begin
+
+
+def test_a_ping_flood_gets_one_pong_per_read_not_one_per_ping() -> None:
+    """A read of 64 KiB holds some 10 000 empty pings; a pong (a lock and a write) for each
+    would let a stream cost the daemon far more than it sends. RFC 6455 5.5.3 allows
+    answering only the latest ping not yet answered: one pong per read."""
+    from test_media_frames import open_stream
+    from wsproto.events import Ping, Pong
+    from wsproto.frame_protocol import FrameProtocol
+
+    stream, _ = open_stream()
+    proto = FrameProtocol(client=True, extensions=[])
+    flood = b"".join(proto.ping(str(n).encode()) for n in range(5000))
+    replies, ending = stream.received(flood)
+    assert ending is None
+    assert replies == [Pong(b"4999")]
+    assert isinstance(Ping(b"x").response(), Pong)
