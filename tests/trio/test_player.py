@@ -406,3 +406,21 @@ async def test_an_utterance_waiting_for_its_first_audio_alone_is_not_speaking(
         send.close()
         await trio.sleep(0.5)
         assert not r.player.speaking
+
+
+async def test_clear_in_the_overlap_of_two_utterances_reports_the_one_started_last(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """With the lead, the next utterance's first frames leave while the last ones of the one
+    before still play; its line is then the transcript's latest. A barge-in in that window
+    cuts it (heard: nothing yet), and that is the one to report."""
+    sink = Sink()
+    async with rig(sink) as r:
+        first, _ = r.say(audio(5))  # plays 0..0.1
+        second, _ = r.say(audio(50))  # its frames leave from 0.04 on
+        await trio.sleep(0.07)
+        assert [name for _, name in r.started] == [first.id, second.id]
+        assert r.player.clear() == (second, 0)
+        r.player.mark_echoed(first.id)  # its last 30 ms were cleared too: it is not spoken
+        r.player.mark_echoed(second.id)
+        await trio.sleep(5)
+        assert r.spoken == []

@@ -81,3 +81,26 @@ async def test_the_caller_talking_between_two_sentences_stops_the_next_and_the_r
         frames = len(stream.frames)
         await trio.sleep(1.0)
         assert len(stream.frames) == frames
+
+
+async def test_a_barge_in_in_the_overlap_of_two_lines_marks_the_later_one(
+        tmp_path: Path, autojump_clock: Any) -> None:
+    """The next line's first frames leave (the lead) while the last ones of the greeting still
+    play, so the next line is the transcript's latest: a barge-in then marks it, cut with
+    nothing heard, rather than nothing at all."""
+    async with voice_rig(tmp_path) as (r, _):
+        call = await placed(r)
+        stream = StubStream("MZ1")
+        voice = r.sup.stream_sessions.attach(call.record.call_id, stream)  # type: ignore[arg-type]
+        assert voice is not None
+        await call.wait_until(lambda rec: rec.state.value == "speaking")  # its first frame
+        begin = trio.current_time()
+        await r.sup.speak(call.record.call_id, "And the second line.")
+        await trio.sleep(begin + 0.97 - trio.current_time())  # the greeting's last 30 ms
+        StubSTT.made[0].on_event(SpeechStarted("item_1", 900))
+        record = await call.wait_until(lambda rec: rec.state.value == "listening")
+        bots = [(e.text, e.interrupted, e.heard_ms) for e in record.transcript
+                if e.speaker == "bot"]
+        greeting = record.metadata["initialMessage"]
+        assert bots[0][0] == greeting and bots[0][1] is not True
+        assert bots[1][0] == "And the second line." and bots[1][1:] == (True, 0)

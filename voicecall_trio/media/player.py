@@ -129,7 +129,8 @@ class Player:
         self._poke()
 
     def clear(self) -> tuple[Utterance, int] | None:
-        """Barge-in: (the playing utterance, ms of it heard), or None if nothing is playing.
+        """Barge-in: (the playing utterance, ms of it heard), or None if nothing is playing;
+        in the overlap of two, the one started last (its line is the transcript's latest).
         Drops it and every queued one; their marks no longer count. In a gap between two
         utterances (``speaking`` but not ``playing``) the waiting ones are dropped all the
         same, and None is returned: nothing was cut, and there is nothing to ``clear``."""
@@ -140,8 +141,10 @@ class Player:
                 self._drop_pending()
                 self._poke()
             return None
-        first = audible[0]
-        result = (first.utterance, heard_ms(first.frames, first.end_at - now))
+        # the one started last: its line is the transcript's latest (with the lead, the next
+        # utterance's first frames leave while the last ones of the one before still play)
+        cut = audible[-1]
+        result = (cut.utterance, heard_ms(cut.frames, cut.end_at - now))
         # utterances whose audio has all played stay: their echo is on its way
         self._out = [out for out in self._out if not out.audible(now)]
         self._drop_pending()
