@@ -676,3 +676,35 @@ async def test_an_upgrade_with_a_body_is_not_the_routes() -> None:
                 b"X-Twilio-Signature: good\r\n\r\n0\r\n\r\n")
         assert await http_status(port, head) in (400, 404)
         assert route.open == 0 and route.forbidden == 0 and sessions.asked == []
+
+
+async def test_a_carrier_that_resets_the_connection_ends_the_stream_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """(review R2) A socket gone with a TCP reset (not a FIN) mid-stream: the handler is told
+    once, and no error or traceback is logged (a reset is the network's doing)."""
+    import socket as stdlib_socket
+    import struct
+
+    caplog.set_level(logging.DEBUG)
+    sessions = StubSessions("c1")
+    async with serving(sessions) as (_, route, port):
+        assert route is not None
+        ws = await Ws.open(port)
+        await ws.start()
+        with trio.fail_after(WAIT_S):
+            await sessions.attached.wait()
+        await ws.send(vector_messages()[2])
+        raw = ws.stream.socket
+        raw.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER,
+                       struct.pack("ii", 1, 0))
+        await ws.stream.aclose()  # closes with a reset
+        handler = sessions.handlers["c1"]
+        stream = sessions.streams["c1"]
+        assert isinstance(stream, RouteStream)
+        with trio.fail_after(WAIT_S):
+            await handler.got_stop.wait()
+            await stream.done.wait()
+        assert handler.stops == 1
+    bad = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+           if r.levelno >= logging.ERROR or r.exc_info is not None]
+    assert bad == []

@@ -207,7 +207,10 @@ class MediaRoute:
                 data = rest
                 while ending is None:
                     if not data:
-                        data = await socket.receive_some(RECEIVE_BYTES)
+                        try:
+                            data = await socket.receive_some(RECEIVE_BYTES)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return  # reset by the peer (or closed under us): it is gone
                         if not data:
                             return
                     try:
