@@ -43,6 +43,7 @@ from .events import (
     CallSpeech,
     CallSpoken,
 )
+from .front_limits import Throttled
 from .media.player import Player, Utterance
 from .stt.realtime import Final, Interim, SpeechStarted, SpeechStopped, SttEvent, SttFailure
 
@@ -86,6 +87,9 @@ class VoiceSession:
         # ``say`` calls waiting for their TTS's first audio: that wait runs in the caller's
         # task (``nursery.start``), out of reach of the call's nursery, so the end cancels it
         self._waiting: set[trio.CancelScope] = set()
+        # a flood of ``speak`` past the queue, or a TTS down for every sentence of a reply:
+        # one line a minute per call (each failure is still a ``call.error`` and an answer)
+        self._speech_log = Throttled(f"call {call.record.call_id}: speech failed", logger=log)
         self._over = False
 
     @property
@@ -167,8 +171,8 @@ class VoiceSession:
                 task_status.started()
 
     def _speech_failed(self, exc: SpeechError) -> SpeechError:
-        """One log line and a retryable ``call.error``; the call goes on."""
-        log.warning("call %s: speech failed: %s", self.call_id, exc)
+        """A (rate-limited) log line and a retryable ``call.error``; the call goes on."""
+        self._speech_log(trio.current_time(), str(exc))
         self._emit(CallError(id=f"tts:{self._sup.ids()}", error=f"speech failed: {exc}",
                              retryable=True))
         return exc

@@ -104,3 +104,35 @@ async def test_a_barge_in_in_the_overlap_of_two_lines_marks_the_later_one(
         greeting = record.metadata["initialMessage"]
         assert bots[0][0] == greeting and bots[0][1] is not True
         assert bots[1][0] == "And the second line." and bots[1][1:] == (True, 0)
+
+
+async def test_a_speak_flood_is_refused_past_the_queue_with_one_log_line(
+        tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """80 ``speak`` at once while the TTS is slow: 64 wait behind the one being read, the
+    rest are refused at once with an error naming why; the log gets one line, not sixteen."""
+    from voicecall_trio.errors import SpeechError
+    from voicecall_trio.media.player import MAX_QUEUED
+
+    caplog.set_level(logging.DEBUG)
+    async with voice_rig(tmp_path) as (r, tts):
+        call = await placed(r)
+        await tts.wait_for_requests(1)
+        tts.first_byte_delay = 5.0
+        refused: list[str] = []
+
+        async def speak(n: int) -> None:
+            try:
+                await r.sup.speak(call.record.call_id, f"Sentence number {n}.")
+            except SpeechError as exc:
+                refused.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(80):
+                nursery.start_soon(speak, n)
+        # (64 queued, and one more if the player took the first before the rest came)
+        assert 80 - MAX_QUEUED - 1 <= len(refused) <= 80 - MAX_QUEUED
+        assert all("queue full" in text for text in refused)
+        assert not call.record.terminal
+    lines = [rec for rec in caplog.records
+             if rec.name == "voicecall.voice" and "speech failed" in rec.getMessage()]
+    assert len(lines) == 1
