@@ -136,3 +136,23 @@ async def test_a_speak_flood_is_refused_past_the_queue_with_one_log_line(
     lines = [rec for rec in caplog.records
              if rec.name == "voicecall.voice" and "speech failed" in rec.getMessage()]
     assert len(lines) == 1
+
+
+async def test_a_third_stream_racing_the_first_two_keeps_one_stt_and_closes_the_older(
+        tmp_path: Path, autojump_clock: Any) -> None:
+    async with voice_rig(tmp_path) as (r, _):
+        call = await placed(r)
+        first, second, third = StubStream("MZ1"), StubStream("MZ2"), StubStream("MZ3")
+        for stream in (first, second, third):  # in one go, before any close went out
+            assert r.sup.stream_sessions.attach(call.record.call_id, stream) is call.voice  # type: ignore[arg-type]
+        voice = call.voice
+        assert voice is not None
+        voice.stopped(first)  # the older ones end in any order: the newest one stays
+        await trio.sleep(0.1)
+        voice.stopped(second)
+        assert (first.closed, second.closed, third.closed) == (1000, 1000, None)
+        for stream in (first, second, third):
+            voice.media(stream, stream.stream_id.encode() * 40)  # type: ignore[arg-type]
+        assert len(StubSTT.made) == 1 and bytes(StubSTT.made[0].audio) == b"MZ3" * 40
+        await trio.sleep(2.0)
+        assert third.frames  # the greeting plays on the newest one
