@@ -156,3 +156,21 @@ async def test_a_third_stream_racing_the_first_two_keeps_one_stt_and_closes_the_
         assert len(StubSTT.made) == 1 and bytes(StubSTT.made[0].audio) == b"MZ3" * 40
         await trio.sleep(2.0)
         assert third.frames  # the greeting plays on the newest one
+
+
+async def test_a_start_whose_token_is_another_call_s_is_refused(
+        tmp_path: Path, autojump_clock: Any) -> None:
+    """The token names call A but the carrier says the stream is for another of its calls
+    (``start.callSid``): a token lifted from one call's TwiML must not take over another's
+    audio. Refused (the route closes with 1008); the call's own stream is taken."""
+    async with voice_rig(tmp_path) as (r, _):
+        call = await placed(r)
+        own = call.record.provider_call_id
+        assert own
+        stranger = StubStream("MZ9")
+        stranger.carrier_call_id = "CA" + "9" * 32
+        assert r.sup.stream_sessions.attach(call.record.call_id, stranger) is None  # type: ignore[arg-type]
+        assert StubSTT.made == []  # no STT session was opened for it
+        mine = StubStream("MZ1")
+        mine.carrier_call_id = own
+        assert r.sup.stream_sessions.attach(call.record.call_id, mine) is call.voice  # type: ignore[arg-type]
