@@ -60,3 +60,19 @@ def test_a_ping_flood_gets_one_pong_per_read_not_one_per_ping() -> None:
     assert ending is None
     assert replies == [Pong(b"4999")]
     assert isinstance(Ping(b"x").response(), Pong)
+
+
+def test_media_after_stop_in_the_same_read_is_not_delivered() -> None:
+    from test_media_frames import open_stream
+    from wsproto.frame_protocol import FrameProtocol
+
+    stream, sessions = open_stream()
+    proto = FrameProtocol(client=True, extensions=[])
+    media = '{"event":"media","streamSid":"MZ1","media":{"payload":"%s"}}'
+    data = b"".join(proto.send_data(text, True) for text in (
+        '{"event":"start","start":{"streamSid":"MZ1","callSid":"CA1",'
+        '"customParameters":{"token":"c1"}}}',
+        media % "AQID", '{"event":"stop","streamSid":"MZ1"}', media % "BAUG"))
+    _, ending = stream.received(data)
+    assert ending == (1000, "stopped")
+    assert bytes(sessions.handler.audio) == b"\x01\x02\x03"
