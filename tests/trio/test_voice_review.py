@@ -174,3 +174,18 @@ async def test_a_start_whose_token_is_another_call_s_is_refused(
         mine = StubStream("MZ1")
         mine.carrier_call_id = own
         assert r.sup.stream_sessions.attach(call.record.call_id, mine) is call.voice  # type: ignore[arg-type]
+
+
+async def test_a_call_ended_while_its_greeting_is_synthesised_ends_without_a_warning(
+        tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from test_voice import CALLEE, GREETING
+
+    caplog.set_level(logging.DEBUG)
+    async with voice_rig(tmp_path) as (r, tts):
+        tts.first_byte_delay = 5.0
+        record = await r.sup.initiate(CALLEE, GREETING, "conversation")
+        await tts.wait_for_requests(1)
+        await r.sup.end(record.call_id)
+        await trio.sleep(6.0)
+    noisy = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert noisy == []
