@@ -76,3 +76,21 @@ def test_media_after_stop_in_the_same_read_is_not_delivered() -> None:
     _, ending = stream.received(data)
     assert ending == (1000, "stopped")
     assert bytes(sessions.handler.audio) == b"\x01\x02\x03"
+
+
+async def test_a_send_cancelled_before_any_byte_leaves_the_stream_open(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Cancelled while it waited for the lock (the call ends during another task's send):
+    nothing of it was written, so the stream stays usable (its close frame can still go)."""
+    ours, peer = trio.testing.memory_stream_pair()
+    stream = stream_on(ours)
+    async with trio.open_nursery() as nursery:
+        await stream._lock.acquire()  # another send holds the lock
+        nursery.start_soon(stream.send_audio, b"\xff" * 160)
+        await trio.testing.wait_all_tasks_blocked()
+        stream._lock.release()  # handed to the waiting send, which has not run yet
+        nursery.cancel_scope.cancel()  # ... and is cancelled before it writes a byte
+    assert not stream.closed
+    await stream.close(1000, "call ended")
+    assert stream.close_code == 1000
+    assert await peer.receive_some() != b""  # the close frame went out

@@ -97,6 +97,8 @@ class RouteStream:
             if self.closed or not self.accepted:  # (closed before its 101 went out)
                 self._dead()
                 return
+            # a cancel that came while we took the lock: nothing written, the stream is fine
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 data = self._ws.send(event)
             except LocalProtocolError:
