@@ -435,6 +435,13 @@ class Supervisor:
             start = len(call.record.transcript)
             await self.say(call, message, listen=True)
             timeout_s = self.config.transcript_timeout_ms / 1000
+            if call.voice is not None:
+                # over a stream, listening starts once the words were heard (the mark's
+                # echo, call.spoken); bounded, should the stream never take the audio
+                with trio.move_on_after(timeout_s):
+                    await call.wait_until(lambda r: r.terminal or call.voice is None
+                                          or call.voice.silent
+                                          or model.last_user_text_after(r, start) is not None)
             with trio.move_on_after(timeout_s):
                 while True:
                     text = model.last_user_text_after(call.record, start)
@@ -476,8 +483,14 @@ class _StreamSessions:
         self._sup = sup
 
     def attach(self, call_id: str, stream: MediaStream) -> VoiceSession | None:
+        """The call's voice session, if the call is live and streamed, and the carrier's id
+        the stream names (Twilio's ``start.callSid``), when it names one, is the call's: a
+        token taken from one call's TwiML must not carry another call's audio."""
         call = self._sup.live.get(call_id)
         if call is None or call.record.terminal or call.voice is None:
+            return None
+        carrier, own = stream.carrier_call_id, call.record.provider_call_id
+        if carrier and own and carrier != own:
             return None
         return call.voice.attach(stream)
 
