@@ -182,10 +182,16 @@ class Run:
         if args.scenario == "replies":
             from voicecall_trio.testing.chat import FakeChatCompletions, Reply
 
-            llm = FakeChatCompletions(default=Reply(REPLY))
+            # --delayed: issue #11's realistic providers (300 ms to the first token, 20 ms a
+            # token; the TTS 150 ms to its first byte)
+            llm = FakeChatCompletions(default=Reply(
+                REPLY, first_token_s=0.3 if args.delayed else 0.0,
+                token_s=0.02 if args.delayed else 0.0))
         fake = FakeTwilio(account_sid=ACCOUNT, auth_token=TOKEN, phone_number=FROM,
                           voice_url=PUBLIC, stream_autoconnect=False, stream_record_bytes=0)
         tts = FakeTTS(pcm=tone_pcm(args.greeting_s))
+        if args.delayed:
+            tts.first_byte_delay = 0.15
         async with AsyncExitStack() as stack:
             for service in (fake, tts, llm):
                 if service is not None:
@@ -472,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=("inbound", "speaking", "replies"),
                         default="inbound")
     parser.add_argument("--turns", type=int, default=3, help="replies: turns a call")
+    parser.add_argument("--delayed", action="store_true",
+                        help="replies: LLM 300 ms to first token + 20 ms/token, TTS 150 ms")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0, help="inbound: the window")
     parser.add_argument("--warmup", type=float, default=3.0, help="inbound: before the window")
