@@ -3,7 +3,8 @@ gets, and the route's reading of what arrives on it.
 
 Sending: any task (the call's player) may send while the route's task reads; one lock orders
 the sends (the 101 first), a close frame is the last, and a send on a dead or stalled socket
-(``SEND_TIMEOUT_S``) marks the stream closed and ends the reading instead of raising.
+(``SEND_TIMEOUT_S``) marks the stream closed and ends the reading instead of raising. So
+does a send its caller cancels (a tighter timeout of its own): part of the frame may be out.
 
 Receiving (the route's task, ``received``): the bytes are split into whole frames
 (``ws_frames``); the common one, a whole masked text frame, is read here, any other goes,
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from . import ws_frames
@@ -96,6 +97,8 @@ class RouteStream:
             if self.closed or not self.accepted:  # (closed before its 101 went out)
                 self._dead()
                 return
+            # a cancel that came while we took the lock: nothing written, the stream is fine
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 data = self._ws.send(event)
             except LocalProtocolError:
@@ -110,6 +113,9 @@ class RouteStream:
                     return
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+                except BaseException:  # cancelled by the caller (the player's own bound):
+                    self._dead()  # part of the frame may be out, so nothing may follow it
+                    raise
             self._dead()
 
     async def send_raw(self, data: bytes) -> bool:
@@ -189,7 +195,12 @@ class RouteStream:
                 if ending is not None:
                     return ending
             elif isinstance(event, Ping):
-                replies.append(event.response())
+                # only the latest ping of a read is answered (RFC 6455 5.5.3 allows it): a
+                # flood of tiny pings must not cost a write each
+                if replies and isinstance(replies[-1], Pong):
+                    replies[-1] = event.response()
+                else:
+                    replies.append(event.response())
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     replies.append(event.response())
