@@ -5,7 +5,9 @@ text, the server's events decoded with msgspec into the ``SttEvent`` values a ca
 deltas joined into interim text and finals released in committed order (``order.py`` keeps
 that order, bounded). ``pump.py`` is the trio shell: ``RealtimeTranscriber`` holds a call's
 audio while it connects, sends it batched and byte-identical, reconnects after a drop, and
-gives up (``on_lost``) after a few failures in a row.
+gives up (``on_lost``) after a few failures in a row. ``ws_client.py`` is its lean WebSocket
+client: wsproto for the handshake and what the server sends, appends framed and masked by
+hand on the per-frame path.
 
 This package never imports the daemon's call or supervisor modules: the pump takes plain
 values and two callbacks, and the call's voice session decides what a transcript means. The

@@ -9,9 +9,14 @@ sender, so it never blocks and never awaits. Everything else happens in ``run``:
   logged). Audio that arrives meanwhile is held (at most ``FIRST_HOLD_BYTES``, 10 s, also
   across failed first attempts; beyond that the oldest is dropped) and goes out first, right
   after ``session.update``, so the STT hears the stream byte-identical and in order from its
-  first frame. Connecting is bounded by ``CONNECT_TIMEOUT_S``, sending one message by
-  ``SEND_STALL_S``; a ping every ``PING_EVERY_S`` that gets no pong within
-  ``PONG_TIMEOUT_S`` ends a dead session.
+  first frame. Connecting is bounded by ``CONNECT_TIMEOUT_S``. A message still being sent
+  after ``SEND_STALL_S`` ends the session (the keepalive task watches the sender, so the
+  send path has no timeout scope of its own; it notices within ``SEND_STALL_S`` to twice
+  that); so does a ping every ``PING_EVERY_S`` that gets no pong within ``PONG_TIMEOUT_S``.
+- **The connection.** The default connector is ``ws_client.open_websocket``, a lean client
+  (wsproto for the handshake and the receive side, each append framed and masked by hand,
+  one ``send_all``); ``connect`` takes anything with the same ``send_message`` /
+  ``get_message`` / ``ping``, such as trio-websocket's connections of the in-memory fakes.
 - **Batching.** When the sender wakes it sends everything pending as one append (at most
   ``MAX_APPEND_BYTES``, 32 KiB, a message). With ``batch_s`` > 0 it first waits that long
   (at most ``MAX_BATCH_S``, 100 ms) to gather frames: fewer messages, more latency.
@@ -30,11 +35,13 @@ sender, so it never blocks and never awaits. Everything else happens in ``run``:
 
 Cost per frame (``scripts/stt_frame_cost.py``, a 160-byte frame, best of 5 on this 2-core
 box under load): 0.15 us in ``send_audio``, 0.3 us to encode it as its own append (0.2 us a
-frame when five share one) and 4 us for wsproto to frame that message (1.1 us a frame when
-five share one); the socket write comes on top, once per message. So the frame path stays
-far below the issue's 30 us budget, and what batching saves is per message: with many calls
-the sender batches by itself (it sends everything pending when it runs); ``batch_s`` forces
-it, at the price of that much latency (the benchmark decides; the default is 0).
+frame when five share one); framing it costs ~1 us in ``ws_client.mask_frame`` (4 us in
+wsproto). What dominates is per message: the trio ``send_all`` and its socket write, and
+the sender's wake-up. ``scripts/stt_send_cost.py`` times the whole path on loopback (paced
+frames, one append each): ~40 us of process CPU a frame with the lean client and this send
+path, ~59 us with trio-websocket and a timeout scope and an Event per send (200 calls,
+trio's loop included). The sender batches by itself when it runs late (it sends everything
+pending); ``batch_s`` forces it, at the price of that much latency (the default is 0).
 """
 
 from __future__ import annotations

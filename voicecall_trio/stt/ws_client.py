@@ -96,6 +96,7 @@ class LeanWebSocket:
         self._pings: dict[bytes, trio.Event] = {}
         self._closed: CloseReason | None = None
         self._reading = False
+        self._buffered = True
 
     @property
     def closed(self) -> CloseReason | None:
@@ -115,6 +116,10 @@ class LeanWebSocket:
     async def get_message(self) -> str | bytes:
         """The next whole server message; ``ConnectionClosed`` once the connection ends."""
         messages = self._messages
+        if self._buffered:  # frames that came with the 101, still unparsed in wsproto
+            self._buffered = False
+            for event in self._ws.events():
+                await self._handle(event)
         while not messages:
             if self._closed is not None:
                 raise ConnectionClosed(self._closed)
