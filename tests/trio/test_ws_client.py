@@ -476,3 +476,22 @@ async def test_connect_is_bounded_when_the_server_says_nothing(
 async def test_connect_wants_a_ws_url(url: str) -> None:
     with pytest.raises(ValueError):
         await ws_client.connect(url, {})
+
+
+async def test_an_endless_refusal_body_still_says_its_status() -> None:
+    head = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 10000000\r\n\r\n"
+    stream = await answer_with(head + b"z" * (3 * ws_client.MAX_HANDSHAKE_BYTES), close=False)
+    with pytest.raises(ConnectionRejected) as refused:
+        await handshake(stream, "h", "/", {})
+    assert refused.value.status_code == 401
+    assert len(refused.value.body or b"") <= ws_client.MAX_HANDSHAKE_BYTES
+
+
+async def test_many_frames_right_after_the_101_are_not_an_oversized_handshake() -> None:
+    frames = b"".join(b"\x81\x7e\x03\xe8" + b"f" * 1000 for _ in range(100))  # 100 KB
+    stream = await answer_with(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: KEY\r\n\r\n" + frames, key_from_request=True, close=False)
+    ws = await handshake(stream, "h", "/", {})
+    for _ in range(100):
+        assert await ws.get_message() == "f" * 1000

@@ -265,8 +265,6 @@ async def handshake(stream: trio.abc.Stream, host: str, target: str,
         while True:
             data = await stream.receive_some(READ_CHUNK)
             received += len(data)
-            if received > MAX_HANDSHAKE_BYTES:
-                raise HandshakeError(f"handshake response over {MAX_HANDSHAKE_BYTES} bytes")
             ws.receive_data(cast(bytes, data) or None)
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
@@ -283,6 +281,10 @@ async def handshake(stream: trio.abc.Stream, host: str, target: str,
                 if refusal is not None:
                     raise _rejected(refusal, bytes(body))
                 raise HandshakeError("the server closed the connection during the handshake")
+            if received > MAX_HANDSHAKE_BYTES:  # (frames after a 101 in the same read are fine)
+                if refusal is not None:  # an endless refusal: its status, the body cut short
+                    raise _rejected(refusal, bytes(body[:MAX_HANDSHAKE_BYTES]))
+                raise HandshakeError(f"handshake response over {MAX_HANDSHAKE_BYTES} bytes")
     except ProtocolError as exc:  # not a WebSocket answer (bad accept key, no upgrade, ...)
         raise HandshakeError(f"bad handshake response: {exc}") from None
 
