@@ -495,3 +495,17 @@ async def test_many_frames_right_after_the_101_are_not_an_oversized_handshake() 
     ws = await handshake(stream, "h", "/", {})
     for _ in range(100):
         assert await ws.get_message() == "f" * 1000
+
+
+async def test_a_ping_from_the_server_while_we_close_is_not_answered(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with pair() as (ws, server, nursery):
+        async def close_late() -> None:
+            await server.stream.receive_some(100)  # our close frame
+            await server.stream.send_all(b"\x89\x04late" + b"\x88\x02\x03\xe8")  # ping, close
+
+        nursery.start_soon(close_late)
+        await ws.aclose()
+        assert ws.closed is not None and ws.closed.code == 1000
+        with pytest.raises(ConnectionClosed):
+            await ws.ping()

@@ -137,8 +137,8 @@ class LeanWebSocket:
 
     async def ping(self, payload: bytes | None = None) -> None:
         """Send a ping and wait for its pong (read by whoever calls ``get_message``)."""
-        if self._closed is not None:
-            raise ConnectionClosed(self._closed)
+        if self._closed is not None or self._ws.state is not ConnectionState.OPEN:
+            raise ConnectionClosed(self._closed or CloseReason(1000, "closing"))
         payload = os.urandom(4) if payload is None else payload
         if payload in self._pings:
             raise ValueError("a ping with this payload is already in flight")
@@ -174,7 +174,8 @@ class LeanWebSocket:
             if self._size > self._max:
                 await self._fail(1009, f"message longer than {self._max} bytes")
         elif isinstance(event, Ping):
-            await self._write_quietly(self._ws.send(event.response()))
+            if self._ws.state is ConnectionState.OPEN:  # (not once our close is out)
+                await self._write_quietly(self._ws.send(event.response()))
         elif isinstance(event, Pong):
             self._ponged(bytes(event.payload))
         elif isinstance(event, CloseConnection):
