@@ -18,7 +18,8 @@ on the fast path; only a send that finds another one in progress (a ping or pong
 append) waits for it. Bounded: connecting (TCP, TLS, the upgrade) by ``CONNECT_TIMEOUT_S``,
 the handshake response by ``MAX_HANDSHAKE_BYTES``, one server message by
 ``max_message_size`` (bytes, or characters of a text message; a longer one closes with
-1009), the closing handshake by ``CLOSE_TIMEOUT_S``. Nothing here logs; errors never carry the request headers (the key).
+1009), the closing handshake by ``CLOSE_TIMEOUT_S``. Nothing here logs; errors never
+carry the request headers (the key).
 """
 
 from __future__ import annotations
