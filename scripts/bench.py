@@ -2,7 +2,8 @@
 
     ./scripts/bench                  # everything, 3 runs each, median reported
     ./scripts/bench --only rpc,cli   # subsets: rpc, cli, journal, replay, webhooks, calls,
-                                     # replies, profile
+                                     # replies, profile, media (scripts/bench_media.py:
+                                     # its own docs section)
     ./scripts/bench --quick          # fewer iterations (smoke run)
 
 Prints a JSON document and a table, and rewrites docs/benchmarks.md (unless --no-write).
@@ -780,7 +781,7 @@ def pin_self(core: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only",
-                        default="rpc,cli,journal,replay,webhooks,calls,replies,profile")
+                        default="rpc,cli,journal,replay,webhooks,calls,replies,profile,media")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
@@ -815,13 +816,25 @@ def main() -> int:
         results["replies"] = bench_replies(runs, 50 if quick else 200, 10 if quick else 50)
     if "profile" in only:
         results["profile"] = profile_webhooks(2000 if quick else 20_000)
+    if "media" in only:
+        import bench_media
+
+        results["media"] = bench_media.bench_media(runs, quick)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "taskset": bool(TASKSET), "runs": runs}
     print(json.dumps(results, indent=2))
     print()
-    print(table(results))
+    media = results.pop("media", None)
+    if len(results) > 1:
+        print(table(results))
+    if media is not None:
+        print(bench_media.render(bench_media.table_rows(media)))
     if not args.no_write and not quick:
-        write_doc(results)
+        if len(results) > 1:
+            write_doc(results)
+        if media is not None:
+            bench_media.write_section(media, results["machine"],
+                                      "./scripts/bench " + " ".join(sys.argv[1:]))
     return 0
 
 

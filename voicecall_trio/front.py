@@ -262,7 +262,7 @@ class HttpFront:
         except BaseException:
             sock.close()
             raise
-        slot = _MediaSlot(stream)
+        slot = _MediaSlot(stream, self.media_route)
         self._open[slot] = None
         try:
             await self.media_route.serve(stream, replay, remote)
@@ -273,15 +273,18 @@ class HttpFront:
 
 
 class _MediaSlot:
-    """A connection the media route serves, as the front's cap sees it: busy (never shed)."""
+    """A connection the media route serves, as the front's cap sees it: busy (never shed),
+    except once the route only refuses or drains it (then idle since that moment)."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, route: MediaRoute) -> None:
         self.stream = stream
+        self.route = route
 
     def phase(self) -> tuple[int, float]:
-        return BUSY, 0.0
+        since = self.route.draining_since(self.stream)
+        return (BUSY, 0.0) if since is None else (IDLE, since)
 
-    def drop(self) -> None:  # never chosen (busy); here for the cap's protocol
+    def drop(self) -> None:  # the route's read or send sees the socket closed
         self.stream.socket.close()
 
 

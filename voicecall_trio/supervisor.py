@@ -483,8 +483,14 @@ class _StreamSessions:
         self._sup = sup
 
     def attach(self, call_id: str, stream: MediaStream) -> VoiceSession | None:
+        """The call's voice session, if the call is live and streamed, and the carrier's id
+        the stream names (Twilio's ``start.callSid``), when it names one, is the call's: a
+        token taken from one call's TwiML must not carry another call's audio."""
         call = self._sup.live.get(call_id)
         if call is None or call.record.terminal or call.voice is None:
+            return None
+        carrier, own = stream.carrier_call_id, call.record.provider_call_id
+        if carrier and own and carrier != own:
             return None
         return call.voice.attach(stream)
 

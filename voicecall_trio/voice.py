@@ -9,7 +9,8 @@ carries on a media stream) and joins three parts that know nothing of each other
 * the STT session (``stt/pump.py``), opened when the first stream attaches and kept for the
   call's life (a takeover keeps it): interim transcripts become ``call.speech`` with
   ``isFinal: false`` (published, not journaled), finals the transcript lines that
-  ``continue`` and replies use; ``speech_started`` while the bot is playing is a barge-in.
+  ``continue`` and replies use; ``speech_started`` while the bot speaks (an utterance
+  playing, or the gap before the next one of a run) is a barge-in.
 * the player (``media/player.py``): utterances synthesised by the TTS client (``tts/``) are
   queued in order and paced out as 20 ms frames; an utterance enters the transcript when its
   first frame goes out and counts as spoken when its mark comes back.
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import SpeechError, VoiceCallError
+from .errors import CallNotConnected, SpeechError, VoiceCallError
 from .events import (
     CallActive,
     CallDtmf,
@@ -42,6 +43,7 @@ from .events import (
     CallSpeech,
     CallSpoken,
 )
+from .front_limits import Throttled
 from .media.player import Player, Utterance
 from .stt.realtime import Final, Interim, SpeechStarted, SpeechStopped, SttEvent, SttFailure
 
@@ -82,6 +84,13 @@ class VoiceSession:
         self._nursery: trio.Nursery | None = None
         self._events = 0  # numbers the STT's events, so each has its own event id
         self._stt_errors = 0
+        # ``say`` calls waiting for their TTS's first audio: that wait runs in the caller's
+        # task (``nursery.start``), out of reach of the call's nursery, so the end cancels it
+        self._waiting: set[trio.CancelScope] = set()
+        # a flood of ``speak`` past the queue, or a TTS down for every sentence of a reply:
+        # one line a minute per call (each failure is still a ``call.error`` and an answer)
+        self._speech_log = Throttled(f"call {call.record.call_id}: speech failed", logger=log)
+        self._over = False
 
     @property
     def call_id(self) -> str:
@@ -97,8 +106,14 @@ class VoiceSession:
                 self._call.voice = self
                 task_status.started()
                 nursery.start_soon(self._greet)
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:  # the call ended: (the nursery would wait for pending starts)
+                    self._over = True
+                    for scope in self._waiting:
+                        scope.cancel()
         finally:
+            self._over = True
             self._call.voice = None
             stream, self.stream = self.stream, None
             if stream is not None:
@@ -124,12 +139,21 @@ class VoiceSession:
         send, receive = trio.open_memory_channel[bytes](math.inf)
         utterance = Utterance(id=f"bot:{self._sup.ids().replace('-', '')}", text=text,
                               audio=receive)
-        try:
-            self.player.enqueue(utterance)
-            await nursery.start(self._synthesize, text, send)
-        except SpeechError as exc:
+        if self._over:
+            raise CallNotConnected("Call has ended")
+        with trio.CancelScope() as waiting:
+            self._waiting.add(waiting)
+            try:
+                self.player.enqueue(utterance)
+                await nursery.start(self._synthesize, text, send)
+            except SpeechError as exc:
+                send.close()
+                raise self._speech_failed(exc) from None
+            finally:
+                self._waiting.discard(waiting)
+        if waiting.cancelled_caught:
             send.close()
-            raise self._speech_failed(exc) from None
+            raise CallNotConnected("Call ended before its speech started")
         self._milestone("ttsFirstByte")
 
     async def _synthesize(self, text: str, send: trio.MemorySendChannel[bytes], *,
@@ -152,8 +176,8 @@ class VoiceSession:
                 task_status.started()
 
     def _speech_failed(self, exc: SpeechError) -> SpeechError:
-        """One log line and a retryable ``call.error``; the call goes on."""
-        log.warning("call %s: speech failed: %s", self.call_id, exc)
+        """A (rate-limited) log line and a retryable ``call.error``; the call goes on."""
+        self._speech_log(trio.current_time(), str(exc))
         self._emit(CallError(id=f"tts:{self._sup.ids()}", error=f"speech failed: {exc}",
                              retryable=True))
         return exc
@@ -220,7 +244,7 @@ class VoiceSession:
     def _on_stt(self, event: SttEvent) -> None:
         match event:
             case SpeechStarted():
-                if self._barge_in and self.player.playing:
+                if self._barge_in and self.player.speaking:
                     self.barge_in()
             case SpeechStopped():
                 self._milestone("callerStopped")
@@ -239,9 +263,15 @@ class VoiceSession:
                     log.warning("call %s: transcription error: %s", self.call_id, message)
 
     def barge_in(self) -> None:
-        """The caller talks over the bot: silence it and note how much was heard."""
+        """The caller talks over the bot: silence it and note how much was heard. Between
+        two sentences (nothing audible, the next still coming) nothing was cut, but the next
+        sentences and the reply making them are dropped all the same."""
+        speaking = self.player.speaking
         cut = self.player.clear()
         if cut is None:
+            if speaking:
+                log.info("call %s: barge-in between two utterances", self.call_id)
+                self._sup.interrupt_reply(self._call)
             return
         utterance, heard_ms = cut
         log.info("call %s: barge-in after %d ms of speech", self.call_id, heard_ms)

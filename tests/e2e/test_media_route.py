@@ -127,7 +127,8 @@ def echo(request: WebhookRequest) -> WebhookResponse:
 
 @asynccontextmanager
 async def serving(sessions: StubSessions | None, *, auth: Any = None, idle_s: float = 30.0,
-                  **streaming: Any) -> AsyncIterator[tuple[HttpFront, MediaRoute | None, int]]:
+                  front_cap: int | None = None, **streaming: Any
+                  ) -> AsyncIterator[tuple[HttpFront, MediaRoute | None, int]]:
     config = build_config({"streaming": {"enabled": True, "openaiApiKey": "sk-test",
                                          **streaming}}, {})
     gate = WebhookGate(config, FakeProvider(echo), directory=FakeDirectory())
@@ -138,7 +139,7 @@ async def serving(sessions: StubSessions | None, *, auth: Any = None, idle_s: fl
     if sessions is not None:
         route = MediaRoute(config, auth or StubAuth(), sessions, idle_timeout_s=idle_s)
     front = HttpFront(create_app_for(gate, health=lambda: {"ok": True}), hc, gate,
-                      media_route=route)
+                      media_route=route, max_connections=front_cap)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     stop = trio.Event()
@@ -391,6 +392,24 @@ async def test_a_flood_of_pending_streams_gets_503_while_webhooks_and_live_strea
         fifth = await Ws.open(port)
         assert fifth.status == 101 and route.open == 5
         assert (await Ws.open(port)).status == 503
+
+
+async def test_refused_upgrades_held_open_do_not_crowd_webhooks_out_of_the_front() -> None:
+    """(review R2) An upgrade refused with 503 is drained for a moment before it is closed;
+    a flood of them, each held open by its sender, must not fill the front's connection cap
+    with connections it may not shed: a webhook is still answered."""
+    sessions = StubSessions("c1")
+    async with serving(sessions, front_cap=8, maxPendingConnections=2,
+                       maxPendingConnectionsPerIp=2) as (front, route, port):
+        assert route is not None
+        pending = [await Ws.open(port) for _ in range(2)]
+        refused = [await Ws.open(port) for _ in range(6)]  # (held open, never read again)
+        assert [w.status for w in pending + refused] == [101] * 2 + [503] * 6
+        assert front.open_connections == 8
+        status = await http_status(port, b"POST /voice/webhook HTTP/1.1\r\nHost: h\r\n"
+                                   b"X-Sig: s\r\nContent-Length: 3\r\n\r\na=1")
+        assert status == 200
+        assert route.pending == 2  # the pending streams are not the ones shed
 
 
 async def test_per_ip_pending_limit() -> None:
@@ -657,3 +676,35 @@ async def test_an_upgrade_with_a_body_is_not_the_routes() -> None:
                 b"X-Twilio-Signature: good\r\n\r\n0\r\n\r\n")
         assert await http_status(port, head) in (400, 404)
         assert route.open == 0 and route.forbidden == 0 and sessions.asked == []
+
+
+async def test_a_carrier_that_resets_the_connection_ends_the_stream_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """(review R2) A socket gone with a TCP reset (not a FIN) mid-stream: the handler is told
+    once, and no error or traceback is logged (a reset is the network's doing)."""
+    import socket as stdlib_socket
+    import struct
+
+    caplog.set_level(logging.DEBUG)
+    sessions = StubSessions("c1")
+    async with serving(sessions) as (_, route, port):
+        assert route is not None
+        ws = await Ws.open(port)
+        await ws.start()
+        with trio.fail_after(WAIT_S):
+            await sessions.attached.wait()
+        await ws.send(vector_messages()[2])
+        raw = ws.stream.socket
+        raw.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER,
+                       struct.pack("ii", 1, 0))
+        await ws.stream.aclose()  # closes with a reset
+        handler = sessions.handlers["c1"]
+        stream = sessions.streams["c1"]
+        assert isinstance(stream, RouteStream)
+        with trio.fail_after(WAIT_S):
+            await handler.got_stop.wait()
+            await stream.done.wait()
+        assert handler.stops == 1
+    bad = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+           if r.levelno >= logging.ERROR or r.exc_info is not None]
+    assert bad == []

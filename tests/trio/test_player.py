@@ -391,3 +391,62 @@ async def test_idle_means_nothing_playing_queued_or_awaiting_its_echo(
         no_sink.enqueue(Utterance(id="bot:x", text="x", audio=receive))
         assert not no_sink.idle
         send.close()
+
+
+# -- review (R2): the caller talks in the gap between two utterances ---------------------------
+
+
+async def test_clear_between_two_utterances_drops_the_next_one(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A reply spoken sentence by sentence has gaps (the next sentence's TTS has not answered
+    yet). The caller talking in one is a barge-in too: the next sentence must not start."""
+    sink = Sink()
+    async with rig(sink) as r:
+        one, _ = r.say(audio(5))  # plays 0..0.1
+        _, two_send = r.say(None)  # its TTS has not answered yet
+        await trio.sleep(0.3)
+        assert not r.player.playing and r.player.speaking
+        assert r.player.clear() is None  # nothing was cut: nothing to report
+        with pytest.raises(trio.BrokenResourceError):
+            two_send.send_nowait(b"x")  # its producer is told to stop
+        assert not r.player.speaking
+        await trio.sleep(1)
+        assert [name for _, name in r.started] == [one.id]
+        after, _ = r.say(audio(3))  # the player goes on with what comes next
+        await trio.sleep(0.2)
+        assert [name for _, name in r.started] == [one.id, after.id]
+
+
+async def test_an_utterance_waiting_for_its_first_audio_alone_is_not_speaking(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The greeting synthesised while the phone rings: the callee's "Hello?" before any of it
+    played is no barge-in (nothing of this run was heard)."""
+    sink = Sink()
+    async with rig(sink) as r:
+        _, send = r.say(None)
+        await trio.sleep(0.3)
+        assert not r.player.playing and not r.player.speaking
+        send.send_nowait(audio(5))
+        await trio.sleep(0.05)
+        assert r.player.speaking
+        send.close()
+        await trio.sleep(0.5)
+        assert not r.player.speaking
+
+
+async def test_clear_in_the_overlap_of_two_utterances_reports_the_one_started_last(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """With the lead, the next utterance's first frames leave while the last ones of the one
+    before still play; its line is then the transcript's latest. A barge-in in that window
+    cuts it (heard: nothing yet), and that is the one to report."""
+    sink = Sink()
+    async with rig(sink) as r:
+        first, _ = r.say(audio(5))  # plays 0..0.1
+        second, _ = r.say(audio(50))  # its frames leave from 0.04 on
+        await trio.sleep(0.07)
+        assert [name for _, name in r.started] == [first.id, second.id]
+        assert r.player.clear() == (second, 0)
+        r.player.mark_echoed(first.id)  # its last 30 ms were cleared too: it is not spoken
+        r.player.mark_echoed(second.id)
+        await trio.sleep(5)
+        assert r.spoken == []

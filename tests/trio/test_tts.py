@@ -538,3 +538,31 @@ async def test_make_speech_from_the_fake_s_config_section(
         assert client is not None
         chunks, _ = await speak(client)
     assert correlation(b"".join(chunks), ULAW) >= 0.99
+
+
+# -- review (R2): a 200 that is not audio -------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/json",
+                                          "text/plain", "application/xhtml+xml"])
+async def test_a_200_that_is_not_audio_is_a_speech_error_not_noise(content_type: str) -> None:
+    """A captive portal, a proxy's login page or a JSON error with status 200: played as PCM
+    it is a burst of noise on the phone. It is refused before the utterance starts."""
+    page = b"<html><body>Please log in to the hotel Wi-Fi</body></html>" * 20
+    async with httpx.AsyncClient(transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, content=page,
+                                           headers={"content-type": content_type}))) as http:
+        for client in (openai(http, "http://tts.invalid/v1"),
+                       elevenlabs(http, "http://tts.invalid")):
+            with pytest.raises(SpeechError, match=r"not audio") as caught:
+                await speak(client)
+            assert "hotel" not in str(caught.value)
+
+
+async def test_audio_without_a_content_type_or_as_octets_still_plays() -> None:
+    for headers in ({}, {"content-type": "application/octet-stream"},
+                    {"content-type": "audio/basic"}):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(
+                lambda request, h=headers: httpx.Response(200, content=ULAW, headers=h))) as http:
+            chunks, _ = await speak(elevenlabs(http, "http://tts.invalid"))
+        assert b"".join(chunks) == ULAW

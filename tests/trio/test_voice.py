@@ -36,7 +36,7 @@ class StubStream:
 
     def __init__(self, sid: str) -> None:
         self.stream_id = sid
-        self.carrier_call_id = "CA1"
+        self.carrier_call_id = ""  # (may be ""; a non-empty one must be the call's own)
         self.frames: list[tuple[float, bytes]] = []
         self.marks: list[str] = []
         self.clears: list[float] = []

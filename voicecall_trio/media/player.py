@@ -92,6 +92,7 @@ class Player:
         self._sender_wake = trio.Event()
         self._watch_wake = trio.Event()
         self._echo_missing_logged = False
+        self._run_started = False  # a frame went out since the player was last idle
         self._failed_sink: AudioSink | None = None  # the last sink we logged a failure for
 
     # -- the synchronous side -------------------------------------------------------------
@@ -106,6 +107,14 @@ class Player:
     def idle(self) -> bool:
         """Nothing playing, queued or waiting for its mark's echo: the bot is silent."""
         return self._current is None and not self._queue and not self._out
+
+    @property
+    def speaking(self) -> bool:
+        """``playing``, or between two utterances of one run: the next is waiting for its
+        audio after one that played. (Not before the run's first frame: a greeting still
+        being synthesised has not been heard, so talking over it is no barge-in.)"""
+        return self.playing or (self._run_started
+                                and (self._current is not None or bool(self._queue)))
 
     def attach(self, sink: AudioSink | None) -> None:
         """A new stream (takeover) or None (gone). The new one holds no audio: a new run."""
@@ -125,16 +134,32 @@ class Player:
         self._poke()
 
     def clear(self) -> tuple[Utterance, int] | None:
-        """Barge-in: (the playing utterance, ms of it heard), or None if nothing is playing
-        (then nothing changes). Drops it and every queued one; their marks no longer count."""
+        """Barge-in: (the playing utterance, ms of it heard), or None if nothing is playing;
+        in the overlap of two, the one started last (its line is the transcript's latest).
+        Drops it and every queued one; their marks no longer count. In a gap between two
+        utterances (``speaking`` but not ``playing``) the waiting ones are dropped all the
+        same, and None is returned: nothing was cut, and there is nothing to ``clear``."""
         now = trio.current_time()
         audible = [out for out in self._out if out.audible(now)]
         if not audible:
+            if self.speaking:  # in a gap between two utterances: the next must not start
+                self._drop_pending()
+                self._poke()
             return None
-        first = audible[0]
-        result = (first.utterance, heard_ms(first.frames, first.end_at - now))
+        # the one started last: its line is the transcript's latest (with the lead, the next
+        # utterance's first frames leave while the last ones of the one before still play)
+        cut = audible[-1]
+        result = (cut.utterance, heard_ms(cut.frames, cut.end_at - now))
         # utterances whose audio has all played stay: their echo is on its way
         self._out = [out for out in self._out if not out.audible(now)]
+        self._drop_pending()
+        self._pacer.reset()
+        self._clear_due = True
+        self._poke()
+        return result
+
+    def _drop_pending(self) -> None:
+        """Close the channels of the utterance being read and of every queued one."""
         if self._current is not None:
             self._current.audio.close()
             self._current = None  # (its task lets go of it at its next step)
@@ -142,10 +167,7 @@ class Player:
             queued.audio.close()
         self._queue.clear()
         self._epoch += 1
-        self._pacer.reset()
-        self._clear_due = True
-        self._poke()
-        return result
+        self._run_started = False
 
     def mark_echoed(self, name: str) -> None:
         """The carrier played up to our mark ``name``: that utterance is spoken. Echoes of
@@ -196,6 +218,7 @@ class Player:
                     utterance.audio.close()
                     self._current = None
             else:
+                self._run_started = False  # idle: the next utterance starts a new run
                 await self._sender_wait()
 
     async def _play(self, utterance: Utterance, epoch: int) -> None:
@@ -243,6 +266,7 @@ class Player:
                 # dropped, or sent again on the new stream
                 continue
             self._pacer.sent(trio.current_time())
+            self._run_started = True
             out.frames += 1
             out.end_at = self._pacer.end or 0.0
             if out.frames == 1:

@@ -102,6 +102,7 @@ class MediaRoute:
         self.forbidden = 0  # upgrades answered 403 (the carrier's check failed)
         self.closing = False
         self.streams: dict[RouteStream, None] = {}  # accepted, oldest first
+        self._draining: dict[trio.SocketStream, float] = {}  # refused or ended: since when
         self._full = Throttled("media stream refused (503)", logger=log)
         self._refused_403 = Throttled("media stream upgrade refused (403)", logger=log)
         self._skipped = Throttled("media stream message skipped", logger=log)
@@ -141,17 +142,28 @@ class MediaRoute:
         """Serve one upgrade request (its head is in ``replay``) until the stream ends; the
         caller closes ``stream`` afterwards."""
         refusal = SHUTTING_DOWN if self.closing else self.admission.admit(remote_addr)
-        if refusal is not None:
-            self.refused += 1
-            self._full(trio.current_time(), refusal)
-            await _answer(stream, TOO_MANY)
-        else:
-            attached = False
-            try:
-                attached = await self._serve_admitted(stream, replay, remote_addr)
-            finally:
-                self.admission.release(remote_addr, pending=not attached)
-        await _drain(stream)  # (the slot is free while this lasts; a stop cuts it short)
+        try:
+            if refusal is not None:
+                self.refused += 1
+                self._full(trio.current_time(), refusal)
+                self._draining[stream] = trio.current_time()
+                await _answer(stream, TOO_MANY)
+            else:
+                attached = False
+                try:
+                    attached = await self._serve_admitted(stream, replay, remote_addr)
+                finally:
+                    self.admission.release(remote_addr, pending=not attached)
+            self._draining.setdefault(stream, trio.current_time())
+            await _drain(stream)  # (the slot is free while this lasts; a stop cuts it short)
+        finally:
+            self._draining.pop(stream, None)
+
+    def draining_since(self, stream: trio.SocketStream) -> float | None:
+        """When ``stream`` became one that is only refused or drained (it holds no stream
+        slot), or None. The front may shed such a connection: else a flood of refused
+        upgrades, each held open by its sender, would fill the front's cap for webhooks."""
+        return self._draining.get(stream)
 
     async def _serve_admitted(self, socket: trio.SocketStream, replay: bytes,
                               remote: str) -> bool:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from . import ws_frames
@@ -263,7 +263,12 @@ class RouteStream:
                 if ending is not None:
                     return ending
             elif isinstance(event, Ping):
-                replies.append(event.response())
+                # only the latest ping of a read is answered (RFC 6455 5.5.3 allows it): a
+                # flood of tiny pings must not cost a write each
+                if replies and isinstance(replies[-1], Pong):
+                    replies[-1] = event.response()
+                else:
+                    replies.append(event.response())
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     replies.append(event.response())

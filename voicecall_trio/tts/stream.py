@@ -9,7 +9,8 @@ send audio, and ``IDLE_S`` between chunks after that.
 Two kinds of failure, kept apart on purpose:
 
 - *before* the first audio byte (an error status, a timeout, a refused connection, an empty
-  body): ``SpeechError``, raised to the caller, whose utterance never starts;
+  body, a 2xx whose type is a page or JSON rather than audio): ``SpeechError``, raised to
+  the caller, whose utterance never starts;
 - *after* it (the connection breaks, the provider stalls): the audio so far is already
   playing, so the utterance just ends there: the channel is closed and one warning is logged.
 
@@ -132,6 +133,16 @@ def checked_key(key: str, provider: str) -> str:
     return key
 
 
+def not_audio(content_type: str) -> str | None:
+    """The media type of a 2xx reply that is surely not audio (a proxy's or captive portal's
+    page, a JSON error sent with 200), else None: played as PCM it would be noise on the
+    phone. No type at all, octets or ``audio/*`` pass (self-hosted servers vary)."""
+    kind = content_type.split(";", 1)[0].strip().lower()[:60]
+    if kind.startswith("text/") or kind.endswith(("json", "xml", "html")):
+        return _CONTROL.sub(" ", kind)
+    return None
+
+
 def _failure(request: SpeechRequest, exc: httpx.HTTPError) -> SpeechError:
     if isinstance(exc, httpx.TimeoutException):
         what = "timed out"
@@ -165,6 +176,10 @@ async def stream_speech(http: httpx.AsyncClient, request: SpeechRequest, convert
                     text = scrub(error_text(await _error_body(response)), request.secret)
                     raise SpeechError(f"{request.provider}: HTTP {response.status_code}"
                                       f"{': ' + text if text else ''}")
+                kind = not_audio(response.headers.get("content-type", ""))
+                if kind is not None:
+                    raise SpeechError(f"{request.provider}: HTTP {response.status_code} "
+                                      f"with {kind}, not audio")
                 body = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
                 stack.push_async_callback(body.aclose)
                 first = b""
@@ -221,4 +236,4 @@ async def _pump(request: SpeechRequest, first: bytes, body: AsyncIterator[bytes]
 
 
 __all__ = ["FIRST_BYTE_S", "IDLE_S", "MAX_AUDIO_S", "Converter", "Passthrough", "SpeechRequest",
-           "checked_key", "checked_text", "error_text", "scrub", "stream_speech"]
+           "checked_key", "checked_text", "error_text", "not_audio", "scrub", "stream_speech"]
