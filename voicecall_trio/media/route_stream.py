@@ -45,6 +45,10 @@ MAX_MESSAGE_CHARS = 64 * 1024  # a larger message closes the stream with 1009
 class RouteStream:
     """One accepted media WebSocket: the ``MediaStream`` a call's voice session gets."""
 
+    # every send returns within ``SEND_TIMEOUT_S`` and never raises (``_write``): the player
+    # need not put a timer of its own around each frame
+    send_bounded = True
+
     def __init__(self, route: MediaRoute, socket: trio.SocketStream, ws: Connection,
                  remote: str) -> None:
         self.stream_id = ""
