@@ -157,3 +157,28 @@ async def test_close_sends_a_close_frame_and_nothing_after_it() -> None:
     events = messages(peer, client)
     assert len(events) == 1 and isinstance(events[0], CloseConnection)
     assert events[0].code == 1001 and stream.close_code == 1001
+
+
+async def test_a_send_cancelled_before_any_byte_of_it_leaves_the_stream_usable(
+        autojump_clock: Any) -> None:
+    stream, peer, client = pair(sndbuf=4096)
+    got: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream._send_text, "x" * 200_000)  # waits for the peer
+        await trio.sleep(0.1)
+        with trio.move_on_after(0.1):  # queued behind it, then cancelled: nothing written
+            await stream.send_clear()
+        assert not stream.closed
+        peer.setblocking(False)
+        parts: list[str] = []
+        while not got:
+            await trio.lowlevel.wait_readable(peer)
+            client.receive_data(peer.recv(65536))
+            for event in client.events():
+                parts.append(event.data)
+                if event.message_finished:
+                    got.append("".join(parts))
+    await stream.send_mark("bot:2")
+    assert got == ["x" * 200_000] and not stream.closed
+    assert [e.data for e in messages(peer, client)] == [
+        '{"event":"mark","streamSid":"MZ1","mark":{"name":"bot:2"}}']

@@ -69,6 +69,7 @@ class RouteStream:
         self._lock = trio.Lock()  # held only while a write waits for the socket
         self._broken = False  # the socket failed, stalled or holds a torn frame: write no more
         self.send_started: float | None = None  # when the write now waiting began
+        self._left = 0  # bytes of the waiting write not yet taken by the socket
         self._held = bytearray()  # received bytes of a frame not yet whole
         self._in_message = False  # wsproto is inside a fragmented message
         self._parts: list[str] = []
@@ -173,10 +174,12 @@ class RouteStream:
         try:
             if self._broken or (self.closed and not last and len(rest) == len(data)):
                 return  # (a whole frame not started: dropped; a torn one must be finished)
+            self._left = len(rest)
             if not await self._flush(rest):
                 self._break()
-        except BaseException:  # cancelled with a frame half written: the stream is lost
-            self._break()
+        except BaseException:  # cancelled: if part of the frame is out, the stream is lost
+            if self._left != len(data):
+                self._break()
             raise
         finally:
             self._lock.release()
@@ -192,6 +195,7 @@ class RouteStream:
                         rest = rest[os.write(self._fd, rest):]
                     except BlockingIOError:
                         pass
+                    self._left = len(rest)
                 return True
         except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
             pass
