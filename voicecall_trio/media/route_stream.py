@@ -64,7 +64,8 @@ class RouteStream:
         self._framing = route.authenticator.framing
         self._socket = socket
         self._ws = ws
-        # written to directly (``_write``); -1 for a stream tests build without a socket
+        # written to directly (``_write``); -1: not a socket (tests' memory streams), written
+        # through trio's stream API instead
         self._fd: int = getattr(getattr(socket, "socket", None), "fileno", lambda: -1)()
         self._lock = trio.Lock()  # held only while a write waits for the socket
         self._broken = False  # the socket failed, stalled or holds a torn frame: write no more
@@ -156,7 +157,7 @@ class RouteStream:
         ``SEND_TIMEOUT_S``; ``send_started`` says since when (for the route and for tests)."""
         if self._broken:
             return
-        if not self._lock.locked():
+        if not self._lock.locked() and self._fd >= 0:
             try:
                 sent = os.write(self._fd, data)
             except BlockingIOError:
@@ -189,6 +190,12 @@ class RouteStream:
         self.send_started = trio.current_time()
         try:
             with trio.move_on_after(SEND_TIMEOUT_S):
+                if self._fd < 0:  # not a socket (tests' memory streams): trio's stream API
+                    await trio.lowlevel.checkpoint_if_cancelled()  # (nothing written yet)
+                    self._left = -1  # (from here, how much of it went out is unknown)
+                    await self._socket.send_all(rest)
+                    self._left = 0
+                    return True
                 while rest:
                     await trio.lowlevel.wait_writable(self._fd)
                     try:
@@ -197,7 +204,8 @@ class RouteStream:
                         pass
                     self._left = len(rest)
                 return True
-        except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                trio.BusyResourceError):
             pass
         finally:
             self.send_started = None
