@@ -257,6 +257,10 @@ class Player:
             if at is not None and at > trio.current_time():
                 await self._sender_wait(at)
                 continue  # woken early: check clear and sink again
+            if out.frames == 0:  # an utterance's first frame: let its producer run first
+                await trio.lowlevel.checkpoint()  # (it notes the TTS's first byte)
+                if self._epoch != epoch or sink is not self._sink:
+                    continue
             try:
                 if getattr(sink, "send_bounded", False):  # (no timer per frame: see below)
                     await sink.send_audio(frame)
