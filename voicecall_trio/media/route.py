@@ -17,8 +17,9 @@ with the bytes it has read (the request head). For each one, in this order:
 
 A message over 64 KiB closes the stream with 1009; a malformed one is skipped with one
 (rate-limited) log line per stream. Sends (``send_audio``, ``send_mark``, ``send_clear``) may
-come from another task (the call's player) while the route reads: one lock orders them, and a
-send on a dead or stalled socket marks the stream closed instead of raising.
+come from another task (the call's player) while the route reads; ``route_stream`` writes
+them in order, and a send on a dead or stalled socket marks the stream closed instead of
+raising. Reading takes bytes straight from the socket's file descriptor (``_receive``).
 
 How it is served, and why (measured on this 2-core machine, shared and noisy: server pinned
 to one core, a client process on the other with K connections each sending 50 frames/s, a
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -202,15 +204,13 @@ class MediaRoute:
         ending: tuple[int, str] | None = None
         armed = -math.inf  # when the idle deadline was last pushed forward (once attached)
         rearm_s = min(IDLE_GRANULARITY_S, self.idle_timeout_s / 4)
+        fd: int = getattr(getattr(socket, "socket", None), "fileno", lambda: -1)()
         with stream.reader:
             with trio.CancelScope(deadline=trio.current_time() + self.pre_start_s) as timer:
                 data = rest
                 while ending is None:
                     if not data:
-                        try:
-                            data = await socket.receive_some(RECEIVE_BYTES)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            return  # reset by the peer (or closed under us): it is gone
+                        data = await _receive(fd) if fd >= 0 else await _receive_from(socket)
                         if not data:
                             return
                     try:
@@ -264,6 +264,30 @@ def _webhook_request(request: Request, remote: str) -> WebhookRequest:
     path, _, query = request.target.partition("?")
     return WebhookRequest(method="GET", path=path, query_string=query, headers=headers,
                           body=b"", remote_addr=remote, scheme="http", host=request.host)
+
+
+async def _receive(fd: int) -> bytes:
+    """The next bytes from the socket (b"" at its end), straight from the non-blocking file
+    descriptor: one wake-up and one read per arrival, where ``SocketStream.receive_some``
+    adds a failed read and a second trip through the scheduler (measured, see
+    docs/benchmarks.md). Always one checkpoint first, so a peer that floods cannot keep the
+    task from being cancelled or starve the others."""
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return os.read(fd, RECEIVE_BYTES)
+        except BlockingIOError:
+            continue  # (a spurious wake-up)
+        except OSError:  # reset by the peer: the same as its end
+            return b""
+
+
+async def _receive_from(stream: trio.abc.ReceiveStream) -> bytes:
+    """``_receive`` for a stream that is not a socket (tests' memory streams)."""
+    try:
+        return bytes(await stream.receive_some(RECEIVE_BYTES))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""
 
 
 async def _answer(socket: trio.SocketStream, response: bytes) -> None:

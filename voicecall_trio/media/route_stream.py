@@ -1,10 +1,15 @@
 """One accepted media WebSocket (``RouteStream``): the ``MediaStream`` a call's voice session
 gets, and the route's reading of what arrives on it.
 
-Sending: any task (the call's player) may send while the route's task reads; one lock orders
-the sends (the 101 first), a close frame is the last, and a send on a dead or stalled socket
-(``SEND_TIMEOUT_S``) marks the stream closed and ends the reading instead of raising. So
-does a send its caller cancels (a tighter timeout of its own): part of the frame may be out.
+Sending: any task (the call's player) may send while the route's task reads. A text message
+is framed here (``ws_frames.server_text``) and written straight to the non-blocking socket:
+with nothing else being written and room in the socket's buffer (the common case) that is one
+``write`` with no lock, no timer and no trip through the scheduler. Only a partial write
+waits, under a lock that orders later sends behind it, for at most ``SEND_TIMEOUT_S``: a
+stalled or dead peer marks the stream closed and ends the reading instead of raising. The 101
+goes first, a close frame last; control frames and close go through wsproto, which keeps the
+connection's state. (Measured on a socket pair: 12-15 us CPU per ``send_audio`` against
+53-57 us through wsproto's serialiser, a ``trio.Lock`` and ``move_on_after``.)
 
 Receiving (the route's task, ``received``): the bytes are split into whole frames
 (``ws_frames``); the common one, a whole masked text frame, is read here, any other goes,
@@ -17,6 +22,7 @@ route's ``_start`` decides it). A message over ``MAX_MESSAGE_CHARS`` ends the st
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -39,6 +45,10 @@ MAX_MESSAGE_CHARS = 64 * 1024  # a larger message closes the stream with 1009
 class RouteStream:
     """One accepted media WebSocket: the ``MediaStream`` a call's voice session gets."""
 
+    # every send returns within ``SEND_TIMEOUT_S`` and never raises (``_write``): the player
+    # need not put a timer of its own around each frame
+    send_bounded = True
+
     def __init__(self, route: MediaRoute, socket: trio.SocketStream, ws: Connection,
                  remote: str) -> None:
         self.stream_id = ""
@@ -54,7 +64,13 @@ class RouteStream:
         self._framing = route.authenticator.framing
         self._socket = socket
         self._ws = ws
-        self._lock = trio.Lock()
+        # written to directly (``_write``); -1: not a socket (tests' memory streams), written
+        # through trio's stream API instead
+        self._fd: int = getattr(getattr(socket, "socket", None), "fileno", lambda: -1)()
+        self._lock = trio.Lock()  # held only while a write waits for the socket
+        self._broken = False  # the socket failed, stalled or holds a torn frame: write no more
+        self.send_started: float | None = None  # when the write now waiting began
+        self._left = 0  # bytes of the waiting write not yet taken by the socket
         self._held = bytearray()  # received bytes of a frame not yet whole
         self._in_message = False  # wsproto is inside a fragmented message
         self._parts: list[str] = []
@@ -66,13 +82,19 @@ class RouteStream:
     # -- MediaStream ------------------------------------------------------------------------
 
     async def send_audio(self, frame: bytes) -> None:
-        await self._send(TextMessage(self._framing.media(self.stream_id, frame)))
+        if not self.closed:
+            await self._send_text(self._framing.media(self.stream_id, frame))
 
     async def send_mark(self, name: str) -> None:
-        await self._send(TextMessage(self._framing.mark(self.stream_id, name)))
+        await trio.lowlevel.checkpoint()  # see ``send_clear``
+        await self._send_text(self._framing.mark(self.stream_id, name))
 
     async def send_clear(self) -> None:
-        await self._send(TextMessage(self._framing.clear(self.stream_id)))
+        # A mark or a clear is a checkpoint, as trio's own sends are: the tasks a barge-in
+        # has just cancelled (the reply's request) run first. Only ``send_audio``, 50 times
+        # a second, skips it: the player's pacing wait is its schedule point.
+        await trio.lowlevel.checkpoint()
+        await self._send_text(self._framing.clear(self.stream_id))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame (bounded), then end the route's reading; idempotent."""
@@ -89,48 +111,110 @@ class RouteStream:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def _send(self, event: Event) -> None:
-        """Send one event under the lock; a dead socket marks the stream closed, never raises."""
+    async def _send_text(self, text: str) -> None:
+        """One text message, framed here (``ws_frames.server_text``) while wsproto says the
+        connection is open; a dead socket marks the stream closed, never raises."""
         if self.closed:
             return
-        async with self._lock:
-            if self.closed or not self.accepted:  # (closed before its 101 went out)
-                self._dead()
-                return
-            # a cancel that came while we took the lock: nothing written, the stream is fine
-            await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError:
-                self._dead()
-                return
-            if isinstance(event, CloseConnection):
-                self.closed = True  # nothing may follow a close frame
-                self.close_code = event.code
-            with trio.move_on_after(SEND_TIMEOUT_S):
-                try:
-                    await self._socket.send_all(data)
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                except BaseException:  # cancelled by the caller (the player's own bound):
-                    self._dead()  # part of the frame may be out, so nothing may follow it
-                    raise
+        if not self.accepted or self._ws.state is not ConnectionState.OPEN:
+            self._dead()  # (closed before its 101 went out, or the peer is closing)
+            return
+        await self._write(ws_frames.server_text(text.encode()))
+
+    async def _send(self, event: Event) -> None:
+        """One control event through wsproto (pong, close); never raises for a dead socket."""
+        if self.closed:
+            return
+        if not self.accepted:
             self._dead()
+            return
+        try:
+            data = self._ws.send(event)
+        except LocalProtocolError:
+            self._dead()
+            return
+        if isinstance(event, CloseConnection):
+            self.closed = True  # nothing may follow a close frame
+            self.close_code = event.code
+        await self._write(data, last=isinstance(event, CloseConnection))
 
     async def send_raw(self, data: bytes) -> bool:
         """Send bytes already framed (the 101), in order with the other sends."""
-        async with self._lock:
-            if not self.closed:
-                with trio.move_on_after(SEND_TIMEOUT_S):
-                    try:
-                        await self._socket.send_all(data)
-                        self.accepted = True
-                        return True
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
+        if self.closed:
             self._dead()
             return False
+        self.accepted = True
+        await self._write(data)
+        return not self.closed
+
+    async def _write(self, data: bytes, *, last: bool = False) -> None:
+        """Write ``data`` after whatever is being written; a dead or stalled socket marks the
+        stream dead.
+
+        The common case, nothing else being written and room in the socket's buffer, is one
+        non-blocking write and no checkpoint: no lock taken, no timer. Only the rest of a
+        partial write waits, under the lock (so later sends queue behind it), for at most
+        ``SEND_TIMEOUT_S``; ``send_started`` says since when (for the route and for tests)."""
+        if self._broken:
+            return
+        if not self._lock.locked() and self._fd >= 0:
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._break()
+                return
+            if sent == len(data):
+                return
+            rest = memoryview(data)[sent:]
+            self._lock.acquire_nowait()  # (free: nothing was awaited since ``locked()``)
+        else:
+            await self._lock.acquire()
+            rest = memoryview(data)
+        try:
+            if self._broken or (self.closed and not last and len(rest) == len(data)):
+                return  # (a whole frame not started: dropped; a torn one must be finished)
+            self._left = len(rest)
+            if not await self._flush(rest):
+                self._break()
+        except BaseException:  # cancelled: if part of the frame is out, the stream is lost
+            if self._left != len(data):
+                self._break()
+            raise
+        finally:
+            self._lock.release()
+
+    async def _flush(self, rest: memoryview) -> bool:
+        """The rest of a write the socket did not take at once; False if it never does."""
+        self.send_started = trio.current_time()
+        try:
+            with trio.move_on_after(SEND_TIMEOUT_S):
+                if self._fd < 0:  # not a socket (tests' memory streams): trio's stream API
+                    await trio.lowlevel.checkpoint_if_cancelled()  # (nothing written yet)
+                    self._left = -1  # (from here, how much of it went out is unknown)
+                    await self._socket.send_all(rest)
+                    self._left = 0
+                    return True
+                while rest:
+                    await trio.lowlevel.wait_writable(self._fd)
+                    try:
+                        rest = rest[os.write(self._fd, rest):]
+                    except BlockingIOError:
+                        pass
+                    self._left = len(rest)
+                return True
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                trio.BusyResourceError):
+            pass
+        finally:
+            self.send_started = None
+        return False
+
+    def _break(self) -> None:
+        """The socket takes nothing more (gone, stalled, or a frame torn)."""
+        self._broken = True
+        self._dead()
 
     def _dead(self) -> None:
         self.closed = True
