@@ -99,6 +99,9 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         elif isinstance(first, bool) or not isinstance(first, int | float):
             out[key] = first
         else:
+            if all(isinstance(v, int) for v in values):  # counts stay whole numbers
+                out[key] = statistics.median_low(values)
+                continue
             median = statistics.median(values)
             out[key] = round(median, 3) if isinstance(median, float) else median
     return out
